@@ -1,0 +1,4 @@
+// Package consul is the discovery registry on HashiCorp Consul.
+//
+// Status: being built.
+package consul

@@ -1,0 +1,5 @@
+// Package memcachedstore is the session store on Memcached, merging deltas
+// under gets/cas.
+//
+// Status: being built.
+package memcachedstore
