@@ -2,6 +2,7 @@ package observability
 
 import (
 	"context"
+	"slices"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -112,20 +113,18 @@ func (c HeadersCarrier[H]) Set(key, value string) {
 		return
 	}
 	hs := *c.headers
-	found := false
-	out := hs[:0]
-	for _, h := range hs {
+	i := slices.IndexFunc(hs, func(h H) bool { return Header(h).Key == key })
+	if i < 0 {
+		*c.headers = append(hs, H(Header{Key: key, Value: []byte(value)}))
+		return
+	}
+	hs[i] = H(Header{Key: key, Value: []byte(value)})
+	// Drop later duplicates in place.
+	out := hs[:i+1]
+	for _, h := range hs[i+1:] {
 		if Header(h).Key != key {
 			out = append(out, h)
-			continue
 		}
-		if !found {
-			found = true
-			out = append(out, H(Header{Key: key, Value: []byte(value)}))
-		}
-	}
-	if !found {
-		out = append(out, H(Header{Key: key, Value: []byte(value)}))
 	}
 	clear(hs[len(out):])
 	*c.headers = out
