@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,9 +72,12 @@ type Config struct {
 	Traces  Exporter
 	Metrics Exporter
 
-	// OTLPEndpoint, when set, is the full URL of the OTLP receiver for
-	// both signals, such as "http://collector:4318" for HTTP or
-	// "http://collector:4317" for gRPC (an "http" scheme means no TLS).
+	// OTLPEndpoint, when set, is the base URL of the OTLP receiver for
+	// both signals, with the meaning of OTEL_EXPORTER_OTLP_ENDPOINT: for
+	// HTTP "http://collector:4318" sends to /v1/traces and /v1/metrics
+	// under it; for gRPC "http://collector:4317" (an "http" scheme means
+	// no TLS). It overrides the environment variables for the endpoint
+	// only; headers, timeout, TLS and compression still come from them.
 	// Empty leaves the endpoint to OTEL_EXPORTER_OTLP_ENDPOINT and its
 	// per-signal variants, defaulting to localhost.
 	OTLPEndpoint string
@@ -152,6 +157,12 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if cfg.MetricInterval < 0 {
 		return nil, fmt.Errorf("%w: negative metric interval %v", ErrInvalidConfig, cfg.MetricInterval)
 	}
+	if cfg.OTLPEndpoint != "" {
+		u, err := url.Parse(cfg.OTLPEndpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: otlp endpoint %q: want an http or https URL with a host", ErrInvalidConfig, cfg.OTLPEndpoint)
+		}
+	}
 	for _, sp := range cfg.SpanProcessors {
 		if sp == nil {
 			return nil, fmt.Errorf("%w: nil span processor", ErrInvalidConfig)
@@ -228,6 +239,12 @@ func checkExporter(signal string, e Exporter) (Exporter, error) {
 	return "", fmt.Errorf("%s exporter %q (want none, otlp-grpc, otlp-http, stdout or prometheus): %w", signal, e, ErrUnknownExporter)
 }
 
+// signalURL appends the per-signal path to a base OTLP/HTTP endpoint, as the
+// exporters do for OTEL_EXPORTER_OTLP_ENDPOINT.
+func signalURL(base, signalPath string) string {
+	return strings.TrimRight(base, "/") + signalPath
+}
+
 func newSpanExporter(ctx context.Context, e Exporter, cfg Config, w io.Writer) (sdktrace.SpanExporter, error) {
 	var (
 		exp sdktrace.SpanExporter
@@ -245,7 +262,7 @@ func newSpanExporter(ctx context.Context, e Exporter, cfg Config, w io.Writer) (
 	case ExporterOTLPHTTP:
 		var opts []otlptracehttp.Option
 		if cfg.OTLPEndpoint != "" {
-			opts = append(opts, otlptracehttp.WithEndpointURL(cfg.OTLPEndpoint))
+			opts = append(opts, otlptracehttp.WithEndpointURL(signalURL(cfg.OTLPEndpoint, "/v1/traces")))
 		}
 		exp, err = otlptracehttp.New(ctx, opts...)
 	case ExporterStdout:
@@ -284,7 +301,7 @@ func newMetricReader(ctx context.Context, e Exporter, cfg Config, w io.Writer) (
 	case ExporterOTLPHTTP:
 		var opts []otlpmetrichttp.Option
 		if cfg.OTLPEndpoint != "" {
-			opts = append(opts, otlpmetrichttp.WithEndpointURL(cfg.OTLPEndpoint))
+			opts = append(opts, otlpmetrichttp.WithEndpointURL(signalURL(cfg.OTLPEndpoint, "/v1/metrics")))
 		}
 		exp, err = otlpmetrichttp.New(ctx, opts...)
 	case ExporterStdout:
