@@ -55,7 +55,7 @@ const (
 
 // ErrUnknownExporter is returned, wrapped with the exporter name, by Setup
 // for an Exporter it does not know.
-var ErrUnknownExporter = errors.New("observability: unknown exporter")
+var ErrUnknownExporter = errors.New("unknown exporter")
 
 // ErrInvalidConfig is returned, wrapped with the reason, by Setup for a
 // Config it cannot build.
@@ -236,7 +236,7 @@ func checkExporter(signal string, e Exporter) (Exporter, error) {
 	case ExporterOTLPGRPC, ExporterOTLPHTTP, ExporterStdout, ExporterPrometheus:
 		return e, nil
 	}
-	return "", fmt.Errorf("%s exporter %q (want none, otlp-grpc, otlp-http, stdout or prometheus): %w", signal, e, ErrUnknownExporter)
+	return "", fmt.Errorf("observability: %s exporter %q: %w (want none, otlp-grpc, otlp-http, stdout or prometheus)", signal, e, ErrUnknownExporter)
 }
 
 // signalURL appends the per-signal path to a base OTLP/HTTP endpoint, as the
