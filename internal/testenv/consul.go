@@ -45,7 +45,9 @@ func (e env) consulAddr(t testing.TB) string {
 }
 
 func consulLeader(addr string) error {
-	c, err := api.NewClient(&api.Config{Address: addr})
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = addr
+	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -71,15 +73,19 @@ func consulLeader(addr string) error {
 	}
 }
 
-// Consul returns a client of the agent from ConsulAddr. Tests isolate
-// themselves by using Name(t) as a KV prefix or service name;
-// CleanupConsulKV removes a prefix at the end of the test.
+// Consul returns a client of the agent from ConsulAddr, whose idle
+// connections are closed at the end of the test. Tests isolate themselves by
+// using Name(t) as a KV prefix or service name; CleanupConsulKV removes a
+// prefix at the end of the test.
 func Consul(t testing.TB) *api.Client {
 	t.Helper()
-	c, err := api.NewClient(&api.Config{Address: ConsulAddr(t)})
+	cfg := api.DefaultConfig()
+	cfg.Address = ConsulAddr(t)
+	c, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatalf("testenv: consul client: %v", err)
 	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
 	return c
 }
 

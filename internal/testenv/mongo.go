@@ -199,7 +199,11 @@ func ProbeMongo(ctx context.Context, c *mongo.Client) (MongoServer, error) {
 	if v, ok := build["version"].(string); ok {
 		s.Version = v
 	}
-	if _, ok := build["ferretdb"]; ok {
+	// FerretDB answers buildInfo with ferretdbVersion (v1) or a ferretdb
+	// document (v2) beside the MongoDB version it imitates.
+	if _, ok := build["ferretdbVersion"]; ok {
+		s.Flavour = "ferretdb"
+	} else if _, ok := build["ferretdb"]; ok {
 		s.Flavour = "ferretdb"
 	}
 	raw, err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Raw()
