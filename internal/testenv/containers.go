@@ -38,6 +38,10 @@ type started struct {
 // machine without Docker pays nothing.
 func dockerAnswers() (bool, string) {
 	containers.once.Do(func() {
+		if os.Getenv(EnvTestcontainers) == "0" {
+			containers.why = "containers are turned off ("+EnvTestcontainers+"=0)"
+			return
+		}
 		if os.Getenv("DOCKER_HOST") == "" {
 			if _, err := os.Stat("/var/run/docker.sock"); err != nil {
 				containers.why = "no Docker engine (no DOCKER_HOST, no /var/run/docker.sock)"

@@ -4,7 +4,8 @@
 //
 //  1. an address in the environment (ACTIVEKIT_REDIS_ADDR, ACTIVEKIT_MONGO_URI, ...),
 //     which scripts/services writes for the servers it starts on loopback;
-//  2. else a container started through testcontainers-go, when a Docker engine answers;
+//  2. else a container started through testcontainers-go, when a Docker engine answers
+//     (ACTIVEKIT_TESTCONTAINERS=0 turns this off, as 'make unit' does);
 //  3. else the test is skipped with a message naming the variable, unless
 //     ACTIVEKIT_REQUIRE_INTEGRATION=1, in which case the test fails with that message.
 //
@@ -43,6 +44,7 @@ const (
 	EnvKafkaBrokers    = "ACTIVEKIT_KAFKA_BROKERS"
 	EnvConsulAddr      = "ACTIVEKIT_CONSUL_ADDR"
 	EnvServicesControl = "ACTIVEKIT_SERVICES"
+	EnvTestcontainers  = "ACTIVEKIT_TESTCONTAINERS"
 )
 
 // env is the lookup used by the package; tests of this package replace it
