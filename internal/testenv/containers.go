@@ -39,7 +39,7 @@ type started struct {
 func dockerAnswers() (bool, string) {
 	containers.once.Do(func() {
 		if os.Getenv(EnvTestcontainers) == "0" {
-			containers.why = "containers are turned off ("+EnvTestcontainers+"=0)"
+			containers.why = "containers are turned off (" + EnvTestcontainers + "=0)"
 			return
 		}
 		if os.Getenv("DOCKER_HOST") == "" {
