@@ -1,0 +1,179 @@
+package consistency
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrConflict reports that UpdateIfVersion found the document at another
+	// version than expected: someone else changed it first. Reload and try
+	// again. The error is a *ConflictError.
+	ErrConflict = errors.New("consistency: version conflict")
+	// ErrNotFound reports that UpdateIfVersion found no document matching
+	// the filter at all.
+	ErrNotFound = errors.New("consistency: document not found")
+	// ErrTransactionsUnsupported reports that the server cannot run
+	// transactions: a standalone mongod, or FerretDB.
+	ErrTransactionsUnsupported = errors.New("consistency: the server does not support transactions (it is not a replica set member or mongos)")
+	// ErrLevelUnsupported reports that a deployment cannot give a level's
+	// guarantees. The error is an *UnsupportedError listing why.
+	ErrLevelUnsupported = errors.New("consistency: level not supported by the deployment")
+	// ErrUnknownLevel reports a Level value or name that is not one of
+	// Strong, Causal and Fast.
+	ErrUnknownLevel = errors.New("consistency: unknown level")
+	// ErrInvalidUpdate reports an update document UpdateIfVersion cannot
+	// use: a replacement, or one that changes the version field itself.
+	ErrInvalidUpdate = errors.New("consistency: invalid update")
+	// ErrInvalidOption reports an option or argument a constructor refused.
+	ErrInvalidOption = errors.New("consistency: invalid option")
+)
+
+// Server error codes and labels used by the classifiers.
+const (
+	codeIllegalOperation   = 20
+	codeWriteConcernFailed = 64 // a write concern timeout (wtimeout)
+
+	labelTransient          = "TransientTransactionError"
+	labelUnknownCommit      = "UnknownTransactionCommitResult"
+	labelRetryableWrite     = "RetryableWriteError"
+	labelNetwork            = "NetworkError"
+	labelNoWritesPerformed  = "NoWritesPerformed"
+	labelRetryableOverload  = "RetryableError"
+	labelNetworkTimeout     = "NetworkTimeoutError"
+	labelExceededTimeLimit  = "ExceededTimeLimitError"
+	msgTxnNumbersNotAllowed = "Transaction numbers are only allowed on a replica set member or mongos"
+)
+
+// retryableCodes are the server codes MongoDB's retryable reads and writes
+// specifications retry: the node was stepping down, shutting down,
+// unreachable or not (yet) able to serve.
+var retryableCodes = [...]int{
+	6,     // HostUnreachable
+	7,     // HostNotFound
+	89,    // NetworkTimeout
+	91,    // ShutdownInProgress
+	134,   // ReadConcernMajorityNotAvailableYet
+	189,   // PrimarySteppedDown
+	262,   // ExceededTimeLimit
+	9001,  // SocketException
+	10107, // NotWritablePrimary
+	11600, // InterruptedAtShutdown
+	11602, // InterruptedDueToReplStateChange
+	13435, // NotPrimaryNoSecondaryOk
+	13436, // NotPrimaryOrSecondary
+}
+
+// shutdownCodes in a write concern error mean the write was applied on the
+// primary but the node went away before the write concern was satisfied.
+var shutdownCodes = [...]int{91, 189, 11600, 11602}
+
+func hasLabel(err error, label string) bool {
+	var le mongo.LabeledError
+	return errors.As(err, &le) && le.HasErrorLabel(label)
+}
+
+func hasAnyCode(err error, codes []int) bool {
+	for _, c := range mongo.ErrorCodes(err) {
+		if slices.Contains(codes, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsRetryable reports whether err is a transient fault worth another
+// attempt: the driver's NetworkError, RetryableWriteError,
+// TransientTransactionError or RetryableError labels, or a server code of
+// a failover or shutdown (NotWritablePrimary, PrimarySteppedDown,
+// InterruptedDueToReplStateChange, ...). It is false for nil, for a context
+// that ended (the caller gave up) and for UnknownTransactionCommitResult
+// (retry the commit, not the transaction: see IsAmbiguous).
+//
+// The driver has already retried a retryable read or write once when the
+// client has retryable reads and writes on (ClientOptions), so an error that
+// reaches the caller has survived one retry; retry it only at one layer,
+// with a policy (see the retry package).
+func IsRetryable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if hasLabel(err, labelNetwork) || hasLabel(err, labelRetryableWrite) ||
+		hasLabel(err, labelTransient) || hasLabel(err, labelRetryableOverload) {
+		return true
+	}
+	return hasAnyCode(err, retryableCodes[:])
+}
+
+// IsAmbiguous reports whether err leaves the outcome of a write unknown: the
+// write may or may not have been applied. That is the case for a network
+// error or timeout after the command may have been sent (unless the driver
+// labelled it NoWritesPerformed), a write concern error that timed out
+// (code 64, wtimeout) or was cut short by a step-down or shutdown, and a
+// commit labelled UnknownTransactionCommitResult.
+//
+// Retry an ambiguous write only when repeating it is harmless: InsertOnce
+// reports a repeat as already done, and a repeated UpdateIfVersion reports
+// ErrConflict (check whether the version moved by one).
+func IsAmbiguous(err error) bool {
+	if err == nil {
+		return false
+	}
+	if hasLabel(err, labelUnknownCommit) {
+		return true
+	}
+	var we mongo.WriteException
+	if errors.As(err, &we) && we.WriteConcernError != nil {
+		wce := we.WriteConcernError
+		if wce.Code == codeWriteConcernFailed || slices.Contains(shutdownCodes[:], wce.Code) || wtimeout(wce.Details) {
+			return true
+		}
+	}
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) && bwe.WriteConcernError != nil {
+		wce := bwe.WriteConcernError
+		if wce.Code == codeWriteConcernFailed || slices.Contains(shutdownCodes[:], wce.Code) || wtimeout(wce.Details) {
+			return true
+		}
+	}
+	if hasLabel(err, labelNoWritesPerformed) {
+		return false
+	}
+	return hasLabel(err, labelNetwork) || hasLabel(err, labelNetworkTimeout) ||
+		hasLabel(err, labelExceededTimeLimit) || mongo.IsTimeout(err) ||
+		errors.Is(err, context.Canceled)
+}
+
+func wtimeout(details bson.Raw) bool {
+	if len(details) == 0 {
+		return false
+	}
+	v, err := details.LookupErr("wtimeout")
+	if err != nil {
+		return false
+	}
+	b, ok := v.BooleanOK()
+	return ok && b
+}
+
+// IsDuplicateKey reports whether err is a duplicate key error (codes 11000,
+// 11001, 12582, or 16460 from mongos), as mongo.IsDuplicateKeyError does.
+func IsDuplicateKey(err error) bool {
+	return mongo.IsDuplicateKeyError(err)
+}
+
+// isTransactionsUnsupported reports whether err is the server refusing a
+// transaction because it is not a replica set member or mongos.
+func isTransactionsUnsupported(err error) bool {
+	var se mongo.ServerError
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.HasErrorCode(codeIllegalOperation) && se.HasErrorMessage("Transaction numbers") ||
+		se.HasErrorMessage(msgTxnNumbersNotAllowed)
+}
