@@ -1,0 +1,359 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/retry"
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func valid() events.Event {
+	return events.Event{ID: "A234-1234-1234", Source: "/mycontext", SpecVersion: "1.0", Type: "com.example.someevent"}
+}
+
+func TestNew(t *testing.T) {
+	before := time.Now().Add(-time.Second)
+	e := events.New("/orders", "com.example.order.created", []byte(`{}`))
+	if err := e.Validate(); err != nil {
+		t.Fatalf("New gave an invalid event: %v", err)
+	}
+	id, err := uuid.Parse(e.ID)
+	if err != nil || id.Version() != 7 {
+		t.Fatalf("ID %q is not a UUIDv7 (err %v)", e.ID, err)
+	}
+	if e.SpecVersion != "1.0" || e.Time.Before(before) || e.Time.Location() != time.UTC {
+		t.Fatalf("New: specversion %q time %v", e.SpecVersion, e.Time)
+	}
+	// IDs sort by creation time.
+	prev := e.ID
+	for range 100 {
+		id := events.NewID()
+		if id <= prev {
+			t.Fatalf("NewID %q does not sort after %q", id, prev)
+		}
+		prev = id
+	}
+}
+
+func TestKeyCloneExtensions(t *testing.T) {
+	e := valid()
+	if e.Key() != "" {
+		t.Fatalf("Key of an event with no subject: %q", e.Key())
+	}
+	e.Subject = "order-1"
+	if e.Key() != "order-1" {
+		t.Fatalf("Key = %q, want the subject", e.Key())
+	}
+	e.SetExtension(events.ExtPartitionKey, "customer-9")
+	if e.Key() != "customer-9" {
+		t.Fatalf("Key = %q, want the partition key", e.Key())
+	}
+	e.Data = []byte("abc")
+	c := e.Clone()
+	c.SetExtension(events.ExtPartitionKey, "other")
+	c.Data[0] = 'X'
+	if e.Key() != "customer-9" || string(e.Data) != "abc" {
+		t.Fatalf("Clone shares state: key %q data %q", e.Key(), e.Data)
+	}
+	c.SetExtension(events.ExtPartitionKey, "")
+	if _, ok := c.Extensions[events.ExtPartitionKey]; ok {
+		t.Fatal("SetExtension with an empty value did not remove the attribute")
+	}
+}
+
+// TestValidate follows the CloudEvents 1.0 specification's rules, section by
+// section (spec.md "Context Attributes" and "Type System").
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*events.Event)
+		attr string // "" means valid
+	}{
+		{"minimal required attributes", func(*events.Event) {}, ""},
+		{"all optional attributes", func(e *events.Event) {
+			e.Subject = "mynewfile.jpg"
+			e.Time = time.Date(2018, 4, 5, 17, 31, 0, 0, time.UTC)
+			e.DataContentType = "application/json; charset=utf-8"
+			e.DataSchema = "https://example.com/schema.json"
+			e.Extensions = map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "comexampleext1": "value"}
+		}, ""},
+		// REQUIRED attributes MUST be present and non-empty.
+		{"empty id", func(e *events.Event) { e.ID = "" }, "id"},
+		{"empty source", func(e *events.Event) { e.Source = "" }, "source"},
+		{"empty type", func(e *events.Event) { e.Type = "" }, "type"},
+		{"empty specversion", func(e *events.Event) { e.SpecVersion = "" }, "specversion"},
+		{"specversion 0.3", func(e *events.Event) { e.SpecVersion = "0.3" }, "specversion"},
+		// source: URI-reference.
+		{"source absolute URI", func(e *events.Event) { e.Source = "https://github.com/cloudevents" }, ""},
+		{"source URN", func(e *events.Event) { e.Source = "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66" }, ""},
+		{"source relative", func(e *events.Event) { e.Source = "/cloudevents/spec/pull/123" }, ""},
+		{"source application-specific", func(e *events.Event) { e.Source = "1-555-123-4567" }, ""},
+		{"source with space", func(e *events.Event) { e.Source = "/my context" }, "source"},
+		{"source with bad percent-encoding", func(e *events.Event) { e.Source = "/a%zz" }, "source"},
+		{"source with non-ASCII", func(e *events.Event) { e.Source = "/café" }, "source"},
+		{"source with backslash", func(e *events.Event) { e.Source = `\x` }, "source"},
+		// dataschema: URI (absolute).
+		{"relative dataschema", func(e *events.Event) { e.DataSchema = "/schema.json" }, "dataschema"},
+		// datacontenttype: RFC 2046.
+		{"bad datacontenttype", func(e *events.Event) { e.DataContentType = "json" }, "datacontenttype"},
+		{"datacontenttype with parameter", func(e *events.Event) { e.DataContentType = "text/plain; charset=us-ascii" }, ""},
+		// time: RFC 3339 has four-digit years.
+		{"time year 10000", func(e *events.Event) { e.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "time"},
+		// String type: no control characters, surrogates or noncharacters.
+		{"control character in type", func(e *events.Event) { e.Type = "a\nb" }, "type"},
+		{"C1 control character in subject", func(e *events.Event) { e.Subject = "a\u0085b" }, "subject"},
+		{"invalid UTF-8 in id", func(e *events.Event) { e.ID = "a\xffb" }, "id"},
+		{"surrogate in id", func(e *events.Event) { e.ID = "a\xed\xa0\x80b" }, "id"},
+		{"noncharacter in subject", func(e *events.Event) { e.Subject = "a\ufffeb" }, "subject"},
+		{"noncharacter U+FDD0 in subject", func(e *events.Event) { e.Subject = "a\ufdd0b" }, "subject"},
+		{"replacement character is allowed", func(e *events.Event) { e.Subject = "a\ufffdb" }, ""},
+		// Extension names: lowercase a-z and 0-9, at most 20 characters.
+		{"extension uppercase", func(e *events.Event) { e.Extensions = map[string]string{"Ext": "v"} }, "Ext"},
+		{"extension underscore", func(e *events.Event) { e.Extensions = map[string]string{"my_ext": "v"} }, "my_ext"},
+		{"extension 20 chars", func(e *events.Event) { e.Extensions = map[string]string{strings.Repeat("a", 20): "v"} }, ""},
+		{"extension 21 chars", func(e *events.Event) { e.Extensions = map[string]string{strings.Repeat("a", 21): "v"} }, strings.Repeat("a", 21)},
+		{"extension named like an attribute", func(e *events.Event) { e.Extensions = map[string]string{"time": "v"} }, "time"},
+		{"extension named data", func(e *events.Event) { e.Extensions = map[string]string{"data": "v"} }, "data"},
+		{"extension empty value", func(e *events.Event) { e.Extensions = map[string]string{"ext": ""} }, "ext"},
+		{"extension control character", func(e *events.Event) { e.Extensions = map[string]string{"ext": "a\x00"} }, "ext"},
+		{"extension digits", func(e *events.Event) { e.Extensions = map[string]string{"ext1234": "v"} }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := valid()
+			tt.mod(&e)
+			err := e.Validate()
+			if tt.attr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v, want nil", err)
+				}
+				return
+			}
+			var ve *events.ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, events.ErrInvalid) {
+				t.Fatalf("Validate: %v, want a *ValidationError matching ErrInvalid", err)
+			}
+			if ve.Attribute != tt.attr {
+				t.Fatalf("Validate blamed %q (%v), want %q", ve.Attribute, err, tt.attr)
+			}
+		})
+	}
+}
+
+func TestChainOrder(t *testing.T) {
+	var got []string
+	mw := func(name string) events.Middleware {
+		return func(next events.Handler) events.Handler {
+			return func(ctx context.Context, e events.Event) error {
+				got = append(got, name)
+				return next(ctx, e)
+			}
+		}
+	}
+	h := events.Chain(func(context.Context, events.Event) error { got = append(got, "h"); return nil }, mw("a"), mw("b"))
+	if err := h(context.Background(), valid()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "a,b,h" {
+		t.Fatalf("order %v, want a,b,h", got)
+	}
+}
+
+// instantClock makes retry delays pass at once.
+type instantClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *instantClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *instantClock) NewTimer(d time.Duration) retry.Timer {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	return instantTimer(ch)
+}
+
+type instantTimer chan time.Time
+
+func (t instantTimer) C() <-chan time.Time { return t }
+func (t instantTimer) Stop() bool          { return false }
+
+func retrier(t *testing.T, attempts int) *retry.Retrier {
+	r, err := retry.New(retry.Policy{MaxAttempts: attempts, Jitter: retry.NoJitter}, retry.WithClock(&instantClock{now: time.Unix(0, 0)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// memPublisher records what it publishes, failing when fail is set.
+type memPublisher struct {
+	mu   sync.Mutex
+	got  []events.Event
+	fail error
+}
+
+func (p *memPublisher) Publish(_ context.Context, es ...events.Event) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fail != nil {
+		return p.fail
+	}
+	p.got = append(p.got, es...)
+	return nil
+}
+func (p *memPublisher) Close() error { return nil }
+
+func TestRetryThenDeadLetter(t *testing.T) {
+	boom := errors.New("boom\nsecond line")
+	calls := 0
+	h := events.Chain(func(context.Context, events.Event) error { calls++; return boom }, events.Recover())
+	dlq := &memPublisher{}
+	h = events.Chain(h, events.DeadLetter(dlq), events.Retry(retrier(t, 3)))
+	e := valid()
+	if err := h(context.Background(), e); err != nil {
+		t.Fatalf("dead-lettered handler returned %v, want nil", err)
+	}
+	if calls != 3 {
+		t.Fatalf("handler ran %d times, want 3", calls)
+	}
+	if len(dlq.got) != 1 {
+		t.Fatalf("dead-lettered %d events, want 1", len(dlq.got))
+	}
+	d := dlq.got[0]
+	if d.ID != e.ID || d.Extension(events.ExtDeadLetterAttempts) != "3" || !strings.Contains(d.Extension(events.ExtDeadLetterReason), "boom second line") {
+		t.Fatalf("dead letter %+v", d)
+	}
+	if err := d.Validate(); err != nil {
+		t.Fatalf("dead letter is invalid: %v", err)
+	}
+	if e.Extensions != nil {
+		t.Fatal("DeadLetter changed the original event")
+	}
+}
+
+func TestRetryPermanentAndSuccess(t *testing.T) {
+	calls := 0
+	h := events.Retry(retrier(t, 5))(func(context.Context, events.Event) error {
+		calls++
+		return events.Permanent(errors.New("bad input"))
+	})
+	err := h(context.Background(), valid())
+	if calls != 1 || err == nil || events.Attempts(err) != 1 {
+		t.Fatalf("permanent error: %d calls, err %v (attempts %d)", calls, err, events.Attempts(err))
+	}
+	calls = 0
+	h = events.Retry(retrier(t, 5))(func(context.Context, events.Event) error {
+		calls++
+		if calls < 3 {
+			return errors.New("transient")
+		}
+		return nil
+	})
+	if err := h(context.Background(), valid()); err != nil || calls != 3 {
+		t.Fatalf("transient errors: %d calls, err %v", calls, err)
+	}
+}
+
+func TestDeadLetterFailures(t *testing.T) {
+	boom := errors.New("boom")
+	perr := errors.New("dlq down")
+	dlq := &memPublisher{fail: perr}
+	h := events.DeadLetter(dlq)(func(context.Context, events.Event) error { return boom })
+	err := h(context.Background(), valid())
+	if !errors.Is(err, boom) || !errors.Is(err, perr) {
+		t.Fatalf("DeadLetter with a failing dlq: %v, want both errors", err)
+	}
+	// A stopped handler is not dead-lettered.
+	dlq = &memPublisher{}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h = events.DeadLetter(dlq)(func(ctx context.Context, _ events.Event) error { return ctx.Err() })
+	if err := h(ctx, valid()); !errors.Is(err, context.Canceled) || len(dlq.got) != 0 {
+		t.Fatalf("cancelled handler: err %v, dead-lettered %d", err, len(dlq.got))
+	}
+}
+
+func TestRecover(t *testing.T) {
+	h := events.Recover()(func(context.Context, events.Event) error { panic("kaboom") })
+	err := h(context.Background(), valid())
+	var pe *events.PanicError
+	if !errors.As(err, &pe) || pe.Value != "kaboom" || len(pe.Stack) == 0 {
+		t.Fatalf("Recover: %v", err)
+	}
+	if retry.IsRetryable(err) {
+		t.Fatal("a recovered panic is retryable, want permanent")
+	}
+}
+
+func TestReason(t *testing.T) {
+	long := strings.Repeat("é", events.MaxReasonLen)
+	r := events.Reason(errors.New(long))
+	if len(r) > events.MaxReasonLen || !strings.HasPrefix(long, r) {
+		t.Fatalf("Reason cut badly: %d bytes", len(r))
+	}
+	if events.Reason(nil) == "" || events.Reason(errors.New("")) == "" {
+		t.Fatal("Reason is empty")
+	}
+}
+
+func TestTracingContinuesProducerTrace(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	cfg := events.TracingConfig{TracerProvider: tp, Propagator: propagation.TraceContext{}}
+
+	// The producer side.
+	pctx, pspan := tp.Tracer("test").Start(context.Background(), "publish")
+	e := valid()
+	events.InjectTrace(pctx, cfg, &e)
+	pspan.End()
+	if e.Extension(events.ExtTraceParent) == "" {
+		t.Fatal("InjectTrace set no traceparent")
+	}
+	// An event that already has a traceparent keeps it.
+	kept := e.Clone()
+	_, other := tp.Tracer("test").Start(context.Background(), "other")
+	events.InjectTrace(trace.ContextWithSpan(context.Background(), other), cfg, &kept)
+	other.End()
+	if kept.Extension(events.ExtTraceParent) != e.Extension(events.ExtTraceParent) {
+		t.Fatal("InjectTrace replaced an existing traceparent")
+	}
+
+	var inner trace.SpanContext
+	h := events.Tracing(cfg)(func(ctx context.Context, _ events.Event) error {
+		inner = trace.SpanContextFromContext(ctx)
+		return errors.New("handler failed")
+	})
+	_ = h(context.Background(), e)
+	if inner.TraceID() != pspan.SpanContext().TraceID() {
+		t.Fatalf("consumer trace %s, want the producer's %s", inner.TraceID(), pspan.SpanContext().TraceID())
+	}
+	var found bool
+	for _, s := range rec.Ended() {
+		if s.Name() == "process "+e.Type {
+			found = true
+			if s.SpanKind() != trace.SpanKindConsumer || s.Status().Code.String() != "Error" || s.Parent().SpanID() != pspan.SpanContext().SpanID() {
+				t.Fatalf("consumer span kind %v status %v parent %v", s.SpanKind(), s.Status(), s.Parent().SpanID())
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no consumer span recorded")
+	}
+}

@@ -1,0 +1,195 @@
+package events
+
+import (
+	"errors"
+	"mime"
+	"net/url"
+	"strings"
+	"unicode/utf8"
+)
+
+// ErrInvalid is matched by every error Validate returns.
+var ErrInvalid = errors.New("events: invalid event")
+
+// ValidationError names the attribute that breaks the CloudEvents 1.0 rules
+// and why. It matches ErrInvalid.
+type ValidationError struct {
+	Attribute string // the attribute name, for example "source"
+	Reason    string // why it is invalid
+}
+
+func (e *ValidationError) Error() string {
+	return "events: invalid event: " + e.Attribute + ": " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
+
+// MaxExtensionNameLen is the longest extension attribute name accepted. The
+// specification says names SHOULD NOT exceed 20 characters; we enforce it so
+// that every binding (some limit header names) can carry them.
+const MaxExtensionNameLen = 20
+
+// reserved are the context attribute names an extension cannot take.
+var reserved = map[string]bool{
+	"id": true, "source": true, "specversion": true, "type": true,
+	"subject": true, "time": true, "datacontenttype": true,
+	"dataschema": true, "data": true, "data_base64": true,
+}
+
+// Validate checks e against the CloudEvents 1.0 rules: id, source, type and
+// specversion are present, specversion is "1.0", source is a URI-reference,
+// dataschema (when present) an absolute URI, datacontenttype (when present) a
+// media type per RFC 2046, time (when present) representable in RFC 3339, and
+// every string value is a sequence of allowable Unicode characters (valid
+// UTF-8, no control characters, surrogates or noncharacters). Extension
+// names must be lowercase ASCII letters and digits, at most 20 characters,
+// and not a context attribute name; extension values must be non-empty.
+//
+// The error is a *ValidationError, matching ErrInvalid.
+func (e Event) Validate() error {
+	required := [...]struct{ name, value string }{
+		{"id", e.ID}, {"source", e.Source}, {"specversion", e.SpecVersion}, {"type", e.Type},
+	}
+	for _, r := range required {
+		if r.value == "" {
+			return invalid(r.name, "required attribute is empty")
+		}
+		if why := checkString(r.value); why != "" {
+			return invalid(r.name, why)
+		}
+	}
+	if e.SpecVersion != SpecVersion {
+		return invalid("specversion", "is "+quote(e.SpecVersion)+", want \"1.0\"")
+	}
+	if why := checkURIReference(e.Source); why != "" {
+		return invalid("source", why)
+	}
+	if why := checkString(e.Subject); why != "" {
+		return invalid("subject", why)
+	}
+	if !e.Time.IsZero() {
+		if y := e.Time.Year(); y < 0 || y > 9999 {
+			return invalid("time", "year is outside RFC 3339's 0000-9999")
+		}
+	}
+	if e.DataContentType != "" {
+		if why := checkString(e.DataContentType); why != "" {
+			return invalid("datacontenttype", why)
+		}
+		mt, _, err := mime.ParseMediaType(e.DataContentType)
+		if err != nil {
+			return invalid("datacontenttype", "not a media type: "+err.Error())
+		}
+		if typ, sub, ok := strings.Cut(mt, "/"); !ok || typ == "" || sub == "" {
+			return invalid("datacontenttype", "not a type/subtype media type")
+		}
+	}
+	if e.DataSchema != "" {
+		if why := checkURIReference(e.DataSchema); why != "" {
+			return invalid("dataschema", why)
+		}
+		if u, _ := url.Parse(e.DataSchema); u == nil || u.Scheme == "" {
+			return invalid("dataschema", "not an absolute URI")
+		}
+	}
+	for name, value := range e.Extensions {
+		if why := CheckExtensionName(name); why != "" {
+			return invalid(name, why)
+		}
+		if value == "" {
+			return invalid(name, "extension value is empty (omit the attribute instead)")
+		}
+		if why := checkString(value); why != "" {
+			return invalid(name, why)
+		}
+	}
+	return nil
+}
+
+// CheckExtensionName returns why name cannot be an extension attribute name,
+// or "" when it can.
+func CheckExtensionName(name string) string {
+	switch {
+	case name == "":
+		return "extension name is empty"
+	case len(name) > MaxExtensionNameLen:
+		return "extension name is longer than 20 characters"
+	case reserved[name]:
+		return "extension name is a context attribute name"
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return "extension name has a character other than a-z and 0-9"
+		}
+	}
+	return ""
+}
+
+func invalid(attr, reason string) error { return &ValidationError{Attribute: attr, Reason: reason} }
+
+func quote(s string) string {
+	if len(s) > 40 {
+		s = s[:40] + "..."
+	}
+	return "\"" + s + "\""
+}
+
+// checkString applies the specification's String type: a sequence of
+// allowable Unicode characters.
+func checkString(s string) string {
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			if _, size := utf8.DecodeRuneInString(s[i:]); size <= 1 {
+				return "not valid UTF-8"
+			}
+		case r <= 0x1f || (r >= 0x7f && r <= 0x9f):
+			return "contains a control character"
+		case r >= 0xfdd0 && r <= 0xfdef, r&0xfffe == 0xfffe:
+			return "contains a Unicode noncharacter"
+		}
+	}
+	return ""
+}
+
+// checkURIReference reports why s is not an RFC 3986 URI-reference: it may
+// hold only unreserved and reserved characters and well-formed
+// percent-encodings, and must parse.
+func checkURIReference(s string) string {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return "not a URI-reference: bad percent-encoding"
+			}
+		default:
+			if !isURIPunct(c) {
+				return "not a URI-reference: character " + quote(string(rune(c))) + " is not allowed"
+			}
+		}
+	}
+	if _, err := url.Parse(s); err != nil {
+		return "not a URI-reference: " + err.Error()
+	}
+	return ""
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+// isURIPunct reports whether c is an RFC 3986 unreserved or reserved
+// punctuation character.
+func isURIPunct(c byte) bool {
+	switch c {
+	case '-', '.', '_', '~', // unreserved
+		':', '/', '?', '#', '[', ']', '@', // gen-delims
+		'!', '$', '&', '\'', '(', ')', '*', '+', ',', ';', '=': // sub-delims
+		return true
+	}
+	return false
+}
