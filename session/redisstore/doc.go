@@ -2,5 +2,24 @@
 // Cluster) through go-redis: one hash per session, one round trip per read
 // and per write.
 //
-// Status: being built.
+// In an active-active fleet a user's consecutive requests land on different
+// instances, sometimes at the same moment. A store that reads a whole session
+// and writes it back loses one of two concurrent updates. This store keeps a
+// session as a Redis hash with a field per key, and applies a change as one
+// Lua script that refuses to resurrect a destroyed session, checks expected
+// per-key versions (compare-and-set), sets and deletes only the changed
+// fields, bumps the version and moves the expiry: two instances changing
+// different keys never conflict, and a compare-and-set on one key is exact.
+// A read and the idle-timeout refresh are one script too.
+//
+// Every key of one session, and of one user's index and revocation epoch,
+// carries the same hash tag, so every script touches one Cluster slot:
+// session IDs of a logged-in user carry the user's tag (session.NewToken).
+// Token rotation copies a session to a new ID (possibly another slot) and
+// turns the old one into a short-lived alias guarded by the version read, so
+// no write made meanwhile is lost.
+//
+// Redis replicates asynchronously: a write acknowledged by a primary that
+// then fails over may be lost. WithWait(n, timeout) makes each write wait for
+// n replicas (WAIT, pipelined with the write).
 package redisstore

@@ -434,7 +434,7 @@ func testConcurrentKeys(t *testing.T, s session.Store) {
 			for i := range per {
 				k := fmt.Sprintf("w%d-%d", w, i)
 				if _, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{k: []byte(k)}, Idle: hour}); err != nil {
-					errs <- fmt.Errorf("Apply %s: %w", k, err)
+					errs <- fmt.Errorf("apply %s: %w", k, err)
 					return
 				}
 			}
@@ -469,7 +469,7 @@ func testConcurrentCAS(t *testing.T, s session.Store) {
 				for {
 					rec, found, err := s.Load(ctx, id, hour)
 					if err != nil || !found {
-						errs <- fmt.Errorf("Load: found=%v, %v", found, err)
+						errs <- fmt.Errorf("load: found=%v, %v", found, err)
 						return
 					}
 					cur := rec.Values["n"]
@@ -487,7 +487,7 @@ func testConcurrentCAS(t *testing.T, s session.Store) {
 						break
 					}
 					if !errors.Is(err, session.ErrConflict) {
-						errs <- fmt.Errorf("Apply: %w", err)
+						errs <- fmt.Errorf("apply: %w", err)
 						return
 					}
 					mu.Lock()

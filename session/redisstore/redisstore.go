@@ -1,0 +1,436 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/session"
+)
+
+// Compile-time checks.
+var (
+	_ session.Store     = (*Store)(nil)
+	_ session.Aliaser   = (*Store)(nil)
+	_ session.UserIndex = (*Store)(nil)
+)
+
+// DefaultPrefix starts every key the store writes unless WithPrefix says
+// otherwise.
+const DefaultPrefix = "session:"
+
+// maxHops bounds how many aliases a call follows (a session renewed twice
+// within one grace period has a chain of two).
+const maxHops = 4
+
+// Errors of this package.
+var (
+	// ErrNotReplicated: WithWait was set and fewer replicas than asked
+	// acknowledged a write in time. The write was applied on the primary;
+	// it may be lost if the primary fails over now. It wraps a
+	// *NotReplicatedError.
+	ErrNotReplicated = errors.New("redisstore: write not acknowledged by enough replicas")
+	// ErrUserTag: a session was bound to a user but its ID does not carry
+	// that user's tag (session.NewToken(user) makes such IDs).
+	ErrUserTag = errors.New("redisstore: session ID not made for this user")
+	// ErrInvalidID: an ID that session.TokenID could not have made.
+	ErrInvalidID = errors.New("redisstore: invalid session ID")
+)
+
+// NotReplicatedError says how many replicas acknowledged a write.
+type NotReplicatedError struct {
+	Acked, Wanted int
+}
+
+func (e *NotReplicatedError) Error() string {
+	return fmt.Sprintf("redisstore: write acknowledged by %d of %d replicas", e.Acked, e.Wanted)
+}
+
+// Unwrap returns ErrNotReplicated.
+func (e *NotReplicatedError) Unwrap() error { return ErrNotReplicated }
+
+// Option configures a Store.
+type Option interface{ apply(*Store) }
+
+type optionFunc func(*Store)
+
+func (f optionFunc) apply(s *Store) { f(s) }
+
+// WithPrefix sets the prefix of every key (DefaultPrefix by default). It must
+// not contain '{' or '}', which would change the keys' hash slots. Give each
+// application, and each test, its own prefix.
+func WithPrefix(prefix string) Option {
+	return optionFunc(func(s *Store) { s.prefix = prefix; s.prefixSet = true })
+}
+
+// WithWait makes every write wait until replicas replicas have acknowledged
+// it (Redis WAIT), or timeout; a write acknowledged by fewer returns an error
+// matching ErrNotReplicated. It costs one more round trip per write, and
+// narrows (does not close: Redis replication is asynchronous) the window in
+// which a Sentinel failover loses an acknowledged write. It is refused with a
+// *redis.ClusterClient, whose WAIT would reach an arbitrary node.
+func WithWait(replicas int, timeout time.Duration) Option {
+	return optionFunc(func(s *Store) { s.waitReplicas, s.waitTimeout = replicas, timeout })
+}
+
+// Store is a session store on Redis: standalone, Sentinel or Cluster, through
+// any redis.UniversalClient. It is safe for concurrent use and starts no
+// goroutine; closing the client is the caller's business.
+//
+// Each session is one hash, a field per key; Load (with its idle refresh)
+// and Apply (with its compare-and-set and its refusal to resurrect) are each
+// one Lua script, so one round trip. Keys use hash tags so that a session,
+// its user's index and its user's revocation epoch live in one Cluster slot:
+//
+//	<prefix>s:{<tag>}.<hash>   a session bound to a user (tag = session.UserTag)
+//	<prefix>s:{<hash>}         an anonymous session
+//	<prefix>e:{<tag>}          revocation epochs of the users with that tag
+//	<prefix>u:{<tag>}<user>    the user's index (a set of session IDs)
+type Store struct {
+	c            redis.UniversalClient
+	prefix       string
+	prefixSet    bool
+	waitReplicas int
+	waitTimeout  time.Duration
+}
+
+// New returns a store over c.
+func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
+	if c == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	s := &Store{c: c}
+	for _, o := range opts {
+		if o == nil {
+			return nil, errors.New("redisstore: nil option")
+		}
+		o.apply(s)
+	}
+	if !s.prefixSet {
+		s.prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(s.prefix, "{}") {
+		return nil, fmt.Errorf("redisstore: prefix %q contains a brace", s.prefix)
+	}
+	if s.waitReplicas < 0 || (s.waitReplicas > 0 && s.waitTimeout <= 0) {
+		return nil, fmt.Errorf("redisstore: WithWait(%d, %v): want replicas >= 0 and a positive timeout", s.waitReplicas, s.waitTimeout)
+	}
+	if _, ok := c.(*redis.ClusterClient); ok && s.waitReplicas > 0 {
+		return nil, errors.New("redisstore: WithWait is not supported on a Redis Cluster client")
+	}
+	return s, nil
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) sessionKey(id string) string {
+	tag, rest := session.HashTag(id), ""
+	if len(tag) < len(id) {
+		rest = id[len(tag):]
+	}
+	return s.prefix + "s:{" + tag + "}" + rest
+}
+
+func (s *Store) epochKey(tag string) string { return s.prefix + "e:{" + tag + "}" }
+
+func (s *Store) indexKey(tag, user string) string { return s.prefix + "u:{" + tag + "}" + user }
+
+// Load implements session.Store: one round trip (two while following an
+// alias left by a rotation).
+func (s *Store) Load(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return session.Record{}, false, err
+	}
+	for range maxHops {
+		if !validID(id) {
+			return session.Record{}, false, nil
+		}
+		res, err := loadScript.Run(ctx, s.c, []string{s.sessionKey(id), s.epochKey(session.HashTag(id))}, idle.Milliseconds()).Slice()
+		if errors.Is(err, redis.Nil) {
+			return session.Record{}, false, nil
+		}
+		if err != nil {
+			return session.Record{}, false, fmt.Errorf("redisstore: load: %w", err)
+		}
+		switch tag, _ := res[0].(string); {
+		case tag == "alias" && len(res) == 2:
+			id, _ = res[1].(string)
+			continue
+		case tag == "ok" && len(res) == 3:
+			idleMs, _ := res[1].(int64)
+			flat, _ := res[2].([]any)
+			rec, err := decode(id, flat)
+			if err != nil {
+				return session.Record{}, false, err
+			}
+			rec.IdleDeadline = time.UnixMilli(idleMs)
+			return rec, true, nil
+		default:
+			return session.Record{}, false, fmt.Errorf("redisstore: load: unexpected reply %v", res)
+		}
+	}
+	return session.Record{}, false, nil
+}
+
+// decode turns an HGETALL reply into a record.
+func decode(id string, flat []any) (session.Record, error) {
+	rec := session.Record{ID: id, Values: make(map[string]session.Value, len(flat)/2)}
+	bad := func(field string) (session.Record, error) {
+		return session.Record{}, fmt.Errorf("redisstore: load %s: malformed field %q", id, field)
+	}
+	for i := 0; i+1 < len(flat); i += 2 {
+		f, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		switch {
+		case strings.HasPrefix(f, "k:"):
+			ver, data, ok := strings.Cut(v, ":")
+			n, err := strconv.ParseUint(ver, 10, 64)
+			if !ok || err != nil {
+				return bad(f)
+			}
+			rec.Values[f[2:]] = session.Value{Data: []byte(data), Version: n}
+		case f == "_v":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return bad(f)
+			}
+			rec.Version = n
+		case f == "_c", f == "_a":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return bad(f)
+			}
+			if f == "_c" {
+				rec.Created = time.UnixMilli(n)
+			} else {
+				rec.AbsoluteDeadline = time.UnixMilli(n)
+			}
+		case f == "_u":
+			rec.User = v
+		}
+	}
+	return rec, nil
+}
+
+// Apply implements session.Store: one round trip (two while following an
+// alias, plus one for WithWait).
+func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
+	if err := d.Validate(); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	args := make([]any, 0, 10+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
+	args = append(args, "", "0", int64(0), int64(0), int64(0), d.Idle.Milliseconds(), d.User, len(d.Set), len(d.Delete), len(d.Expect))
+	if c := d.Create; c != nil {
+		args[1], args[2] = "1", c.Absolute.Milliseconds()
+		if !c.Deadline.IsZero() {
+			args[3], args[4] = c.Deadline.UnixMilli(), c.Created.UnixMilli()
+		}
+	}
+	for k, v := range d.Set {
+		args = append(args, k, v)
+	}
+	for _, k := range d.Delete {
+		args = append(args, k)
+	}
+	for k, v := range d.Expect {
+		args = append(args, k, strconv.FormatUint(v, 10))
+	}
+	for range maxHops {
+		if !validID(id) {
+			return 0, ErrInvalidID
+		}
+		tag := session.HashTag(id)
+		keys := []string{s.sessionKey(id), s.epochKey(tag), s.sessionKey(id)}
+		if d.User != "" {
+			if tag != session.UserTag(d.User) {
+				return 0, ErrUserTag
+			}
+			keys[2] = s.indexKey(tag, d.User)
+		}
+		args[0] = id
+		cmd, werr := s.write(ctx, applyScript, keys, args...)
+		res, err := cmd.Slice()
+		if err != nil {
+			return 0, fmt.Errorf("redisstore: apply: %w", err)
+		}
+		status, _ := res[0].(string)
+		switch {
+		case status == "ok" && len(res) == 2:
+			v, _ := res[1].(int64)
+			return uint64(v), werr
+		case status == "notfound":
+			return 0, session.ErrNotFound
+		case status == "conflict" && len(res) == 2:
+			k, _ := res[1].(string)
+			return 0, &session.ConflictError{Key: k}
+		case status == "alias" && len(res) == 2 && d.Create == nil:
+			id, _ = res[1].(string)
+		default:
+			return 0, fmt.Errorf("redisstore: apply: unexpected reply %v", res)
+		}
+	}
+	return 0, session.ErrNotFound
+}
+
+// Delete implements session.Store.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for range maxHops {
+		if !validID(id) {
+			return nil
+		}
+		cmd, werr := s.write(ctx, deleteScript, []string{s.sessionKey(id)})
+		to, err := cmd.Text()
+		if errors.Is(err, redis.Nil) {
+			return werr
+		}
+		if err != nil {
+			return fmt.Errorf("redisstore: delete: %w", err)
+		}
+		if werr != nil {
+			return werr
+		}
+		id = to
+	}
+	return nil
+}
+
+// Alias implements session.Aliaser. The grace period is rounded up to a
+// millisecond.
+func (s *Store) Alias(ctx context.Context, oldID, newID string, ifVersion uint64, grace time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !validID(oldID) || !validID(newID) {
+		return ErrInvalidID
+	}
+	ms := max(grace.Milliseconds(), 1)
+	cmd, werr := s.write(ctx, aliasScript, []string{s.sessionKey(oldID), s.epochKey(session.HashTag(oldID))},
+		newID, strconv.FormatUint(ifVersion, 10), ms)
+	res, err := cmd.Text()
+	if err != nil {
+		return fmt.Errorf("redisstore: alias: %w", err)
+	}
+	switch res {
+	case "ok":
+		return werr
+	case "notfound":
+		return session.ErrNotFound
+	case "conflict":
+		return &session.ConflictError{}
+	}
+	return fmt.Errorf("redisstore: alias: unexpected reply %q", res)
+}
+
+// Sessions implements session.UserIndex: two round trips (the index, then
+// one script over the indexed sessions that drops the dead ones).
+func (s *Store) Sessions(ctx context.Context, user string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	keys, ids, err := s.members(ctx, user)
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	args := make([]any, 0, 1+len(ids))
+	args = append(args, user)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	live, err := sessionsScript.Run(ctx, s.c, keys, args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: sessions: %w", err)
+	}
+	return live, nil
+}
+
+// DestroyUser implements session.UserIndex: two round trips. The user's
+// epoch is bumped in the same script that deletes the indexed sessions, so a
+// session bound concurrently with the listing is revoked all the same.
+func (s *Store) DestroyUser(ctx context.Context, user string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	keys, _, err := s.members(ctx, user)
+	if err != nil {
+		return err
+	}
+	cmd, werr := s.write(ctx, destroyUserScript, keys, user)
+	if err := cmd.Err(); err != nil {
+		return fmt.Errorf("redisstore: destroy user: %w", err)
+	}
+	return werr
+}
+
+// members reads the user's index and returns the script keys (index,
+// epochs, then one session key per member) and the member IDs.
+func (s *Store) members(ctx context.Context, user string) ([]string, []string, error) {
+	tag := session.UserTag(user)
+	index := s.indexKey(tag, user)
+	all, err := s.c.SMembers(ctx, index).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("redisstore: user index: %w", err)
+	}
+	keys := []string{index, s.epochKey(tag)}
+	ids := all[:0]
+	for _, id := range all {
+		if validID(id) && session.HashTag(id) == tag {
+			keys = append(keys, s.sessionKey(id))
+			ids = append(ids, id)
+		}
+	}
+	return keys, ids, nil
+}
+
+// write runs a script that writes. With WithWait it sends the script and
+// WAIT in one pipeline, so that WAIT runs on the connection that wrote
+// (WAIT counts the acknowledgements of its own connection's writes) and the
+// pair costs one round trip.
+func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, args ...any) (*redis.Cmd, error) {
+	if s.waitReplicas == 0 {
+		return script.Run(ctx, s.c, keys, args...), nil
+	}
+	send := func(eval func(redis.Pipeliner) *redis.Cmd) (*redis.Cmd, *redis.Cmd) {
+		pipe := s.c.Pipeline()
+		cmd := eval(pipe)
+		wait := pipe.Do(ctx, "WAIT", s.waitReplicas, s.waitTimeout.Milliseconds())
+		_, _ = pipe.Exec(ctx)
+		return cmd, wait
+	}
+	cmd, wait := send(func(p redis.Pipeliner) *redis.Cmd { return script.EvalSha(ctx, p, keys, args...) })
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		cmd, wait = send(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, p, keys, args...) })
+	}
+	if cmd.Err() != nil {
+		return cmd, nil
+	}
+	n, err := wait.Int64()
+	if err != nil {
+		return cmd, fmt.Errorf("redisstore: wait: %w", err)
+	}
+	if int(n) < s.waitReplicas {
+		return cmd, &NotReplicatedError{Acked: int(n), Wanted: s.waitReplicas}
+	}
+	return cmd, nil
+}

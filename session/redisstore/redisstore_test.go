@@ -1,0 +1,155 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/activekit/activekit/session"
+	"github.com/activekit/activekit/session/redisstore"
+	"github.com/activekit/activekit/session/sessiontest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// newStore returns a store on c under a prefix unique to t, whose keys are
+// removed when t ends.
+func newStore(t *testing.T, c redis.UniversalClient, opts ...redisstore.Option) *redisstore.Store {
+	t.Helper()
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, prefix)
+	s, err := redisstore.New(c, append([]redisstore.Option{redisstore.WithPrefix(prefix)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestStandalone(t *testing.T) {
+	c := testenv.Redis(t)
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
+}
+
+func TestSentinel(t *testing.T) {
+	c := testenv.RedisFailover(t)
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
+}
+
+func TestSentinelWait(t *testing.T) {
+	c := testenv.RedisFailover(t)
+	sessiontest.Run(t, func(t *testing.T) session.Store {
+		return newStore(t, c, redisstore.WithWait(1, 2*time.Second))
+	})
+}
+
+func TestCluster(t *testing.T) {
+	c := testenv.RedisCluster(t)
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
+}
+
+func TestWaitNotReplicated(t *testing.T) {
+	// The standalone server has no replica: asking for one times out.
+	c := testenv.Redis(t)
+	s := newStore(t, c, redisstore.WithWait(1, 50*time.Millisecond))
+	id := sessiontest.NewID(t, "")
+	_, err := s.Apply(t.Context(), id, session.Delta{Create: &session.Create{Absolute: time.Hour}, Idle: time.Hour})
+	var nre *redisstore.NotReplicatedError
+	if !errors.Is(err, redisstore.ErrNotReplicated) || !errors.As(err, &nre) || nre.Acked != 0 || nre.Wanted != 1 {
+		t.Fatalf("Apply with WAIT 1 on a server without replicas: %v", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cc.Close()
+	for name, tc := range map[string]struct {
+		c    redis.UniversalClient
+		opts []redisstore.Option
+	}{
+		"nil client":      {nil, nil},
+		"nil option":      {c, []redisstore.Option{nil}},
+		"brace in prefix": {c, []redisstore.Option{redisstore.WithPrefix("a{b}")}},
+		"negative wait":   {c, []redisstore.Option{redisstore.WithWait(-1, time.Second)}},
+		"wait no timeout": {c, []redisstore.Option{redisstore.WithWait(1, 0)}},
+		"wait on cluster": {cc, []redisstore.Option{redisstore.WithWait(1, time.Second)}},
+	} {
+		if _, err := redisstore.New(tc.c, tc.opts...); err == nil {
+			t.Errorf("%s: New accepted it", name)
+		}
+	}
+	if _, err := redisstore.New(c); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+}
+
+func TestUserTagRequired(t *testing.T) {
+	s := newStore(t, testenv.Redis(t))
+	id := sessiontest.NewID(t, "") // anonymous: no user tag
+	_, err := s.Apply(t.Context(), id, session.Delta{Create: &session.Create{Absolute: time.Hour}, User: "alice", Idle: time.Hour})
+	if !errors.Is(err, redisstore.ErrUserTag) {
+		t.Fatalf("binding a user to an ID without its tag: %v, want ErrUserTag", err)
+	}
+}
+
+// counter counts the commands sent to Redis.
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1) // a pipeline is one round trip
+		return next(ctx, cmds)
+	}
+}
+
+func TestRoundTrips(t *testing.T) {
+	for name, c := range map[string]redis.UniversalClient{
+		"standalone": testenv.Redis(t),
+		"cluster":    testenv.RedisCluster(t),
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := newStore(t, c)
+			ctx := t.Context()
+			id := sessiontest.NewID(t, "alice")
+			// Warm the script caches (EVALSHA, then EVAL on NOSCRIPT).
+			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, User: "alice", Idle: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := s.Load(ctx, id, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			cnt := &counter{}
+			c.AddHook(cnt)
+			measure := func(what string, want int64, fn func() error) {
+				t.Helper()
+				before := cnt.n.Load()
+				if err := fn(); err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				if got := cnt.n.Load() - before; got != want {
+					t.Errorf("%s: %d round trips, want %d", what, got, want)
+				}
+			}
+			measure("load with idle refresh", 1, func() error { _, _, err := s.Load(ctx, id, time.Hour); return err })
+			measure("apply with CAS", 1, func() error {
+				_, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"a": []byte("1")}, Expect: map[string]uint64{"a": 0}, Idle: time.Hour})
+				return err
+			})
+			measure("load missing", 1, func() error { _, _, err := s.Load(ctx, sessiontest.NewID(t, ""), time.Hour); return err })
+		})
+	}
+}
