@@ -1,4 +1,34 @@
-// Package kafka is the events adapter for Apache Kafka on franz-go.
+// Package kafka is the events adapter for Apache Kafka, on franz-go.
 //
-// Status: being built.
+// # Why it exists
+//
+// In an active-active service every instance publishes and every instance
+// consumes, and any of them can die between two steps. This adapter makes the
+// Kafka half of the events promise (published at least once with a stable
+// ID; acknowledged only after the effect) hold through those deaths:
+//
+//   - Publisher uses the idempotent producer with acks=all, franz-go's
+//     defaults, and refuses a weaker client unless told to
+//     (ErrWeakDurability): a resend after a lost acknowledgement or a leader
+//     change never duplicates an event in the log, and an acknowledged event
+//     is on every in-sync replica. An outcome the client cannot know (the
+//     context ended after the records were sent) is events.ErrUncertain,
+//     not a failure.
+//   - Records use the CloudEvents Kafka binding in binary mode (ce_ headers,
+//     content-type), so any Kafka consumer can read them, and are keyed by
+//     the partitionkey extension or the subject, so one entity's events stay
+//     in one partition, in order.
+//   - Subscriber joins a consumer group (cooperative-sticky), handles each
+//     partition in order and partitions concurrently, commits an offset only
+//     after the handler succeeded and never across a rebalance, retries a
+//     failing record in place, and dead-letters what cannot succeed (with
+//     its key, headers, reason and attempt count) instead of blocking the
+//     partition or crashing.
+//   - Preflight reports topics that could lose acknowledged events
+//     (replication factor under 3, min.insync.replicas under 2, unclean
+//     leader election), and CreateTopics makes them durable.
+//
+// Delivery is at least once: an instance that dies after a handler's effect
+// and before its commit leaves the event to be delivered again. Wrap the
+// handler with dedupe.Middleware for an exactly-once effect.
 package kafka

@@ -1,0 +1,156 @@
+package kafka
+
+import (
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Header names of the CloudEvents Kafka protocol binding, binary content mode.
+// Every context attribute but datacontenttype is a "ce_" header; extensions
+// are "ce_<name>"; datacontenttype is the "content-type" header.
+const (
+	HeaderPrefix      = "ce_"
+	HeaderID          = "ce_id"
+	HeaderSource      = "ce_source"
+	HeaderSpecVersion = "ce_specversion"
+	HeaderType        = "ce_type"
+	HeaderSubject     = "ce_subject"
+	HeaderTime        = "ce_time"
+	HeaderDataSchema  = "ce_dataschema"
+	HeaderContentType = "content-type"
+)
+
+// ErrMalformed is matched by every error Decode returns.
+var ErrMalformed = errors.New("kafka: malformed record")
+
+// DecodeError says why a record is not a CloudEvent this package can read. It
+// matches ErrMalformed, and wraps the *events.ValidationError when the record
+// decoded into an invalid event.
+type DecodeError struct {
+	Header string // the offending header, "" when the record as a whole is wrong
+	Reason string
+	Err    error // the validation error, if any
+}
+
+func (e *DecodeError) Error() string {
+	s := "kafka: malformed record"
+	if e.Header != "" {
+		s += ": header " + e.Header
+	}
+	return s + ": " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrMalformed) true.
+func (e *DecodeError) Is(target error) bool { return target == ErrMalformed }
+
+// Unwrap returns the validation error, if any.
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Record encodes e as a Kafka record for topic in the CloudEvents Kafka
+// binding's binary mode: the data is the value, attributes are headers, and
+// the key is e.Key() (the partitionkey extension, else the subject), so one
+// entity's events go to one partition and stay in order. It does not
+// validate e; Publish does.
+func Record(topic string, e events.Event) *kgo.Record {
+	r := &kgo.Record{Topic: topic, Value: e.Data}
+	if k := e.Key(); k != "" {
+		r.Key = []byte(k)
+	}
+	h := make([]kgo.RecordHeader, 0, 8+len(e.Extensions))
+	add := func(k, v string) {
+		if v != "" {
+			h = append(h, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+	}
+	add(HeaderSpecVersion, e.SpecVersion)
+	add(HeaderID, e.ID)
+	add(HeaderSource, e.Source)
+	add(HeaderType, e.Type)
+	add(HeaderSubject, e.Subject)
+	if !e.Time.IsZero() {
+		add(HeaderTime, e.Time.UTC().Format(time.RFC3339Nano))
+	}
+	add(HeaderDataSchema, e.DataSchema)
+	add(HeaderContentType, e.DataContentType)
+	for k, v := range e.Extensions {
+		add(HeaderPrefix+k, v)
+	}
+	r.Headers = h
+	if !e.Time.IsZero() {
+		r.Timestamp = e.Time
+	}
+	return r
+}
+
+// Decode reads a record written in the CloudEvents Kafka binding's binary
+// mode back into an event and validates it. Headers other than "ce_*" and
+// "content-type" are ignored. A duplicated CloudEvents header, a missing
+// required attribute, a time that is not RFC 3339, a structured-mode record,
+// or an event that fails Validate is an error matching ErrMalformed.
+func Decode(r *kgo.Record) (events.Event, error) {
+	var e events.Event
+	seen := make(map[string]bool, len(r.Headers))
+	for _, h := range r.Headers {
+		if h.Key != HeaderContentType && !strings.HasPrefix(h.Key, HeaderPrefix) {
+			continue
+		}
+		if seen[h.Key] {
+			return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
+		}
+		seen[h.Key] = true
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderContentType:
+			e.DataContentType = v
+		case HeaderSpecVersion:
+			e.SpecVersion = v
+		case HeaderID:
+			e.ID = v
+		case HeaderSource:
+			e.Source = v
+		case HeaderType:
+			e.Type = v
+		case HeaderSubject:
+			e.Subject = v
+		case HeaderDataSchema:
+			e.DataSchema = v
+		case HeaderTime:
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return events.Event{}, &DecodeError{Header: h.Key, Reason: "not an RFC 3339 time"}
+			}
+			e.Time = t
+		default:
+			e.SetExtension(h.Key[len(HeaderPrefix):], v)
+			if v == "" { // an empty extension header is not absent
+				return events.Event{}, &DecodeError{Header: h.Key, Reason: "empty value"}
+			}
+		}
+	}
+	if !seen[HeaderSpecVersion] {
+		if strings.HasPrefix(e.DataContentType, "application/cloudevents") {
+			return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
+		}
+		return events.Event{}, &DecodeError{Header: HeaderSpecVersion, Reason: "missing: not a CloudEvent"}
+	}
+	if len(r.Value) > 0 {
+		e.Data = r.Value
+	}
+	if err := e.Validate(); err != nil {
+		var ve *events.ValidationError
+		errors.As(err, &ve)
+		return events.Event{}, &DecodeError{Header: headerOf(ve.Attribute), Reason: ve.Reason, Err: err}
+	}
+	return e, nil
+}
+
+func headerOf(attr string) string {
+	if attr == "datacontenttype" {
+		return HeaderContentType
+	}
+	return HeaderPrefix + attr
+}

@@ -1,0 +1,221 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// ErrWeakDurability reports a producer configured so that an acknowledged
+// event could be lost or duplicated: acks other than all, the idempotent
+// producer disabled, or in-flight records cancellable. PublisherConfig's
+// AllowWeakDurability accepts such a producer.
+var ErrWeakDurability = errors.New("kafka: producer durability weaker than idempotent acks=all")
+
+// ErrConfig reports an invalid configuration.
+var ErrConfig = errors.New("kafka: invalid configuration")
+
+// PublisherConfig configures a Publisher. Topic and one of Brokers or Client
+// are required; every other zero field means the default.
+type PublisherConfig struct {
+	// Topic is where events are published.
+	Topic string
+	// Brokers are the seed brokers for a client the Publisher makes, owns
+	// and closes.
+	Brokers []string
+	// ClientOpts are added to that client's options (TLS, SASL, linger,
+	// compression...). Options weaker than the defaults (idempotent
+	// producer, acks=all) are refused unless AllowWeakDurability is set.
+	ClientOpts []kgo.Opt
+	// Client is a client the caller owns, used instead of making one; the
+	// Publisher does not close it. Its durability is checked the same way.
+	Client *kgo.Client
+	// AllowWeakDurability accepts a producer with acks other than all,
+	// without idempotence, or with AllowIdempotentProduceCancellation.
+	AllowWeakDurability bool
+	// Tracing injects the caller's trace context into events that carry
+	// no traceparent. The zero value uses the otel globals.
+	Tracing events.TracingConfig
+	// CloseTimeout bounds how long Close waits for records in flight;
+	// zero means 10s.
+	CloseTimeout time.Duration
+}
+
+// Publisher publishes events to one Kafka topic, in the CloudEvents Kafka
+// binding's binary mode, through franz-go's idempotent producer with
+// acks=all. It implements events.Publisher.
+//
+// The producer's sequence numbers make the broker drop a batch it already
+// wrote when the producer resends it after a lost response or a leader
+// change, so retries inside the client never duplicate an event in the log.
+// Events with the same key (the partitionkey extension, else the subject) go
+// to the same partition, in the order they were published.
+//
+// A Publisher starts no goroutines of its own; the client it makes runs
+// franz-go's, and Close stops them.
+type Publisher struct {
+	cl     *kgo.Client
+	owned  bool
+	topic  string
+	trace  events.TracingConfig
+	close  time.Duration
+	closed atomic.Bool
+}
+
+var _ events.Publisher = (*Publisher)(nil)
+
+// NewPublisher checks cfg, makes (or adopts) the client and refuses weak
+// durability settings.
+func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
+	if cfg.Topic == "" {
+		return nil, fmt.Errorf("%w: Topic is empty", ErrConfig)
+	}
+	if (cfg.Client == nil) == (len(cfg.Brokers) == 0) {
+		return nil, fmt.Errorf("%w: set exactly one of Brokers and Client", ErrConfig)
+	}
+	if cfg.Client != nil && len(cfg.ClientOpts) > 0 {
+		return nil, fmt.Errorf("%w: ClientOpts apply only to a client the Publisher makes", ErrConfig)
+	}
+	if cfg.CloseTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative CloseTimeout", ErrConfig)
+	}
+	if cfg.CloseTimeout == 0 {
+		cfg.CloseTimeout = 10 * time.Second
+	}
+	p := &Publisher{cl: cfg.Client, topic: cfg.Topic, trace: cfg.Tracing, close: cfg.CloseTimeout}
+	if p.cl == nil {
+		opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.ClientOpts...)
+		cl, err := kgo.NewClient(opts...)
+		if err != nil {
+			return nil, fmt.Errorf("kafka: new client: %w", err)
+		}
+		p.cl, p.owned = cl, true
+	}
+	if !cfg.AllowWeakDurability {
+		if err := CheckDurability(p.cl); err != nil {
+			if p.owned {
+				p.cl.Close()
+			}
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// CheckDurability reports, as an error matching ErrWeakDurability, whether
+// cl's producer settings are weaker than the idempotent producer with
+// acks=all and no cancellation of in-flight records.
+func CheckDurability(cl *kgo.Client) error {
+	if acks, _ := cl.OptValue(kgo.RequiredAcks).(kgo.Acks); acks != kgo.AllISRAcks() {
+		return fmt.Errorf("%w: RequiredAcks is not AllISRAcks", ErrWeakDurability)
+	}
+	if off, _ := cl.OptValue(kgo.DisableIdempotentWrite).(bool); off {
+		return fmt.Errorf("%w: DisableIdempotentWrite is set", ErrWeakDurability)
+	}
+	if on, _ := cl.OptValue(kgo.AllowIdempotentProduceCancellation).(bool); on {
+		return fmt.Errorf("%w: AllowIdempotentProduceCancellation is set", ErrWeakDurability)
+	}
+	return nil
+}
+
+// Topic returns the topic the Publisher publishes to.
+func (p *Publisher) Topic() string { return p.topic }
+
+// Client returns the franz-go client, for what this package does not wrap.
+func (p *Publisher) Client() *kgo.Client { return p.cl }
+
+// Publish validates every event, then produces them and waits for the
+// broker's acknowledgement of each (acks=all). See events.Publisher for the
+// contract.
+//
+// When ctx ends before every event is acknowledged, Publish returns at once
+// with an error matching events.ErrUncertain and the context's error: the
+// events still unacknowledged may be in the log or not (the client keeps
+// trying to deliver those it has sent). Events the client failed without
+// sending are reported as not published. An event that carries no
+// traceparent gets the trace context of ctx.
+func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
+	if p.closed.Load() {
+		return events.ErrClosed
+	}
+	for i := range evs {
+		if err := evs[i].Validate(); err != nil {
+			return fmt.Errorf("kafka: event %d (id %q): %w", i, evs[i].ID, err)
+		}
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	results := make(chan error, len(evs))
+	promise := func(_ *kgo.Record, err error) { results <- err }
+	for i := range evs {
+		e := evs[i]
+		if e.Extensions[events.ExtTraceParent] == "" {
+			e.Extensions = cloneExt(e.Extensions)
+			events.InjectTrace(ctx, p.trace, &e)
+		}
+		p.cl.Produce(ctx, Record(p.topic, e), promise)
+	}
+	var failed, uncertain int
+	var first error
+	for n := 0; n < len(evs); n++ {
+		select {
+		case err := <-results:
+			switch {
+			case err == nil:
+			case errors.Is(err, kgo.ErrClientClosed):
+				// Records in flight when the client closed may have
+				// been written.
+				uncertain++
+			default:
+				failed++
+				if first == nil {
+					first = err
+				}
+			}
+		case <-ctx.Done():
+			pending := len(evs) - n
+			return fmt.Errorf("kafka: %d of %d events unacknowledged when the context ended: %w",
+				pending+uncertain, len(evs), errors.Join(events.ErrUncertain, context.Cause(ctx)))
+		}
+	}
+	switch {
+	case uncertain > 0:
+		return fmt.Errorf("kafka: %d of %d events unacknowledged when the client closed: %w", uncertain, len(evs), errors.Join(events.ErrUncertain, kgo.ErrClientClosed))
+	case failed > 0:
+		return fmt.Errorf("kafka: %d of %d events not published: %w", failed, len(evs), first)
+	}
+	return nil
+}
+
+func cloneExt(m map[string]string) map[string]string {
+	c := make(map[string]string, len(m)+2)
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Close waits up to CloseTimeout for records in flight, then closes the
+// client if the Publisher made it. Later Publish calls return
+// events.ErrClosed. Close is idempotent.
+func (p *Publisher) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.close)
+	defer cancel()
+	err := p.cl.Flush(ctx)
+	if p.owned {
+		p.cl.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("kafka: flushing on close: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,295 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/retry"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Headers the subscriber adds to a dead-lettered record, besides
+// ce_deadletterreason and ce_deadletterattempts.
+const (
+	HeaderDLQTopic     = "dlq-topic"
+	HeaderDLQPartition = "dlq-partition"
+	HeaderDLQOffset    = "dlq-offset"
+	HeaderDLQGroup     = "dlq-group"
+)
+
+// DefaultDeadLetterSuffix names a topic's dead-letter topic when
+// SubscriberConfig.DeadLetterTopic is empty.
+const DefaultDeadLetterSuffix = ".dlq"
+
+// SubscriberConfig configures a Subscriber. Brokers and Group are required;
+// every other zero field means the default.
+type SubscriberConfig struct {
+	// Brokers are the seed brokers.
+	Brokers []string
+	// Group is the consumer group: the instances of one service share it,
+	// and each partition is consumed by one of them at a time.
+	Group string
+	// ClientOpts are added to the options of each Subscribe call's client
+	// (TLS, SASL, session timeout...). Options that change how offsets are
+	// committed (autocommit, the balancer) must not be given.
+	ClientOpts []kgo.Opt
+	// Retrier retries a failing handler in place, so the partition's order
+	// is kept. nil means the retry package's default policy (4 attempts,
+	// at most 30s). Keep its MaxElapsedTime under the group's rebalance
+	// timeout (60s by default): a rebalance waits for the batch in hand.
+	Retrier *retry.Retrier
+	// DeadLetterTopic receives the records whose handler failed after the
+	// retries, or that could not be decoded; "" means the subscribed topic
+	// plus DefaultDeadLetterSuffix. The topic must exist.
+	DeadLetterTopic string
+	// MaxPollRecords bounds the records handled between two commits; zero
+	// means 500.
+	MaxPollRecords int
+	// CommitTimeout bounds each offset commit; zero means 10s.
+	CommitTimeout time.Duration
+	// Logger receives dead-letters and commit failures; nil means none.
+	Logger *slog.Logger
+}
+
+// Subscriber consumes a topic in a consumer group and hands each event to a
+// handler. It implements events.Subscriber.
+//
+// Each Subscribe call makes its own franz-go client, joined to the group with
+// the cooperative-sticky balancer, and closes it (leaving the group) when it
+// returns. It polls a batch of records, handles each partition's records in
+// order on a goroutine of its own (partitions concurrently), waits for the
+// batch, commits the offset after the last record handled on each partition,
+// and only then lets a rebalance proceed (BlockRebalanceOnPoll), so an offset
+// is never committed for a record whose handler has not succeeded, nor for a
+// partition the instance no longer owns.
+//
+// A handler error is retried in place with the Retrier, so the events after
+// it on the partition wait (order is kept). When the retries are spent, or
+// the error is events.Permanent, or the handler panicked, or the record is not
+// a CloudEvent, the record is copied to the dead-letter topic with its key,
+// value and headers plus the reason (ce_deadletterreason), the attempts
+// (ce_deadletterattempts) and where it came from (dlq-* headers), and
+// consumption moves on. Publishing the dead letter is retried until it
+// succeeds or ctx ends; a consumer never skips a record it has not handled or
+// dead-lettered.
+//
+// When ctx ends, handlers see their ctx end; records whose handler had not
+// returned nil are not committed and are delivered again, to this group's
+// next owner of the partition.
+type Subscriber struct {
+	cfg     SubscriberConfig
+	retrier *retry.Retrier
+	log     *slog.Logger
+}
+
+var _ events.Subscriber = (*Subscriber)(nil)
+
+// NewSubscriber checks cfg. It makes no connection; Subscribe does.
+func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
+	switch {
+	case len(cfg.Brokers) == 0:
+		return nil, fmt.Errorf("%w: Brokers is empty", ErrConfig)
+	case cfg.Group == "":
+		return nil, fmt.Errorf("%w: Group is empty", ErrConfig)
+	case cfg.MaxPollRecords < 0:
+		return nil, fmt.Errorf("%w: negative MaxPollRecords", ErrConfig)
+	case cfg.CommitTimeout < 0:
+		return nil, fmt.Errorf("%w: negative CommitTimeout", ErrConfig)
+	}
+	if cfg.MaxPollRecords == 0 {
+		cfg.MaxPollRecords = 500
+	}
+	if cfg.CommitTimeout == 0 {
+		cfg.CommitTimeout = 10 * time.Second
+	}
+	s := &Subscriber{cfg: cfg, retrier: cfg.Retrier, log: cfg.Logger}
+	if s.retrier == nil {
+		r, err := retry.New(retry.Policy{})
+		if err != nil {
+			return nil, err
+		}
+		s.retrier = r
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// deadLetterRetry is the policy for publishing a dead letter: until it
+// succeeds or ctx ends.
+var deadLetterRetry = retry.Policy{MaxAttempts: -1, MaxElapsedTime: -1, MaxInterval: 5 * time.Second}
+
+// Subscribe consumes topic in the group until ctx ends, then commits what was
+// handled, leaves the group and returns nil. It returns an error when the
+// client cannot be made.
+func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handler) error {
+	if topic == "" {
+		return fmt.Errorf("%w: empty topic", ErrConfig)
+	}
+	dlq := s.cfg.DeadLetterTopic
+	if dlq == "" {
+		dlq = topic + DefaultDeadLetterSuffix
+	}
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(s.cfg.Brokers...),
+		kgo.ConsumerGroup(s.cfg.Group),
+		kgo.ConsumeTopics(topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	}, s.cfg.ClientOpts...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("kafka: new consumer client: %w", err)
+	}
+	c := &consumer{s: s, cl: cl, h: h, dlq: dlq}
+	defer cl.Close() // leaves the group
+	for {
+		fetches := cl.PollRecords(ctx, s.cfg.MaxPollRecords)
+		if ctx.Err() != nil {
+			cl.AllowRebalance()
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return events.ErrClosed
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: fetch error", slog.String("topic", t), slog.Int("partition", int(p)), slog.Any("error", err))
+		})
+		var done []*kgo.Record
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			wg.Go(func() {
+				var last *kgo.Record
+				for _, r := range p.Records {
+					if !c.handle(ctx, r) {
+						break
+					}
+					last = r
+				}
+				if last != nil {
+					mu.Lock()
+					done = append(done, last)
+					mu.Unlock()
+				}
+			})
+		})
+		wg.Wait()
+		c.commit(ctx, done)
+		cl.AllowRebalance()
+	}
+}
+
+type consumer struct {
+	s   *Subscriber
+	cl  *kgo.Client
+	h   events.Handler
+	dlq string
+}
+
+// commit commits the offsets after done, even when ctx has ended: what was
+// handled before a shutdown should not be handled again.
+func (c *consumer) commit(ctx context.Context, done []*kgo.Record) {
+	if len(done) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.s.cfg.CommitTimeout)
+	defer cancel()
+	if err := c.cl.CommitRecords(cctx, done...); err != nil {
+		// The records will be delivered again (to whoever owns the
+		// partition now); dedupe absorbs the repeat.
+		c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: commit failed; records will be redelivered", slog.Any("error", err))
+	}
+}
+
+// handle runs the handler on r with retries, or dead-letters r, and reports
+// whether r may be committed.
+func (c *consumer) handle(ctx context.Context, r *kgo.Record) bool {
+	e, err := Decode(r)
+	attempts := 0
+	if err == nil {
+		err = c.s.retrier.Do(ctx, func(ctx context.Context) error {
+			attempts++
+			return call(ctx, c.h, e)
+		})
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false // stopped, not failed: redelivered later
+		}
+	}
+	return c.deadLetter(ctx, r, err, attempts)
+}
+
+// call runs h, turning a panic into a permanent error.
+func call(ctx context.Context, h events.Handler, e events.Event) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = events.Permanent(&events.PanicError{Value: v, Stack: debug.Stack()})
+		}
+	}()
+	return h(ctx, e)
+}
+
+// DeadLetterRecord returns the dead-letter copy of r for topic dlq: r's key,
+// value and headers, with the reason and attempts as ce_deadletterreason and
+// ce_deadletterattempts (replacing any from an earlier dead-lettering), and
+// r's topic, partition, offset and the group as dlq-* headers.
+func DeadLetterRecord(dlq, group string, r *kgo.Record, cause error, attempts int) *kgo.Record {
+	replaced := map[string]bool{
+		HeaderPrefix + events.ExtDeadLetterReason: true, HeaderPrefix + events.ExtDeadLetterAttempts: true,
+		HeaderDLQTopic: true, HeaderDLQPartition: true, HeaderDLQOffset: true, HeaderDLQGroup: true,
+	}
+	h := make([]kgo.RecordHeader, 0, len(r.Headers)+6)
+	for _, x := range r.Headers {
+		if !replaced[x.Key] {
+			h = append(h, x)
+		}
+	}
+	add := func(k, v string) { h = append(h, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
+	add(HeaderPrefix+events.ExtDeadLetterReason, events.Reason(cause))
+	add(HeaderPrefix+events.ExtDeadLetterAttempts, strconv.Itoa(attempts))
+	add(HeaderDLQTopic, r.Topic)
+	add(HeaderDLQPartition, strconv.Itoa(int(r.Partition)))
+	add(HeaderDLQOffset, strconv.FormatInt(r.Offset, 10))
+	add(HeaderDLQGroup, group)
+	return &kgo.Record{Topic: dlq, Key: r.Key, Value: r.Value, Headers: h, Timestamp: r.Timestamp}
+}
+
+// deadLetter publishes r's dead letter, retrying until it succeeds or ctx
+// ends, and reports whether it succeeded.
+func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, attempts int) bool {
+	if errors.Is(cause, ErrMalformed) {
+		cause = fmt.Errorf("malformed: %w", cause)
+	}
+	d := DeadLetterRecord(c.dlq, c.s.cfg.Group, r, cause, attempts)
+	err := retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+		err := c.cl.ProduceSync(ctx, d).FirstErr()
+		if err != nil {
+			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: dead-lettering failed; retrying",
+				slog.String("dlq", c.dlq), slog.Any("error", err))
+		}
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: record dead-lettered",
+		slog.String("topic", r.Topic), slog.Int("partition", int(r.Partition)), slog.Int64("offset", r.Offset),
+		slog.String("dlq", c.dlq), slog.Int("attempts", attempts), slog.Any("reason", cause))
+	return true
+}
