@@ -1,0 +1,206 @@
+package dedupe
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/retry"
+)
+
+// Status is the outcome of a claim.
+type Status int
+
+const (
+	// Claimed: the caller holds the event until its lease ends, and must
+	// call Done after the effect or Release after a failure.
+	Claimed Status = iota + 1
+	// Done: the event's effect was recorded; skip it.
+	Done
+	// Busy: another claimer holds a live lease; try again after
+	// Claim.Remaining.
+	Busy
+)
+
+func (s Status) String() string {
+	switch s {
+	case Claimed:
+		return "claimed"
+	case Done:
+		return "done"
+	case Busy:
+		return "busy"
+	}
+	return "Status(" + fmt.Sprint(int(s)) + ")"
+}
+
+// Claim is the result of Store.Claim.
+type Claim struct {
+	Group  string
+	ID     string
+	Status Status
+	// Token identifies this claim; Done and Release act only while the
+	// store still holds it, so a claimer whose lease ran out cannot
+	// finish or drop its successor's claim.
+	Token string
+	// Remaining is, for Busy, how long the other claim's lease has left
+	// (0 when unknown).
+	Remaining time.Duration
+}
+
+var (
+	// ErrLeaseLost reports that the claim's lease ended and someone else
+	// may have claimed the event: the effect may have happened twice
+	// unless it was recorded in the store with the claim (RedisStore's
+	// DoneWith).
+	ErrLeaseLost = errors.New("dedupe: lease lost")
+	// ErrConfig reports an invalid configuration.
+	ErrConfig = errors.New("dedupe: invalid configuration")
+)
+
+// Store records which events a consumer group has processed.
+//
+// Claim atomically takes (group, id) for lease when nobody has it, or when
+// the previous claim's lease ended without Done; it reports Done when the
+// event was processed, and Busy when another claimer holds a live lease.
+// Done records the effect as done, kept for the store's retention; it returns
+// ErrLeaseLost when the claim is no longer held. Release drops a claim still
+// held, so a redelivery can run at once; releasing a claim that is gone is
+// no error.
+//
+// Implementations are safe for concurrent use by many instances: the store
+// is the only arbiter, and each call is one atomic operation on it.
+// They never retry; the middleware does.
+type Store interface {
+	Claim(ctx context.Context, group, id string, lease time.Duration) (Claim, error)
+	Done(ctx context.Context, c Claim) error
+	Release(ctx context.Context, c Claim) error
+}
+
+// NewToken returns a random claim token.
+func NewToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails since Go 1.24
+	return hex.EncodeToString(b[:])
+}
+
+// Config configures Middleware. Group is required; every other zero field
+// means the default.
+type Config struct {
+	// Group is the consumer group whose effects are deduplicated; two
+	// groups process the same event independently.
+	Group string
+	// Lease is how long a claim holds before another instance may take
+	// the event over, as when the claimer died. The handler's ctx ends
+	// a tenth of the lease before the lease does, so an effect that
+	// honours ctx does not land after a takeover. Zero means 30s.
+	Lease time.Duration
+	// MaxWait caps each wait for a Busy event's lease; zero means 1s.
+	MaxWait time.Duration
+	// Retry is the policy for Done and Release; zero means the retry
+	// package's defaults.
+	Retry retry.Policy
+}
+
+type claimKey struct{}
+
+// FromContext returns the claim the middleware holds for the event being
+// handled, for a handler that records its effect in the store with the claim
+// (RedisStore.DoneWith).
+func FromContext(ctx context.Context) (Claim, bool) {
+	c, ok := ctx.Value(claimKey{}).(Claim)
+	return c, ok
+}
+
+// Middleware claims each event's ID for cfg.Group before the handler, skips
+// events already done, waits while another instance holds the event, marks
+// the event done after the handler succeeds and releases it when the handler
+// fails. With a subscriber that delivers at least once, it gives an
+// exactly-once effect when the handler's effect is idempotent per event ID,
+// or is recorded in the store atomically with the claim (DoneWith): the one
+// gap otherwise is an instance dying after the effect and before Done, which
+// the lease turns into a second run after the lease ends.
+//
+// Store errors are returned (so the subscriber retries or redelivers).
+func Middleware(s Store, cfg Config) (events.Middleware, error) {
+	if s == nil {
+		return nil, fmt.Errorf("%w: nil Store", ErrConfig)
+	}
+	if cfg.Group == "" {
+		return nil, fmt.Errorf("%w: Group is empty", ErrConfig)
+	}
+	if cfg.Lease < 0 || cfg.MaxWait < 0 {
+		return nil, fmt.Errorf("%w: negative duration", ErrConfig)
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = 30 * time.Second
+	}
+	if cfg.MaxWait == 0 {
+		cfg.MaxWait = time.Second
+	}
+	if err := cfg.Retry.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return func(next events.Handler) events.Handler {
+		return func(ctx context.Context, e events.Event) error {
+			for {
+				c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
+				if err != nil {
+					return fmt.Errorf("dedupe: claim %s: %w", e.ID, err)
+				}
+				switch c.Status {
+				case Done:
+					return nil
+				case Busy:
+					if err := wait(ctx, min(max(c.Remaining, 10*time.Millisecond), cfg.MaxWait)); err != nil {
+						return err
+					}
+					continue
+				}
+				return run(ctx, s, cfg, c, next, e)
+			}
+		}
+	}, nil
+}
+
+func run(ctx context.Context, s Store, cfg Config, c Claim, next events.Handler, e events.Event) error {
+	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), cfg.Lease-cfg.Lease/10)
+	err := next(hctx, e)
+	cancel()
+	// Finish even when ctx has ended: the effect is done or not, and the
+	// store should say which (bounded by the lease).
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
+	defer fcancel()
+	if err != nil {
+		if rerr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return s.Release(ctx, c) }); rerr != nil {
+			return errors.Join(err, fmt.Errorf("dedupe: release %s: %w", e.ID, rerr))
+		}
+		return err
+	}
+	derr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error {
+		err := s.Done(ctx, c)
+		if errors.Is(err, ErrLeaseLost) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	if derr != nil {
+		return fmt.Errorf("dedupe: done %s: %w", e.ID, derr)
+	}
+	return nil
+}
+
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
