@@ -1,0 +1,71 @@
+package consistency_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/activekit/activekit/consistency"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+)
+
+func TestClassification(t *testing.T) {
+	wtimeoutDetails, _ := bson.Marshal(bson.D{{Key: "wtimeout", Value: true}})
+	tests := []struct {
+		name                       string
+		err                        error
+		retryable, ambiguous, dupe bool
+	}{
+		{"nil", nil, false, false, false},
+		{"plain", errors.New("boom"), false, false, false},
+		{"canceled", context.Canceled, false, true, false},
+		{"deadline", context.DeadlineExceeded, false, true, false},
+		{"network error", mongo.CommandError{Labels: []string{"NetworkError"}}, true, true, false},
+		{"network error, no writes performed", mongo.CommandError{Labels: []string{"NetworkError", "NoWritesPerformed"}}, true, false, false},
+		{"retryable write label", mongo.CommandError{Code: 91, Labels: []string{"RetryableWriteError"}}, true, false, false},
+		{"not writable primary", mongo.CommandError{Code: 10107}, true, false, false},
+		{"stepped down, wrapped", fmt.Errorf("save: %w", mongo.CommandError{Code: 189}), true, false, false},
+		{"transient transaction", mongo.CommandError{Code: 112, Labels: []string{"TransientTransactionError"}}, true, false, false},
+		{"unknown commit result", mongo.CommandError{Code: 6, Labels: []string{"UnknownTransactionCommitResult"}}, true, true, false},
+		{"write concern timeout", mongo.WriteException{WriteConcernError: &mongo.WriteConcernError{Code: 64, Details: wtimeoutDetails}}, false, true, false},
+		{"write concern wtimeout only", mongo.WriteException{WriteConcernError: &mongo.WriteConcernError{Code: 100, Details: wtimeoutDetails}}, false, true, false},
+		{"write concern cut by step-down", mongo.WriteException{WriteConcernError: &mongo.WriteConcernError{Code: 11602}}, true, true, false},
+		{"bulk write concern timeout", mongo.BulkWriteException{WriteConcernError: &mongo.WriteConcernError{Code: 64}}, false, true, false},
+		{"duplicate key", mongo.WriteException{WriteErrors: mongo.WriteErrors{{Code: 11000, Message: "E11000 duplicate key"}}}, false, false, true},
+		{"bad value", mongo.CommandError{Code: 2}, false, false, false},
+		{"max time expired", mongo.CommandError{Code: 50, Name: "MaxTimeMSExpired"}, false, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := consistency.IsRetryable(tc.err); got != tc.retryable {
+				t.Errorf("IsRetryable = %v, want %v", got, tc.retryable)
+			}
+			if got := consistency.IsAmbiguous(tc.err); got != tc.ambiguous {
+				t.Errorf("IsAmbiguous = %v, want %v", got, tc.ambiguous)
+			}
+			if got := consistency.IsDuplicateKey(tc.err); got != tc.dupe {
+				t.Errorf("IsDuplicateKey = %v, want %v", got, tc.dupe)
+			}
+		})
+	}
+}
+
+func TestErrorsMatch(t *testing.T) {
+	var err error = &consistency.ConflictError{Expected: 3, Actual: 5}
+	if !errors.Is(err, consistency.ErrConflict) || errors.Is(err, consistency.ErrNotFound) {
+		t.Error("ConflictError does not match ErrConflict only")
+	}
+	var ce *consistency.ConflictError
+	if !errors.As(fmt.Errorf("x: %w", err), &ce) || ce.Actual != 5 {
+		t.Error("ConflictError not reachable with errors.As")
+	}
+	err = &consistency.UnsupportedError{Level: consistency.Causal, Reasons: []string{"a", "b"}}
+	if !errors.Is(err, consistency.ErrLevelUnsupported) {
+		t.Error("UnsupportedError does not match ErrLevelUnsupported")
+	}
+	if got, want := err.Error(), "consistency: the deployment cannot give level causal: a; b"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
