@@ -1,0 +1,271 @@
+package session
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Defaults of a Manager.
+const (
+	DefaultIdleTimeout     = 30 * time.Minute
+	DefaultAbsoluteTimeout = 24 * time.Hour
+	DefaultCookieName      = "session"
+	DefaultRenewGrace      = 10 * time.Second
+	DefaultMaxValueSize    = 64 << 10
+	DefaultMaxSessionSize  = 512 << 10
+	DefaultUpdateAttempts  = 16
+)
+
+// Codec turns values into bytes and back. It must be safe for concurrent use.
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+// JSONCodec is the default Codec: encoding/json.
+type JSONCodec struct{}
+
+// Marshal implements Codec.
+func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal implements Codec.
+func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// CookieConfig shapes the session cookie. Its zero value means the defaults:
+// name "session", Path "/", SameSite=Lax, HttpOnly and Secure always, and a
+// Max-Age equal to the absolute timeout. Prefer the name "__Host-session":
+// browsers then refuse the cookie unless it is Secure, has Path "/" and no
+// Domain, so a sibling subdomain cannot plant a session (fixation).
+type CookieConfig struct {
+	Name     string
+	Path     string
+	Domain   string
+	SameSite http.SameSite
+	// BrowserSession drops Max-Age: the cookie ends when the browser closes
+	// (the server-side timeouts apply all the same).
+	BrowserSession bool
+}
+
+// EncryptionKey is a named AES-256 key for values at rest.
+type EncryptionKey struct {
+	// Name identifies the key in each ciphertext (1 to 255 bytes), so that
+	// old values stay readable after a new key is put first.
+	Name string
+	// Secret is 32 random bytes.
+	Secret []byte
+}
+
+// ErrorHandler answers a request whose session store failed.
+type ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
+
+// Option configures a Manager.
+type Option interface{ apply(*config) }
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+type config struct {
+	idle, absolute, grace time.Duration
+	cookie                CookieConfig
+	insecure              bool
+	codec                 Codec
+	maxValue, maxSession  int
+	keys                  []EncryptionKey
+	errorHandler          ErrorHandler
+	retryAfter            time.Duration
+	logger                *slog.Logger
+	meterProvider         metric.MeterProvider
+	updateAttempts        int
+}
+
+// WithIdleTimeout ends a session not used for d (DefaultIdleTimeout).
+func WithIdleTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.idle = d })
+}
+
+// WithAbsoluteTimeout ends a session d after it was created, however active
+// (DefaultAbsoluteTimeout).
+func WithAbsoluteTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.absolute = d })
+}
+
+// WithRenewGrace sets how long the old token keeps working after a Renew, for
+// requests already in flight (DefaultRenewGrace).
+func WithRenewGrace(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.grace = d })
+}
+
+// WithCookie shapes the cookie; zero fields keep their defaults.
+func WithCookie(cc CookieConfig) Option {
+	return optionFunc(func(c *config) { c.cookie = cc })
+}
+
+// WithInsecureCookie drops the Secure flag, for development over plain HTTP
+// only: a session cookie sent in clear text can be stolen.
+func WithInsecureCookie() Option {
+	return optionFunc(func(c *config) { c.insecure = true })
+}
+
+// WithCodec sets how values are encoded (JSONCodec by default).
+func WithCodec(codec Codec) Option {
+	return optionFunc(func(c *config) { c.codec = codec })
+}
+
+// WithLimits bounds the encoded size of one value and of a whole session
+// (DefaultMaxValueSize, DefaultMaxSessionSize). A Put beyond either fails
+// with an error matching ErrTooLarge.
+func WithLimits(maxValue, maxSession int) Option {
+	return optionFunc(func(c *config) { c.maxValue, c.maxSession = maxValue, maxSession })
+}
+
+// WithEncryption encrypts values at rest with AES-256-GCM. The first key
+// encrypts; every key decrypts, so a key is rotated by putting a new one
+// first and dropping the old one once no session holds values under it
+// (after the absolute timeout). Each ciphertext is bound to its session ID,
+// its key and the key name, so a value copied to another session or key
+// does not decrypt.
+func WithEncryption(keys ...EncryptionKey) Option {
+	return optionFunc(func(c *config) { c.keys = keys })
+}
+
+// WithErrorHandler sets what answers a request when the store fails. By
+// default: 503 Service Unavailable with Retry-After (WithRetryAfter).
+func WithErrorHandler(h ErrorHandler) Option {
+	return optionFunc(func(c *config) { c.errorHandler = h })
+}
+
+// WithRetryAfter sets the Retry-After of the default error handler (1s).
+func WithRetryAfter(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.retryAfter = d })
+}
+
+// WithLogger sets where store failures are logged (nowhere by default).
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.logger = l })
+}
+
+// WithMeterProvider sets the OpenTelemetry meter provider (the global one by
+// default).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) { c.meterProvider = mp })
+}
+
+// WithUpdateAttempts bounds the compare-and-set attempts of Update
+// (DefaultUpdateAttempts).
+func WithUpdateAttempts(n int) Option {
+	return optionFunc(func(c *config) { c.updateAttempts = n })
+}
+
+func (c *config) defaults() {
+	if c.idle == 0 {
+		c.idle = DefaultIdleTimeout
+	}
+	if c.absolute == 0 {
+		c.absolute = DefaultAbsoluteTimeout
+	}
+	if c.grace == 0 {
+		c.grace = DefaultRenewGrace
+	}
+	if c.cookie.Name == "" {
+		c.cookie.Name = DefaultCookieName
+	}
+	if c.cookie.Path == "" {
+		c.cookie.Path = "/"
+	}
+	if c.cookie.SameSite == 0 {
+		c.cookie.SameSite = http.SameSiteLaxMode
+	}
+	if c.codec == nil {
+		c.codec = JSONCodec{}
+	}
+	if c.maxValue == 0 {
+		c.maxValue = DefaultMaxValueSize
+	}
+	if c.maxSession == 0 {
+		c.maxSession = DefaultMaxSessionSize
+	}
+	if c.retryAfter == 0 {
+		c.retryAfter = time.Second
+	}
+	if c.errorHandler == nil {
+		retry := strconv.Itoa(int((c.retryAfter + time.Second - 1) / time.Second))
+		c.errorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) {
+			w.Header().Set("Retry-After", retry)
+			http.Error(w, "session store unavailable", http.StatusServiceUnavailable)
+		}
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if c.updateAttempts == 0 {
+		c.updateAttempts = DefaultUpdateAttempts
+	}
+}
+
+func (c *config) validate() (map[string]cipher.AEAD, error) {
+	switch {
+	case c.idle < 0 || c.absolute < 0 || c.grace < 0 || c.retryAfter < 0:
+		return nil, errors.New("session: negative timeout")
+	case c.idle > c.absolute:
+		return nil, fmt.Errorf("session: idle timeout %v longer than absolute timeout %v", c.idle, c.absolute)
+	case c.maxValue < 0 || c.maxSession < 0 || c.maxValue > c.maxSession:
+		return nil, fmt.Errorf("session: limits %d per value, %d per session: want 0 < value <= session", c.maxValue, c.maxSession)
+	case c.updateAttempts < 0:
+		return nil, errors.New("session: negative update attempts")
+	case !validCookieName(c.cookie.Name):
+		return nil, fmt.Errorf("session: invalid cookie name %q", c.cookie.Name)
+	case c.cookie.SameSite == http.SameSiteNoneMode && c.insecure:
+		return nil, errors.New("session: SameSite=None needs a Secure cookie")
+	}
+	if len(c.cookie.Name) > 7 && c.cookie.Name[:7] == "__Host-" && (c.insecure || c.cookie.Domain != "" || c.cookie.Path != "/") {
+		return nil, errors.New("session: a __Host- cookie must be Secure, with Path / and no Domain")
+	}
+	if len(c.keys) == 0 {
+		return nil, nil
+	}
+	aeads := make(map[string]cipher.AEAD, len(c.keys))
+	for _, k := range c.keys {
+		if len(k.Name) == 0 || len(k.Name) > 255 {
+			return nil, fmt.Errorf("session: encryption key name %q: want 1 to 255 bytes", k.Name)
+		}
+		if len(k.Secret) != 32 {
+			return nil, fmt.Errorf("session: encryption key %q: %d bytes, want 32", k.Name, len(k.Secret))
+		}
+		if _, dup := aeads[k.Name]; dup {
+			return nil, fmt.Errorf("session: encryption key %q given twice", k.Name)
+		}
+		block, err := aes.NewCipher(k.Secret)
+		if err != nil {
+			return nil, fmt.Errorf("session: encryption key %q: %w", k.Name, err)
+		}
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, fmt.Errorf("session: encryption key %q: %w", k.Name, err)
+		}
+		aeads[k.Name] = aead
+	}
+	return aeads, nil
+}
+
+func validCookieName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f || c == '=' || c == ';' || c == ',' || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}

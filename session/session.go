@@ -1,0 +1,554 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Errors of a Session.
+var (
+	// ErrNoSession: the context holds no session (the handler is not behind
+	// Manager.Middleware).
+	ErrNoSession = errors.New("session: no session in context")
+	// ErrTooLarge: a value or the whole session is over its limit (see
+	// WithLimits). It wraps a *SizeError.
+	ErrTooLarge = errors.New("session: too large")
+)
+
+// SizeError says which limit a Put broke.
+type SizeError struct {
+	Key     string
+	Size    int  // the value's size, or the session's with it
+	Limit   int  // the limit broken
+	Session bool // the session limit rather than the value limit
+}
+
+func (e *SizeError) Error() string {
+	what := "value"
+	if e.Session {
+		what = "session with value"
+	}
+	return fmt.Sprintf("session: %s %q is %d bytes, limit %d", what, e.Key, e.Size, e.Limit)
+}
+
+// Unwrap returns ErrTooLarge.
+func (e *SizeError) Unwrap() error { return ErrTooLarge }
+
+// Session is one request's view of a user's session. It is loaded from the
+// store the first time it is used, and its changes are saved once, before
+// the response headers go out. Its methods are safe for concurrent use by
+// the handler's goroutines; it must not be used after the handler returns.
+//
+// A Session keeps the request's context, as *http.Request does, and uses it
+// for its store calls.
+type Session struct {
+	m   *Manager
+	ctx context.Context
+
+	mu      sync.Mutex
+	token   string // token from the cookie, or issued by this request
+	id      string // store ID of token
+	issued  bool   // token is new: set the cookie
+	loaded  bool
+	loadErr error
+	found   bool
+	rec     Record
+	set     map[string][]byte // pending, encoded but not sealed
+	del     map[string]bool   // pending deletions
+	renew   bool
+	user    string // user to bind at save
+	destroy bool
+}
+
+// Get returns the value of key decoded into a T: ok is false when the key is
+// absent. An error means the store failed, or the value does not decode into
+// a T (or does not decrypt).
+func Get[T any](s *Session, key string) (value T, ok bool, err error) {
+	raw, ok, err := s.raw(key)
+	if err != nil || !ok {
+		return value, false, err
+	}
+	if err := s.m.cfg.codec.Unmarshal(raw, &value); err != nil {
+		var zero T
+		return zero, false, fmt.Errorf("session: decode %q: %w", key, err)
+	}
+	return value, true, nil
+}
+
+func (s *Session) raw(key string) ([]byte, bool, error) {
+	if s == nil {
+		return nil, false, ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return nil, false, err
+	}
+	if s.del[key] {
+		return nil, false, nil
+	}
+	if v, ok := s.set[key]; ok {
+		return v, true, nil
+	}
+	v, ok := s.rec.Values[key]
+	if !s.found || !ok {
+		return nil, false, nil
+	}
+	plain, err := s.m.open(s.rec.ID, key, v.Data)
+	if err != nil {
+		return nil, false, fmt.Errorf("session: key %q: %w", key, err)
+	}
+	return plain, true, nil
+}
+
+// Put sets key to value, saved with the response. A new visitor's session is
+// created then.
+func (s *Session) Put(key string, value any) error {
+	if s == nil {
+		return ErrNoSession
+	}
+	data, err := s.m.cfg.codec.Marshal(value)
+	if err != nil {
+		return fmt.Errorf("session: encode %q: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return err
+	}
+	if err := s.checkSize(key, data); err != nil {
+		return err
+	}
+	if s.set == nil {
+		s.set = map[string][]byte{}
+	}
+	s.set[key] = data
+	delete(s.del, key)
+	return nil
+}
+
+// checkSize checks data against the value limit, and the session with data
+// for key against the session limit. s.mu must be held.
+func (s *Session) checkSize(key string, data []byte) error {
+	lim := s.m.cfg
+	if len(data) > lim.maxValue {
+		return &SizeError{Key: key, Size: len(data), Limit: lim.maxValue}
+	}
+	total := len(key) + len(data)
+	for k, v := range s.set {
+		if k != key {
+			total += len(k) + len(v)
+		}
+	}
+	if s.found {
+		for k, v := range s.rec.Values {
+			if _, pending := s.set[k]; k != key && !pending && !s.del[k] {
+				total += len(k) + len(v.Data)
+			}
+		}
+	}
+	if total > lim.maxSession {
+		return &SizeError{Key: key, Size: total, Limit: lim.maxSession, Session: true}
+	}
+	return nil
+}
+
+// Delete removes key, saved with the response. Deleting a missing key is no
+// error.
+func (s *Session) Delete(key string) error {
+	if s == nil {
+		return ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return err
+	}
+	if s.del == nil {
+		s.del = map[string]bool{}
+	}
+	s.del[key] = true
+	delete(s.set, key)
+	return nil
+}
+
+// Update changes key at once, by compare-and-set: it reads the key's current
+// value from the store, calls fn with it (ok is false when absent), and
+// writes fn's result only if no one changed the key meanwhile; otherwise it
+// reads again and calls fn again, up to WithUpdateAttempts times. Use it for
+// read-modify-write (a counter, a cart) that concurrent requests on other
+// instances also perform: none of their updates is lost. An error from fn
+// aborts without writing. A pending Put or Delete of key is dropped.
+func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) error {
+	if s == nil {
+		return ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return err
+	}
+	m := s.m
+	delete(s.set, key)
+	delete(s.del, key)
+	if !s.found {
+		if err := s.create(nil); err != nil {
+			return err
+		}
+	}
+	for range m.cfg.updateAttempts {
+		var cur T
+		old, ok := s.rec.Values[key]
+		if ok {
+			plain, err := m.open(s.rec.ID, key, old.Data)
+			if err != nil {
+				return fmt.Errorf("session: key %q: %w", key, err)
+			}
+			if err := m.cfg.codec.Unmarshal(plain, &cur); err != nil {
+				return fmt.Errorf("session: decode %q: %w", key, err)
+			}
+		}
+		next, err := fn(cur, ok)
+		if err != nil {
+			return err
+		}
+		data, err := m.cfg.codec.Marshal(next)
+		if err != nil {
+			return fmt.Errorf("session: encode %q: %w", key, err)
+		}
+		if err := s.checkSize(key, data); err != nil {
+			return err
+		}
+		sealed, err := m.seal(s.rec.ID, key, data)
+		if err != nil {
+			return err
+		}
+		ver, err := s.apply(s.rec.ID, Delta{Set: map[string][]byte{key: sealed}, Expect: map[string]uint64{key: old.Version}, Idle: m.cfg.idle})
+		switch {
+		case err == nil:
+			s.rec.Values[key] = Value{Data: sealed, Version: ver}
+			s.rec.Version = ver
+			return nil
+		case errors.Is(err, ErrConflict):
+			if err := s.reload(); err != nil {
+				return err
+			}
+			if !s.found {
+				return ErrNotFound
+			}
+		default:
+			return err
+		}
+	}
+	return &ConflictError{Key: key}
+}
+
+// User returns the user the session is bound to (by SetUser, now or
+// earlier), or "".
+func (s *Session) User() (string, error) {
+	if s == nil {
+		return "", ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return "", err
+	}
+	if s.user != "" {
+		return s.user, nil
+	}
+	if s.found {
+		return s.rec.User, nil
+	}
+	return "", nil
+}
+
+// SetUser binds the session to user (at login) and renews its token, as a
+// login must: see Renew. The session then appears in the user's index and
+// ends with Manager.DestroyUser(user).
+func (s *Session) SetUser(user string) error {
+	if s == nil {
+		return ErrNoSession
+	}
+	if user == "" {
+		return errors.New("session: empty user")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.user, s.renew = user, true
+	return nil
+}
+
+// Renew gives the session a new token when the response is saved, keeping
+// its values. Call it whenever privileges change (login, logout to a lower
+// level): a token an attacker planted before (session fixation) is then
+// worthless. The old token keeps resolving to the session for the grace
+// period (WithRenewGrace), for requests already in flight.
+func (s *Session) Renew() error {
+	if s == nil {
+		return ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.renew = true
+	return nil
+}
+
+// Destroy ends the session when the response is saved, and clears the
+// cookie.
+func (s *Session) Destroy() error {
+	if s == nil {
+		return ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.destroy = true
+	return nil
+}
+
+// load reads the record once. s.mu must be held.
+func (s *Session) load() error {
+	if s.loaded {
+		return s.loadErr
+	}
+	s.loaded = true
+	if s.id == "" {
+		return nil
+	}
+	s.loadErr = s.reload()
+	return s.loadErr
+}
+
+// reload reads the record again. s.mu must be held.
+func (s *Session) reload() error {
+	id := s.id
+	if s.found {
+		id = s.rec.ID
+	}
+	start := time.Now()
+	rec, found, err := s.m.store.Load(s.ctx, id, s.m.cfg.idle)
+	s.m.metrics.loads.Add(s.ctx, 1)
+	s.m.observe(s.ctx, "load", start, err)
+	if err != nil {
+		return fmt.Errorf("session: load: %w", err)
+	}
+	s.rec, s.found = rec, found
+	return nil
+}
+
+func (s *Session) apply(id string, d Delta) (uint64, error) {
+	start := time.Now()
+	v, err := s.m.store.Apply(s.ctx, id, d)
+	s.m.metrics.applies.Add(s.ctx, 1)
+	s.m.observe(s.ctx, "apply", start, err)
+	return v, err
+}
+
+// create makes a new record holding the pending values (sealed) and issues
+// its token. s.mu must be held.
+func (s *Session) create(values map[string][]byte) error {
+	m := s.m
+	tok, err := NewToken(s.user)
+	if err != nil {
+		return err
+	}
+	id, _ := TokenID(tok)
+	sealed, err := s.sealAll(id, values)
+	if err != nil {
+		return err
+	}
+	ver, err := s.apply(id, Delta{Create: &Create{Absolute: m.cfg.absolute}, Set: sealed, User: s.user, Idle: m.cfg.idle})
+	if err != nil {
+		return fmt.Errorf("session: create: %w", err)
+	}
+	s.token, s.id, s.issued, s.found = tok, id, true, true
+	s.rec = Record{ID: id, Values: make(map[string]Value, len(sealed)), Version: ver, User: s.user}
+	for k, v := range sealed {
+		s.rec.Values[k] = Value{Data: v, Version: ver}
+	}
+	s.user = ""
+	return nil
+}
+
+func (s *Session) sealAll(id string, values map[string][]byte) (map[string][]byte, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	out := make(map[string][]byte, len(values))
+	for k, v := range values {
+		sv, err := s.m.seal(id, k, v)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = sv
+	}
+	return out, nil
+}
+
+// save writes what changed and sets or clears the cookie in h. s.mu is
+// taken here.
+func (s *Session) save(h http.Header) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded && !s.renew && !s.destroy {
+		return nil // untouched: no backend call
+	}
+	if err := s.load(); err != nil {
+		return err
+	}
+	h.Add("Vary", "Cookie")
+	m := s.m
+	switch {
+	case s.destroy:
+		if s.found {
+			start := time.Now()
+			err := m.store.Delete(s.ctx, s.rec.ID)
+			m.observe(s.ctx, "delete", start, err)
+			if err != nil {
+				return fmt.Errorf("session: destroy: %w", err)
+			}
+		}
+		if s.token != "" {
+			s.clearCookie(h)
+		}
+		return nil
+	case !s.found:
+		if len(s.set) == 0 && !s.renew {
+			if s.token != "" {
+				s.clearCookie(h) // stale: expired, revoked or unknown
+			}
+			return nil
+		}
+		if err := s.create(s.set); err != nil {
+			return err
+		}
+	case s.renew:
+		return s.rotate(h)
+	case len(s.set) > 0 || len(s.del) > 0:
+		sealed, err := s.sealAll(s.rec.ID, s.set)
+		if err != nil {
+			return err
+		}
+		var dels []string
+		for k := range s.del {
+			dels = append(dels, k)
+		}
+		if _, err := s.apply(s.rec.ID, Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle}); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				// Ended since it was read (revoked, destroyed, expired):
+				// writing would resurrect it. The changes are dropped.
+				m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended before its changes were saved")
+				s.clearCookie(h)
+				return nil
+			}
+			return fmt.Errorf("session: save: %w", err)
+		}
+	}
+	if s.issued {
+		s.setCookie(h, m.cfg.absolute)
+	}
+	return nil
+}
+
+// rotate copies the session to a new token and leaves the old ID as an
+// alias, retrying if the old record changed meanwhile. s.mu must be held.
+func (s *Session) rotate(h http.Header) error {
+	m := s.m
+	user := s.user
+	if user == "" {
+		user = s.rec.User
+	}
+	for range 4 {
+		plain := make(map[string][]byte, len(s.rec.Values)+len(s.set))
+		for k, v := range s.rec.Values {
+			if s.del[k] {
+				continue
+			}
+			p, err := m.open(s.rec.ID, k, v.Data)
+			if err != nil {
+				return fmt.Errorf("session: renew: key %q: %w", k, err)
+			}
+			plain[k] = p
+		}
+		for k, v := range s.set {
+			plain[k] = v
+		}
+		tok, err := NewToken(user)
+		if err != nil {
+			return err
+		}
+		nid, _ := TokenID(tok)
+		sealed, err := s.sealAll(nid, plain)
+		if err != nil {
+			return err
+		}
+		if _, err := s.apply(nid, Delta{
+			Create: &Create{Deadline: s.rec.AbsoluteDeadline, Created: s.rec.Created},
+			Set:    sealed, User: user, Idle: m.cfg.idle,
+		}); err != nil {
+			if errors.Is(err, ErrNotFound) { // the absolute deadline has passed
+				s.clearCookie(h)
+				return nil
+			}
+			return fmt.Errorf("session: renew: %w", err)
+		}
+		start := time.Now()
+		if m.aliaser == nil {
+			err = m.store.Delete(s.ctx, s.rec.ID)
+		} else {
+			err = m.aliaser.Alias(s.ctx, s.rec.ID, nid, s.rec.Version, m.cfg.grace)
+		}
+		m.observe(s.ctx, "alias", start, err)
+		if err == nil {
+			s.token, s.id, s.issued = tok, nid, true
+			s.setCookie(h, min(time.Until(s.rec.AbsoluteDeadline), m.cfg.absolute))
+			return nil
+		}
+		_ = m.store.Delete(s.ctx, nid)
+		switch {
+		case errors.Is(err, ErrConflict):
+			// The old record changed since we read it: read it and copy again.
+			if err := s.reload(); err != nil {
+				return err
+			}
+			if !s.found {
+				return nil
+			}
+		case errors.Is(err, ErrNotFound):
+			// Ended, or renewed by a concurrent request whose cookie wins.
+			return nil
+		default:
+			return fmt.Errorf("session: renew: %w", err)
+		}
+	}
+	return fmt.Errorf("session: renew: %w", ErrConflict)
+}
+
+func (s *Session) cookie() *http.Cookie {
+	cc := s.m.cfg.cookie
+	return &http.Cookie{
+		Name: cc.Name, Path: cc.Path, Domain: cc.Domain, SameSite: cc.SameSite,
+		HttpOnly: true, Secure: !s.m.cfg.insecure,
+	}
+}
+
+func (s *Session) setCookie(h http.Header, maxAge time.Duration) {
+	c := s.cookie()
+	c.Value = s.token
+	if !s.m.cfg.cookie.BrowserSession {
+		c.MaxAge = max(int(maxAge/time.Second), 1)
+	}
+	h.Add("Set-Cookie", c.String())
+	h.Set("Cache-Control", `no-cache="Set-Cookie"`)
+}
+
+func (s *Session) clearCookie(h http.Header) {
+	c := s.cookie()
+	c.MaxAge = -1
+	h.Add("Set-Cookie", c.String())
+}
