@@ -89,8 +89,8 @@ func UpdateIfVersion(ctx context.Context, coll *mongo.Collection, filter any, ex
 	}
 	f := bson.D{{Key: "$and", Value: bson.A{filter, bson.D{{Key: cfg.field, Value: cond}}}}}
 	proj := bson.D{{Key: cfg.field, Value: 1}}
-	raw, err := coll.FindOneAndUpdate(ctx, f, up,
-		options.FindOneAndUpdate().SetReturnDocument(options.After).SetProjection(proj)).Raw()
+	// No projection on findAndModify: FerretDB v1 does not implement one.
+	raw, err := coll.FindOneAndUpdate(ctx, f, up, options.FindOneAndUpdate().SetReturnDocument(options.After)).Raw()
 	if err == nil {
 		v, ok := versionOf(raw, cfg.field)
 		if !ok {
