@@ -83,14 +83,13 @@ func TestMiddlewareAdvancesAndIssues(t *testing.T) {
 		ClusterTime:   serverClusterTime(t, bson.Timestamp{T: 1_700_000_000, I: 9}),
 		OperationTime: &bson.Timestamp{T: 1_700_000_000, I: 8},
 	}
-	valid, err := codec.Encode(in)
-	if err != nil {
-		t.Fatal(err)
-	}
 	forged, _ := mustCodec(t, []consistency.Key{{ID: "k1", Secret: make([]byte, 32)}}).Encode(in)
 	expired, _ := codec.Encode(in)
 	clock.Advance(2 * time.Minute)
-	valid, _ = codec.Encode(in) // fresh at the new time
+	valid, err := codec.Encode(in) // fresh at the new time
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	for _, tc := range []struct {
 		name      string
@@ -225,11 +224,14 @@ func TestNewMiddlewareValidates(t *testing.T) {
 	codec := mustCodec(t, []consistency.Key{key("k1")})
 	c := offlineClient(t)
 	for name, f := range map[string]func() error{
-		"nil client":         func() error { _, err := consistency.NewMiddleware(nil, codec); return err },
-		"nil codec":          func() error { _, err := consistency.NewMiddleware(c, nil); return err },
-		"empty header":       func() error { _, err := consistency.NewMiddleware(c, codec, consistency.WithHeader("")); return err },
-		"nil logger":         func() error { _, err := consistency.NewMiddleware(c, codec, consistency.WithLogger(nil)); return err },
-		"nil meter provider": func() error { _, err := consistency.NewMiddleware(c, codec, consistency.WithMeterProvider(nil)); return err },
+		"nil client":   func() error { _, err := consistency.NewMiddleware(nil, codec); return err },
+		"nil codec":    func() error { _, err := consistency.NewMiddleware(c, nil); return err },
+		"empty header": func() error { _, err := consistency.NewMiddleware(c, codec, consistency.WithHeader("")); return err },
+		"nil logger":   func() error { _, err := consistency.NewMiddleware(c, codec, consistency.WithLogger(nil)); return err },
+		"nil meter provider": func() error {
+			_, err := consistency.NewMiddleware(c, codec, consistency.WithMeterProvider(nil))
+			return err
+		},
 	} {
 		if err := f(); err == nil {
 			t.Errorf("%s: accepted", name)
