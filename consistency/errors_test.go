@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/activekit/activekit/consistency"
+	"github.com/activekit/activekit/retry"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 )
@@ -67,5 +68,25 @@ func TestErrorsMatch(t *testing.T) {
 	}
 	if got, want := err.Error(), "consistency: the deployment cannot give level causal: a; b"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+func TestNewTransactorValidates(t *testing.T) {
+	c := offlineClient(t)
+	for name, opts := range map[string][]consistency.TransactionOption{
+		"unknown level":      {consistency.WithTransactionLevel(consistency.Level(9))},
+		"zero commit time":   {consistency.WithCommitTimeout(0)},
+		"invalid policy":     {consistency.WithTransactionPolicy(retry.Policy{Multiplier: 0.5})},
+		"nil clock in retry": {consistency.WithRetryOptions(retry.WithClock(nil))},
+	} {
+		if _, err := consistency.NewTransactor(c, opts...); !errors.Is(err, consistency.ErrInvalidOption) && !errors.Is(err, consistency.ErrUnknownLevel) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := consistency.NewTransactor(nil); !errors.Is(err, consistency.ErrInvalidOption) {
+		t.Errorf("nil client: %v", err)
+	}
+	if _, err := consistency.NewTransactor(c, consistency.WithTransactionLevel(consistency.Fast)); err != nil {
+		t.Errorf("valid options: %v", err)
 	}
 }
