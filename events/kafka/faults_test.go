@@ -3,7 +3,6 @@ package kafka_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -239,7 +238,9 @@ func TestDeadLetters(t *testing.T) {
 		return []kgo.RecordHeader{{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte(id)},
 			{Key: "ce_source", Value: []byte("/x")}, {Key: "ce_type", Value: []byte("t")}}
 	}
-	with := func(h []kgo.RecordHeader, k, v string) []kgo.RecordHeader { return append(h, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
+	with := func(h []kgo.RecordHeader, k, v string) []kgo.RecordHeader {
+		return append(h, kgo.RecordHeader{Key: k, Value: []byte(v)})
+	}
 	raw := []*kgo.Record{
 		{Value: []byte("not a cloudevent")},
 		{Headers: with(good("bad-time"), "ce_time", "yesterday")},
@@ -710,4 +711,3 @@ chaos:
 	t.Logf("%d events, %d deliveries (%d repeats absorbed), %d instance kills, %d of them before a commit", n, deliveries.Load(), deliveries.Load()-int64(n), kills, lostCommits.Load())
 }
 
-var _ = fmt.Sprint
