@@ -710,4 +710,3 @@ chaos:
 	}
 	t.Logf("%d events, %d deliveries (%d repeats absorbed), %d instance kills, %d of them before a commit", n, deliveries.Load(), deliveries.Load()-int64(n), kills, lostCommits.Load())
 }
-
