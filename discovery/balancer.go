@@ -265,43 +265,28 @@ func (b *Balancer) Pick(exclude ...string) (*Lease, error) {
 
 // p2c picks two distinct usable endpoints at random and returns the one
 // with fewer requests in flight (the first on a tie), or the only usable
-// one, or nil.
+// one, or nil. Usability is read once per endpoint, since ejections change
+// it concurrently.
 func (b *Balancer) p2c(eps []*endpoint, usable func(*endpoint) bool) *endpoint {
-	n := 0
+	var buf [32]*endpoint
+	cand := buf[:0]
 	for _, e := range eps {
 		if usable(e) {
-			n++
+			cand = append(cand, e)
 		}
 	}
-	switch n {
+	switch len(cand) {
 	case 0:
 		return nil
 	case 1:
-		for _, e := range eps {
-			if usable(e) {
-				return e
-			}
-		}
+		return cand[0]
 	}
-	i := b.rand(n)
-	j := b.rand(n - 1)
+	i := b.rand(len(cand))
+	j := b.rand(len(cand) - 1)
 	if j >= i {
 		j++
 	}
-	var a, c *endpoint
-	k := 0
-	for _, e := range eps {
-		if !usable(e) {
-			continue
-		}
-		if k == i {
-			a = e
-		}
-		if k == j {
-			c = e
-		}
-		k++
-	}
+	a, c := cand[i], cand[j]
 	if c.inflight.Load() < a.inflight.Load() {
 		return c
 	}

@@ -61,49 +61,61 @@ func TestBalancerConfigValidation(t *testing.T) {
 	}
 }
 
-// TestBalancerP2CDistribution sends picks from many goroutines at once, each
-// holding its lease for a moment, and checks that load spreads evenly.
+// TestBalancerP2CDistribution: with equal load, picks are uniform.
 func TestBalancerP2CDistribution(t *testing.T) {
-	const (
-		n       = 4
-		workers = 16
-		picks   = 2000
-	)
+	const n, picks = 4, 40000
 	b := newBalancer(t, discovery.BalancerConfig{}, n)
-	var (
-		mu     sync.Mutex
-		counts = map[string]int{}
-		wg     sync.WaitGroup
-	)
+	counts := map[string]int{}
+	for range picks {
+		l, err := b.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[l.Instance().ID]++
+		l.Done(discovery.Success)
+	}
+	for id, c := range counts {
+		if share := float64(c) / picks; share < 0.23 || share > 0.27 {
+			t.Errorf("instance %s got %.1f%% of picks, want 25%%: %v", id, 100*share, counts)
+		}
+	}
+	if len(counts) != n {
+		t.Errorf("picked %d instances, want %d: %v", len(counts), n, counts)
+	}
+}
+
+// TestBalancerP2CSpreadsInFlight takes leases from many goroutines at once
+// and keeps them: the power of two choices must keep the in-flight counts
+// of the instances close (a random pick would spread them by about
+// sqrt(400*3/16) = 9), and every lease must be counted once.
+func TestBalancerP2CSpreadsInFlight(t *testing.T) {
+	const n, workers, each = 4, 8, 50
+	b := newBalancer(t, discovery.BalancerConfig{}, n)
+	leases := make(chan *discovery.Lease, workers*each)
+	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			local := map[string]int{}
-			for range picks {
+			for range each {
 				l, err := b.Pick()
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				local[l.Instance().ID]++
-				l.Done(discovery.Success)
+				leases <- l
 			}
-			mu.Lock()
-			for k, v := range local {
-				counts[k] += v
-			}
-			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	total := workers * picks
-	for id, c := range counts {
-		share := float64(c) / float64(total)
-		if share < 0.20 || share > 0.30 {
-			t.Errorf("instance %s got %.1f%% of picks, want about 25%%: %v", id, 100*share, counts)
-		}
+	close(leases)
+	lo, hi, sum := workers*each, 0, 0
+	for _, s := range b.Endpoints() {
+		lo, hi, sum = min(lo, s.InFlight), max(hi, s.InFlight), sum+s.InFlight
 	}
-	if len(counts) != n {
-		t.Errorf("picked %d instances, want %d: %v", len(counts), n, counts)
+	if sum != workers*each || hi-lo > 3 {
+		t.Errorf("in flight from %d to %d (sum %d), want within 3 of each other (sum %d)", lo, hi, sum, workers*each)
+	}
+	for l := range leases {
+		l.Done(discovery.Success)
 	}
 	for _, s := range b.Endpoints() {
 		if s.InFlight != 0 {
