@@ -7,11 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/knadh/koanf/maps"
 	kjson "github.com/knadh/koanf/parsers/json"
 	ktoml "github.com/knadh/koanf/parsers/toml/v2"
 	kyaml "github.com/knadh/koanf/parsers/yaml"
 	kenv "github.com/knadh/koanf/providers/env/v2"
-	"github.com/knadh/koanf/maps"
 )
 
 // Source is one layer of configuration. Layers are merged in the order
