@@ -1,0 +1,255 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/activekit/activekit/discovery"
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults used for the zero fields of a LeaderConfig.
+const (
+	DefaultSessionTTL   = 15 * time.Second
+	DefaultLockWaitTime = 5 * time.Second
+)
+
+// LeaderConfig configures a Leader. The zero value means the defaults.
+type LeaderConfig struct {
+	// Value is stored in the lock key while held (the holder's instance
+	// ID is a good choice, for operators).
+	Value []byte
+	// SessionName names the session in Consul; "activekit leader" when
+	// empty.
+	SessionName string
+	// SessionTTL is the TTL of the lock's session, renewed every TTL/2
+	// (DefaultSessionTTL when zero; Consul accepts 10s to 24h). A leader
+	// that cannot renew for a TTL gives leadership up, and Consul may take
+	// up to twice the TTL to invalidate the session of a dead leader.
+	SessionTTL time.Duration
+	// LockDelay is how long Consul refuses the lock after a session
+	// holding it is invalidated, giving the old leader time to notice and
+	// stop. Zero means Consul's default, 15s; the smallest delay is 1ms.
+	LockDelay time.Duration
+	// LockWaitTime is how long one blocking query waits for the lock to
+	// be free (DefaultLockWaitTime when zero). It bounds how long Lead
+	// takes to return after ctx ends while it waits for the lock.
+	LockWaitTime time.Duration
+	// MonitorRetries is how many failed queries in a row the lock's
+	// monitor rides out (each after MonitorRetryTime, 2s when zero)
+	// before declaring leadership lost. Zero, the default, declares it
+	// lost at the first failure: the safe choice, since a leader that
+	// cannot reach Consul cannot know that it still leads.
+	MonitorRetries   int
+	MonitorRetryTime time.Duration
+	// Logger receives session renewal failures; nil means no logging.
+	Logger *slog.Logger
+}
+
+func (c LeaderConfig) normalize() (LeaderConfig, error) {
+	switch {
+	case c.SessionTTL != 0 && (c.SessionTTL < 10*time.Second || c.SessionTTL > 24*time.Hour):
+		return c, fmt.Errorf("%w: session TTL %v is outside Consul's 10s to 24h", discovery.ErrInvalidConfig, c.SessionTTL)
+	case c.LockDelay < 0 || c.LockWaitTime < 0 || c.MonitorRetries < 0 || c.MonitorRetryTime < 0:
+		return c, fmt.Errorf("%w: negative lock delay, wait time or monitor retries", discovery.ErrInvalidConfig)
+	}
+	if c.SessionName == "" {
+		c.SessionName = "activekit leader"
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = DefaultSessionTTL
+	}
+	if c.LockWaitTime == 0 {
+		c.LockWaitTime = DefaultLockWaitTime
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Leader elects one holder of a Consul lock key among all the Leaders of
+// that key, in any process.
+type Leader struct {
+	client *api.Client
+	key    string
+	cfg    LeaderConfig
+}
+
+var _ discovery.Leader = (*Leader)(nil)
+
+// NewLeader returns a Leader for the KV key.
+func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil Consul client", discovery.ErrInvalidConfig)
+	}
+	if key == "" {
+		return nil, fmt.Errorf("%w: empty lock key", discovery.ErrInvalidConfig)
+	}
+	c, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Leader{client: client, key: key, cfg: c}, nil
+}
+
+// Lead implements discovery.Leader with api.Lock.
+//
+// Each call creates a session (behavior "release", SessionTTL, LockDelay),
+// renews it from a goroutine of its own, and waits for the lock with
+// api.Lock. Once held, the token is the ModifyIndex of the lock key as
+// written by the acquisition, read back consistently: Consul's index only
+// grows, so every later acquisition has a larger one. fn's context is
+// cancelled with discovery.ErrLeadershipLost when the lock's monitor sees
+// the key taken from this session (the session was invalidated or
+// destroyed, or the key deleted) or when the session cannot be renewed.
+// When fn returns, Lead releases the lock, destroys the session and waits
+// for its helper goroutines (and api.Lock's) to end.
+func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token uint64) error) error {
+	wctx := (&api.WriteOptions{}).WithContext(ctx)
+	sid, _, err := l.client.Session().Create(&api.SessionEntry{
+		Name:      l.cfg.SessionName,
+		TTL:       l.cfg.SessionTTL.String(),
+		LockDelay: l.cfg.LockDelay,
+		Behavior:  api.SessionBehaviorRelease,
+	}, wctx)
+	if err != nil {
+		return fmt.Errorf("consul: creating a session for %s: %w", l.key, err)
+	}
+
+	lctx, cancel := context.WithCancelCause(ctx)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		lost bool
+	)
+	loseLeadership := func() {
+		mu.Lock()
+		lost = true
+		mu.Unlock()
+		cancel(discovery.ErrLeadershipLost)
+	}
+	wg.Go(func() { l.renew(lctx, sid, loseLeadership) })
+
+	var lostCh <-chan struct{}
+	lock, err := l.client.LockOpts(&api.LockOptions{
+		Key:              l.key,
+		Value:            l.cfg.Value,
+		Session:          sid,
+		MonitorRetries:   l.cfg.MonitorRetries,
+		MonitorRetryTime: l.cfg.MonitorRetryTime,
+		LockWaitTime:     l.cfg.LockWaitTime,
+	})
+	defer func() {
+		// Release and destroy first: both change the key, which ends
+		// api.Lock's monitor; then stop our goroutines and wait for all.
+		if lostCh != nil {
+			_ = lock.Unlock()
+		}
+		l.destroy(ctx, sid)
+		cancel(nil)
+		wg.Wait()
+		if lostCh != nil {
+			select {
+			case <-lostCh: // api.Lock's monitor has returned
+			case <-time.After(l.cfg.LockWaitTime):
+				l.cfg.Logger.Warn("consul: lock monitor still running after release", "key", l.key)
+			}
+		}
+	}()
+	if err != nil {
+		return fmt.Errorf("consul: lock %s: %w", l.key, err)
+	}
+
+	stop := make(chan struct{})
+	unhook := context.AfterFunc(lctx, func() { close(stop) })
+	lostCh, err = lock.Lock(stop)
+	unhook()
+	switch {
+	case err != nil:
+		return fmt.Errorf("consul: acquiring %s: %w", l.key, err)
+	case lostCh == nil && ctx.Err() != nil:
+		return ctx.Err()
+	case lostCh == nil:
+		return discovery.ErrLeadershipLost // the session expired while waiting
+	}
+	wg.Go(func() {
+		select {
+		case <-lostCh:
+			loseLeadership()
+		case <-lctx.Done():
+		}
+	})
+
+	pair, _, err := l.client.KV().Get(l.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(lctx))
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case lctx.Err() != nil:
+		return discovery.ErrLeadershipLost
+	case err != nil:
+		return fmt.Errorf("consul: reading %s after acquiring it: %w", l.key, err)
+	case pair == nil || pair.Session != sid:
+		return discovery.ErrLeadershipLost
+	}
+
+	ferr := fn(lctx, pair.ModifyIndex)
+	mu.Lock()
+	wasLost := lost
+	mu.Unlock()
+	if wasLost {
+		return errors.Join(ferr, discovery.ErrLeadershipLost)
+	}
+	return ferr
+}
+
+// renew renews the session every TTL/2 until ctx ends, and calls lost when
+// the session is gone or could not be renewed for a whole TTL.
+func (l *Leader) renew(ctx context.Context, sid string, lost func()) {
+	ttl := l.cfg.SessionTTL
+	last := time.Now()
+	wait := ttl / 2
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		entry, _, err := l.client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(ctx))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && entry == nil:
+			l.cfg.Logger.Warn("consul: leader session expired", "key", l.key)
+			lost()
+			return
+		case err != nil:
+			if time.Since(last) >= ttl {
+				l.cfg.Logger.Warn("consul: leader session not renewed for a TTL, giving up", "key", l.key, "error", err)
+				lost()
+				return
+			}
+			wait = min(time.Second, ttl/4)
+		default:
+			last = time.Now()
+			wait = ttl / 2
+		}
+		t.Reset(wait)
+	}
+}
+
+// destroy destroys the session, whose lock is then released; it uses a
+// context that outlives ctx's cancellation, bounded to a few seconds.
+func (l *Leader) destroy(ctx context.Context, sid string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := l.client.Session().Destroy(sid, (&api.WriteOptions{}).WithContext(dctx)); err != nil {
+		l.cfg.Logger.Warn("consul: destroying leader session", "key", l.key, "error", err)
+	}
+}

@@ -1,0 +1,341 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/activekit/activekit/discovery"
+	"github.com/activekit/activekit/retry"
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults used for the zero fields of a RegistryConfig.
+const (
+	DefaultTTL                     = 15 * time.Second
+	DefaultDeregisterCriticalAfter = time.Minute
+	DefaultHTTPCheckInterval       = 5 * time.Second
+	DefaultHTTPCheckTimeout        = 2 * time.Second
+)
+
+// Meta keys this package writes into every registration.
+const (
+	MetaVersion    = "version"
+	MetaConfigHash = "config_hash"
+)
+
+// RegistryConfig configures a Registry. The zero value means the defaults.
+type RegistryConfig struct {
+	// TTL is the TTL of the heartbeat check (DefaultTTL when zero, at
+	// least 1s). The heartbeat passes it every TTL/3, so a dead instance
+	// turns critical, and leaves every watch, at most one TTL after its
+	// last heartbeat.
+	TTL time.Duration
+	// DeregisterCriticalAfter removes an instance whose check has been
+	// critical that long (DefaultDeregisterCriticalAfter when zero).
+	// Consul enforces at least a minute and reaps every 30s.
+	DeregisterCriticalAfter time.Duration
+	// HTTPCheck, when set, is a URL that the agent probes as a second
+	// check (the instance's readiness endpoint); the instance is passing
+	// only while both checks pass.
+	HTTPCheck string
+	// HTTPCheckInterval and HTTPCheckTimeout configure the HTTP check;
+	// DefaultHTTPCheckInterval and DefaultHTTPCheckTimeout when zero.
+	HTTPCheckInterval time.Duration
+	HTTPCheckTimeout  time.Duration
+	// Version and ConfigHash, when set, are written to the instance's
+	// Meta under MetaVersion and MetaConfigHash, so that the version and
+	// configuration of every instance of the fleet can be compared.
+	Version    string
+	ConfigHash string
+	// Logger receives heartbeat failures and re-registrations; nil means
+	// no logging.
+	Logger *slog.Logger
+}
+
+func (c RegistryConfig) normalize() (RegistryConfig, error) {
+	switch {
+	case c.TTL < 0 || c.TTL > 0 && c.TTL < time.Second:
+		return c, fmt.Errorf("%w: TTL %v is below 1s", discovery.ErrInvalidConfig, c.TTL)
+	case c.DeregisterCriticalAfter < 0:
+		return c, fmt.Errorf("%w: negative deregister-critical-after %v", discovery.ErrInvalidConfig, c.DeregisterCriticalAfter)
+	case c.HTTPCheckInterval < 0 || c.HTTPCheckTimeout < 0:
+		return c, fmt.Errorf("%w: negative HTTP check interval or timeout", discovery.ErrInvalidConfig)
+	case c.HTTPCheck != "" && !strings.HasPrefix(c.HTTPCheck, "http://") && !strings.HasPrefix(c.HTTPCheck, "https://"):
+		return c, fmt.Errorf("%w: HTTP check %q is not an http(s) URL", discovery.ErrInvalidConfig, c.HTTPCheck)
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.DeregisterCriticalAfter == 0 {
+		c.DeregisterCriticalAfter = DefaultDeregisterCriticalAfter
+	}
+	if c.HTTPCheckInterval == 0 {
+		c.HTTPCheckInterval = DefaultHTTPCheckInterval
+	}
+	if c.HTTPCheckTimeout == 0 {
+		c.HTTPCheckTimeout = DefaultHTTPCheckTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Registry registers instances with the local Consul agent.
+type Registry struct {
+	client *api.Client
+	cfg    RegistryConfig
+}
+
+var (
+	_ discovery.Registry     = (*Registry)(nil)
+	_ discovery.Registration = (*Registration)(nil)
+	_ discovery.Drainer      = (*Registration)(nil)
+)
+
+// NewRegistry returns a Registry that registers through client's agent.
+func NewRegistry(client *api.Client, cfg RegistryConfig) (*Registry, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil Consul client", discovery.ErrInvalidConfig)
+	}
+	c, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Registry{client: client, cfg: c}, nil
+}
+
+// Register registers inst with the agent, its TTL check passing, and starts
+// the heartbeat goroutine owned by the returned *Registration (the concrete
+// type of the result), which Close stops. The service ID is inst.ID.
+func (r *Registry) Register(ctx context.Context, inst discovery.Instance) (discovery.Registration, error) {
+	return r.RegisterInstance(ctx, inst)
+}
+
+// RegisterInstance is Register returning the concrete type.
+func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance) (*Registration, error) {
+	if err := inst.Validate(); err != nil {
+		return nil, err
+	}
+	inst = inst.Clone()
+	if r.cfg.Version != "" || r.cfg.ConfigHash != "" {
+		inst.Meta = maps.Clone(inst.Meta)
+		if inst.Meta == nil {
+			inst.Meta = map[string]string{}
+		}
+		if r.cfg.Version != "" {
+			inst.Meta[MetaVersion] = r.cfg.Version
+		}
+		if r.cfg.ConfigHash != "" {
+			inst.Meta[MetaConfigHash] = r.cfg.ConfigHash
+		}
+	}
+	g := &Registration{
+		client:  r.client,
+		cfg:     r.cfg,
+		inst:    inst,
+		checkID: "activekit:" + inst.ID + ":ttl",
+		status:  api.HealthPassing,
+		stopped: make(chan struct{}),
+	}
+	period := r.cfg.TTL / 3
+	bo, err := retry.NewBackoff(retry.Policy{
+		InitialInterval: min(200*time.Millisecond, period),
+		MaxInterval:     period,
+		MaxAttempts:     -1,
+		MaxElapsedTime:  -1,
+		Jitter:          retry.EqualJitter,
+	}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", discovery.ErrInvalidConfig, err)
+	}
+	if err := g.register(ctx); err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	go g.heartbeat(hctx, period, bo)
+	return g, nil
+}
+
+// Registration is an instance registered with the agent. Its heartbeat
+// goroutine passes the TTL check every TTL/3 (or keeps it critical after
+// SetCritical) and re-registers the service when the agent has forgotten
+// it; Close stops the heartbeat and deregisters.
+type Registration struct {
+	client  *api.Client
+	cfg     RegistryConfig
+	inst    discovery.Instance
+	checkID string
+
+	mu     sync.Mutex
+	status string // api.HealthPassing or api.HealthCritical
+	note   string
+	closed bool
+
+	cancel  context.CancelFunc // stops the heartbeat
+	stopped chan struct{}      // closed when the heartbeat has returned
+}
+
+// Instance returns the registered instance, Meta included.
+func (g *Registration) Instance() discovery.Instance { return g.inst.Clone() }
+
+// CheckID returns the ID of the TTL check.
+func (g *Registration) CheckID() string { return g.checkID }
+
+func (g *Registration) registration(status, note string) *api.AgentServiceRegistration {
+	ttl := &api.AgentServiceCheck{
+		CheckID:                        g.checkID,
+		Name:                           "activekit heartbeat",
+		TTL:                            g.cfg.TTL.String(),
+		Status:                         status,
+		Notes:                          "passed by the instance every TTL/3",
+		DeregisterCriticalServiceAfter: g.cfg.DeregisterCriticalAfter.String(),
+	}
+	if note != "" {
+		ttl.Notes = note
+	}
+	checks := api.AgentServiceChecks{ttl}
+	if g.cfg.HTTPCheck != "" {
+		checks = append(checks, &api.AgentServiceCheck{
+			CheckID:                        "activekit:" + g.inst.ID + ":http",
+			Name:                           "activekit readiness",
+			HTTP:                           g.cfg.HTTPCheck,
+			Method:                         http.MethodGet,
+			Interval:                       g.cfg.HTTPCheckInterval.String(),
+			Timeout:                        g.cfg.HTTPCheckTimeout.String(),
+			Status:                         status,
+			DeregisterCriticalServiceAfter: g.cfg.DeregisterCriticalAfter.String(),
+		})
+	}
+	return &api.AgentServiceRegistration{
+		ID:      g.inst.ID,
+		Name:    g.inst.Service,
+		Tags:    g.inst.Tags,
+		Port:    g.inst.Port,
+		Address: g.inst.Address,
+		Meta:    g.inst.Meta,
+		Checks:  checks,
+	}
+}
+
+// register (re-)registers the service with the current status.
+func (g *Registration) register(ctx context.Context) error {
+	g.mu.Lock()
+	status, note := g.status, g.note
+	g.mu.Unlock()
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	if err := g.client.Agent().ServiceRegisterOpts(g.registration(status, note), opts); err != nil {
+		return fmt.Errorf("consul: registering %s: %w", g.inst.ID, err)
+	}
+	return nil
+}
+
+// update sends the current status to the TTL check.
+func (g *Registration) update(ctx context.Context) error {
+	g.mu.Lock()
+	status, note := g.status, g.note
+	g.mu.Unlock()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	return g.client.Agent().UpdateTTLOpts(g.checkID, note, status, q)
+}
+
+// forgotten reports an error that means the agent no longer knows the
+// check: a restarted agent, or an operator who deregistered the service.
+func forgotten(err error) bool {
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "does not have associated TTL") || strings.Contains(s, "Unknown check")
+}
+
+// heartbeat updates the TTL check every TTL/3 until Close. After a failed
+// update it tries again sooner, with a jittered backoff from 200ms up to
+// TTL/3, so that an agent that comes back sees the instance again within
+// one TTL.
+func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *retry.Backoff) {
+	defer close(g.stopped)
+	wait := period
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		err := g.update(ctx)
+		if err != nil && forgotten(err) {
+			g.cfg.Logger.Warn("consul: agent lost the registration, registering again", "instance", g.inst.ID, "error", err)
+			err = g.register(ctx)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			wait = bo.NextBackOff()
+			g.cfg.Logger.Warn("consul: heartbeat failed", "instance", g.inst.ID, "error", err, "retry_in", wait)
+		default:
+			bo.Reset()
+			wait = period
+		}
+		timer.Reset(wait)
+	}
+}
+
+// SetCritical turns the instance's TTL check critical at once, with note as
+// its output, so that every watch drops it while it finishes the requests it
+// has: the first step of a graceful drain. The heartbeat keeps it critical
+// from then on (and re-registers it critical if the agent forgets it).
+func (g *Registration) SetCritical(ctx context.Context, note string) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return discovery.ErrClosed
+	}
+	g.status, g.note = api.HealthCritical, note
+	g.mu.Unlock()
+	err := g.update(ctx)
+	if err != nil && forgotten(err) {
+		err = g.register(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
+	}
+	return nil
+}
+
+// Drain implements discovery.Drainer with SetCritical.
+func (g *Registration) Drain(ctx context.Context, reason string) error {
+	return g.SetCritical(ctx, reason)
+}
+
+// Close stops the heartbeat, waits for it, and deregisters the service.
+// Calling it again returns nil. If ctx ends before the agent answers, the
+// check lapses on its own within one TTL and the service is removed after
+// DeregisterCriticalAfter.
+func (g *Registration) Close(ctx context.Context) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	g.mu.Unlock()
+	g.cancel()
+	<-g.stopped
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	if err := g.client.Agent().ServiceDeregisterOpts(g.inst.ID, q); err != nil {
+		return fmt.Errorf("consul: deregistering %s: %w", g.inst.ID, err)
+	}
+	return nil
+}
