@@ -1,0 +1,103 @@
+package kafka_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/events/eventstest"
+	"github.com/activekit/activekit/events/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestRecordDecodeRoundTrip(t *testing.T) {
+	e := events.New("urn:x", "t", []byte{0, 1, 2})
+	e.Subject = "s"
+	e.DataContentType = "application/octet-stream"
+	e.DataSchema = "https://example.com/s"
+	e.Time = time.Date(2026, 1, 1, 0, 0, 0, 1, time.FixedZone("x", 3600))
+	e.SetExtension("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	r := kafka.Record("topic", e)
+	if r.Topic != "topic" || string(r.Key) != "s" {
+		t.Fatalf("record topic %q key %q", r.Topic, r.Key)
+	}
+	got, err := kafka.Decode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eventstest.Equal(e, got); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	base := func() []kgo.RecordHeader {
+		return []kgo.RecordHeader{{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte("1")},
+			{Key: "ce_source", Value: []byte("/s")}, {Key: "ce_type", Value: []byte("t")}}
+	}
+	tests := []struct {
+		name    string
+		headers []kgo.RecordHeader
+		header  string
+	}{
+		{"no headers", nil, "ce_specversion"},
+		{"missing id", base()[:1], "ce_id"},
+		{"wrong specversion", append(base()[1:], kgo.RecordHeader{Key: "ce_specversion", Value: []byte("0.3")}), "ce_specversion"},
+		{"duplicate type", append(base(), kgo.RecordHeader{Key: "ce_type", Value: []byte("u")}), "ce_type"},
+		{"bad time", append(base(), kgo.RecordHeader{Key: "ce_time", Value: []byte("2026-01-01")}), "ce_time"},
+		{"empty extension", append(base(), kgo.RecordHeader{Key: "ce_ext", Value: nil}), "ce_ext"},
+		{"long extension name", append(base(), kgo.RecordHeader{Key: "ce_" + strings.Repeat("a", 21), Value: []byte("v")}), "ce_" + strings.Repeat("a", 21)},
+		{"bad content type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("json")}), "content-type"},
+		{"structured mode", []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/cloudevents+json")}}, "content-type"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := kafka.Decode(&kgo.Record{Headers: tt.headers})
+			var de *kafka.DecodeError
+			if !errors.Is(err, kafka.ErrMalformed) || !errors.As(err, &de) || de.Header != tt.header {
+				t.Fatalf("Decode: %v, want a DecodeError on %s", err, tt.header)
+			}
+		})
+	}
+	// Other headers are ignored.
+	if _, err := kafka.Decode(&kgo.Record{Headers: append(base(), kgo.RecordHeader{Key: "traceparent", Value: []byte("\xff")})}); err != nil {
+		t.Fatalf("a non-CloudEvents header was read: %v", err)
+	}
+}
+
+// FuzzDecode feeds arbitrary headers and values to Decode: it must never
+// panic, and what it accepts must be a valid event that survives a round trip
+// through Record.
+func FuzzDecode(f *testing.F) {
+	f.Add("ce_specversion=1.0\nce_id=1\nce_source=/s\nce_type=t", []byte("data"), []byte("key"))
+	f.Add("ce_specversion=1.0\nce_id=1\nce_source=/s\nce_type=t\nce_time=2026-01-01T00:00:00Z\ncontent-type=application/json\nce_ext=v", []byte(`{}`), []byte(nil))
+	f.Add("content-type=application/cloudevents+json", []byte(`{"specversion":"1.0"}`), []byte(nil))
+	f.Add("ce_specversion=1.0\nce_specversion=1.0", []byte(nil), []byte("k"))
+	f.Add("ce_specversion=1.0\nce_id=\xff\nce_source=a b\nce_type=t\nce_X=1", []byte(nil), []byte(nil))
+	f.Fuzz(func(t *testing.T, headers string, value, key []byte) {
+		r := &kgo.Record{Key: key, Value: value}
+		for _, line := range strings.Split(headers, "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+		e, err := kafka.Decode(r)
+		if err != nil {
+			if !errors.Is(err, kafka.ErrMalformed) {
+				t.Fatalf("Decode error %v does not match ErrMalformed", err)
+			}
+			return
+		}
+		if err := e.Validate(); err != nil {
+			t.Fatalf("Decode accepted an invalid event: %v", err)
+		}
+		back, err := kafka.Decode(kafka.Record("t", e))
+		if err != nil {
+			t.Fatalf("re-decoding %+v: %v", e, err)
+		}
+		if err := eventstest.Equal(e, back); err != nil {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}
