@@ -74,9 +74,11 @@ type Policy struct {
 	MaxInterval time.Duration
 	// MaxAttempts is the most attempts made, the first included.
 	MaxAttempts int
-	// MaxElapsedTime bounds the time from the start of the first attempt
-	// to the start of the last: a retry whose delay would end past it is
-	// not scheduled.
+	// MaxElapsedTime bounds the time spent retrying, from the first
+	// failure to the start of the last attempt: a retry whose delay would
+	// end past it is not scheduled. (The first attempt is not counted, so
+	// that a call that succeeds first time never reads the clock; the
+	// context deadline bounds the call as a whole.)
 	MaxElapsedTime time.Duration
 	// Jitter randomises each delay; FullJitter by default.
 	Jitter Jitter

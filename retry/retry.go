@@ -30,24 +30,23 @@ func Do(ctx context.Context, p Policy, fn func(context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return &Error{Stop: err}
 	}
-	start := time.Now()
 	err := fn(ctx)
 	if err == nil {
 		return nil
 	}
-	return doRetries(ctx, p, start, fn, err)
+	return doRetries(ctx, p, fn, err)
 }
 
 // doRetries is Do's slow path, kept apart so that Do stays small.
 //
 //go:noinline
-func doRetries(ctx context.Context, p Policy, start time.Time, fn func(context.Context) error, err error) error {
+func doRetries(ctx context.Context, p Policy, fn func(context.Context) error, err error) error {
 	np, perr := p.normalize()
 	if perr != nil {
 		return perr // unreachable: Do checked p.valid
 	}
 	r := Retrier{policy: np, clock: systemClock{}}
-	return r.retries(ctx, start, fn, err)
+	return r.retries(ctx, fn, err)
 }
 
 // DoValue is Do for a function that returns a value as well as an error. It
@@ -211,7 +210,6 @@ func (r *Retrier) Do(ctx context.Context, fn func(context.Context) error) error 
 	if err := ctx.Err(); err != nil {
 		return &Error{Stop: err}
 	}
-	start := r.clock.Now()
 	if r.budget != nil {
 		r.budget.Deposit()
 	}
@@ -220,12 +218,15 @@ func (r *Retrier) Do(ctx context.Context, fn func(context.Context) error) error 
 	if err == nil {
 		return nil
 	}
-	return r.retries(ctx, start, fn, err)
+	return r.retries(ctx, fn, err)
 }
 
-// retries runs the attempts after the first, which failed with err.
-func (r *Retrier) retries(ctx context.Context, start time.Time, fn func(context.Context) error, err error) error {
+// retries runs the attempts after the first, which failed with err. The
+// clock is first read here, not before the first attempt: a call that
+// succeeds first time never reads it.
+func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, err error) error {
 	p := &r.policy
+	start := r.clock.Now()
 	var b Backoff
 	b.init(p, r.clock)
 	for attempt := 1; ; attempt++ {

@@ -168,16 +168,17 @@ func TestMaxElapsedTime(t *testing.T) {
 	r, err := retry.New(retry.Policy{
 		InitialInterval: time.Second,
 		MaxAttempts:     -1,
-		MaxElapsedTime:  5 * time.Second,
+		MaxElapsedTime:  4 * time.Second,
 		Jitter:          retry.NoJitter,
 	}, retry.WithClock(clock))
 	if err != nil {
 		t.Fatal(err)
 	}
 	calls := 0
-	// Each attempt takes 1s. Attempt 1 ends at 1s, waits 1s; attempt 2
-	// ends at 3s, waits 2s (ends at 5s, allowed); attempt 3 ends at 6s and
-	// its 4s delay would end at 10s, past 5s.
+	// Each attempt takes 1s, and the elapsed time counts from the first
+	// failure. Attempt 1 fails at 0s and waits 1s; attempt 2 fails at 2s
+	// and waits 2s (to 4s: allowed); attempt 3 fails at 5s and its 4s
+	// delay would end at 9s, past 4s.
 	err = r.Do(context.Background(), func(context.Context) error {
 		calls++
 		clock.Advance(time.Second)
