@@ -86,6 +86,7 @@ func DoValueWith[T any](ctx context.Context, r *Retrier, fn func(context.Context
 // shared Budget, an OnRetry hook and OpenTelemetry counters. Make one per
 // client and share it: it is safe for concurrent use, and its instruments
 // are created once, in New. It starts no goroutines and needs no Close.
+// Make it with New; the zero Retrier is not usable.
 type Retrier struct {
 	policy    Policy // normalized
 	clock     Clock
