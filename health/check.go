@@ -71,12 +71,11 @@ func (e *entry) start(parent context.Context) *call {
 
 	// The run belongs to every caller that joins it, so no single caller's
 	// cancellation may end it: it keeps the values of ctx (trace context)
-	// and gets its own deadline. The real deadline tells drivers when to
-	// give up on a socket; the clock's timer decides when the result is
-	// delivered, so a fake clock controls it in tests.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), timeout)
+	// and gets its own deadline.
+	ctx, cancel := timeoutContext(context.WithoutCancel(parent), e.reg.clock, timeout)
+	// The result is delivered at the timeout even if the function ignores
+	// ctx and goes on running.
 	timer := e.reg.clock.AfterFunc(timeout, func() {
-		cancel()
 		e.deliver(c, Result{
 			Status: StatusFail,
 			Output: fmt.Sprintf("timed out after %v", timeout),

@@ -1,6 +1,9 @@
 package health
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Clock is the source of time for check timeouts, result caching and the
 // lifecycle's drain delay and deadlines. Tests inject a fake one to step
@@ -12,6 +15,26 @@ type Clock interface {
 	// the goroutine that advances time) once d has elapsed, unless the
 	// returned Timer is stopped first.
 	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// timeoutContext returns a context that ends d from now on clock. It always
+// carries a real deadline, so that code which reads ctx.Deadline (network
+// clients setting socket deadlines) stops in time. With the system clock
+// that deadline ends it (Err is context.DeadlineExceeded); with any other
+// clock it is cancelled when that clock reaches d (Err is context.Canceled,
+// Cause is context.DeadlineExceeded).
+func timeoutContext(parent context.Context, clock Clock, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(parent, d)
+	if _, ok := clock.(systemClock); ok {
+		return ctx, cancel
+	}
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	timer := clock.AfterFunc(d, func() { cancelCause(context.DeadlineExceeded) })
+	return ctx, func() {
+		timer.Stop()
+		cancelCause(context.Canceled)
+		cancel()
+	}
 }
 
 // Timer is a pending call scheduled by Clock.AfterFunc.

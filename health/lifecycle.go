@@ -373,17 +373,9 @@ func runCloser(ctx context.Context, c Closer) (err error) {
 	return c.Close(ctx)
 }
 
-// withDeadline returns a context that ends at t on clock. It also carries t
-// as a real deadline, so that code which reads ctx.Deadline (network
-// clients) stops in time.
+// withDeadline returns a context that ends at t on clock.
 func withDeadline(parent context.Context, clock Clock, t time.Time) (context.Context, context.CancelFunc) {
-	d := t.Sub(clock.Now())
-	ctx, cancel := context.WithTimeout(parent, d)
-	timer := clock.AfterFunc(d, cancel)
-	return ctx, func() {
-		timer.Stop()
-		cancel()
-	}
+	return timeoutContext(parent, clock, t.Sub(clock.Now()))
 }
 
 // sleepUntil blocks until t on clock.

@@ -265,8 +265,8 @@ type Registry struct {
 	mu          sync.RWMutex
 	state       State
 	startupDone bool // the startup checks passed once in StateReady or later
-	checks  map[string]*entry
-	ordered []*entry // registration order
+	checks      map[string]*entry
+	ordered     []*entry // registration order
 }
 
 // NewRegistry returns an empty registry in StateStarting.

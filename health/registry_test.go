@@ -376,7 +376,7 @@ func TestCheckTimeoutWithFakeClock(t *testing.T) {
 		_, ok := ctx.Deadline()
 		sawDeadline <- ok
 		<-ctx.Done()
-		returned <- ctx.Err()
+		returned <- context.Cause(ctx)
 		return ctx.Err()
 	}})
 	r.MarkStarted()
@@ -399,8 +399,8 @@ func TestCheckTimeoutWithFakeClock(t *testing.T) {
 	if resp.Status != health.StatusFail || res.Output != "timed out after 1h0m0s" || !res.Time.Equal(t0.Add(timeout)) {
 		t.Fatalf("response = %+v", resp)
 	}
-	if err := <-returned; !errors.Is(err, context.Canceled) {
-		t.Fatalf("check ctx ended with %v, want cancellation at the timeout", err)
+	if err := <-returned; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("check ctx ended with cause %v, want the deadline", err)
 	}
 }
 
