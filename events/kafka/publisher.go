@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/activekit/activekit/events"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrWeakDurability reports a producer configured so that an acknowledged
@@ -56,15 +57,20 @@ type PublisherConfig struct {
 // Events with the same key (the partitionkey extension, else the subject) go
 // to the same partition, in the order they were published.
 //
-// A Publisher starts no goroutines of its own; the client it makes runs
-// franz-go's, and Close stops them.
+// Each Publish call waits on one goroutine of its own, which outlives the
+// call only when ctx ends first, until the client resolves its records;
+// Close waits for those. The client the Publisher makes runs franz-go's
+// goroutines, and Close stops them.
 type Publisher struct {
-	cl     *kgo.Client
-	owned  bool
-	topic  string
-	trace  events.TracingConfig
-	close  time.Duration
-	closed atomic.Bool
+	cl    *kgo.Client
+	owned bool
+	topic string
+	trace events.TracingConfig
+	close time.Duration
+
+	mu       sync.RWMutex
+	closed   bool
+	inflight sync.WaitGroup // the ProduceSync calls of Publish
 }
 
 var _ events.Publisher = (*Publisher)(nil)
@@ -140,9 +146,6 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // sending are reported as not published. An event that carries no
 // traceparent gets the trace context of ctx.
 func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
-	if p.closed.Load() {
-		return events.ErrClosed
-	}
 	for i := range evs {
 		if err := evs[i].Validate(); err != nil {
 			return fmt.Errorf("kafka: event %d (id %q): %w", i, evs[i].ID, err)
@@ -151,37 +154,52 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	results := make(chan error, len(evs))
-	promise := func(_ *kgo.Record, err error) { results <- err }
+	records := make([]*kgo.Record, len(evs))
 	for i := range evs {
 		e := evs[i]
-		if e.Extensions[events.ExtTraceParent] == "" {
+		if e.Extensions[events.ExtTraceParent] == "" && trace.SpanContextFromContext(ctx).IsValid() {
 			e.Extensions = cloneExt(e.Extensions)
 			events.InjectTrace(ctx, p.trace, &e)
 		}
-		p.cl.Produce(ctx, Record(p.topic, e), promise)
+		records[i] = Record(p.topic, e)
+	}
+	// ProduceSync ends the client's linger for these partitions, so a
+	// synchronous Publish does not wait for it. It returns only when every
+	// record is acknowledged or failed, which for a record in flight can
+	// take until the broker answers; Publish itself returns when ctx ends.
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		return events.ErrClosed
+	}
+	p.inflight.Add(1)
+	p.mu.RUnlock()
+	done := make(chan kgo.ProduceResults, 1)
+	go func() {
+		defer p.inflight.Done()
+		done <- p.cl.ProduceSync(ctx, records...)
+	}()
+	var results kgo.ProduceResults
+	select {
+	case results = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("kafka: %d events not all acknowledged when the context ended: %w",
+			len(evs), errors.Join(events.ErrUncertain, context.Cause(ctx)))
 	}
 	var failed, uncertain int
 	var first error
-	for n := 0; n < len(evs); n++ {
-		select {
-		case err := <-results:
-			switch {
-			case err == nil:
-			case errors.Is(err, kgo.ErrClientClosed):
-				// Records in flight when the client closed may have
-				// been written.
-				uncertain++
-			default:
-				failed++
-				if first == nil {
-					first = err
-				}
+	for _, r := range results {
+		switch {
+		case r.Err == nil:
+		case errors.Is(r.Err, kgo.ErrClientClosed):
+			// Records in flight when the client closed may have been
+			// written.
+			uncertain++
+		default:
+			failed++
+			if first == nil {
+				first = r.Err
 			}
-		case <-ctx.Done():
-			pending := len(evs) - n
-			return fmt.Errorf("kafka: %d of %d events unacknowledged when the context ended: %w",
-				pending+uncertain, len(evs), errors.Join(events.ErrUncertain, context.Cause(ctx)))
 		}
 	}
 	switch {
@@ -202,17 +220,30 @@ func cloneExt(m map[string]string) map[string]string {
 }
 
 // Close waits up to CloseTimeout for records in flight, then closes the
-// client if the Publisher made it. Later Publish calls return
+// client if the Publisher made it, and waits (within the same timeout) for
+// the goroutines of Publish calls that returned early. Later Publish calls return
 // events.ErrClosed. Close is idempotent.
 func (p *Publisher) Close() error {
-	if p.closed.Swap(true) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
 		return nil
 	}
+	p.closed = true
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), p.close)
 	defer cancel()
 	err := p.cl.Flush(ctx)
 	if p.owned {
-		p.cl.Close()
+		p.cl.Close() // fails what is left, so every ProduceSync returns
+	}
+	waited := make(chan struct{})
+	go func() { p.inflight.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		// A caller's client still holds records a broker has not
+		// answered; their goroutines end when it does.
 	}
 	if err != nil {
 		return fmt.Errorf("kafka: flushing on close: %w", err)

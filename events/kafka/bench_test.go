@@ -1,0 +1,174 @@
+package kafka_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/events/dedupe"
+	"github.com/activekit/activekit/events/kafka"
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+const benchBatch = 100
+
+// BenchmarkPublish compares Publisher with franz-go used directly, on the
+// same kfake cluster in one run: each op is one event, sent in synchronous
+// batches of 100 from 4 goroutines, both with the idempotent producer and
+// acks=all, both with the same CloudEvents headers.
+func BenchmarkPublish(b *testing.B) {
+	c := newCluster(b)
+	b.Run("franz-go", func(b *testing.B) {
+		topic := testenv.Name(b)
+		c.topics(b, topic)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.DefaultProduceTopic(topic))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cl.Close()
+		runBatches(b, func(ctx context.Context, n int) error {
+			rs := make([]*kgo.Record, n)
+			for i := range rs {
+				id := events.NewID()
+				rs[i] = &kgo.Record{Key: []byte("order-" + strconv.Itoa(i%64)), Value: []byte(`{"n":1}`), Headers: []kgo.RecordHeader{
+					{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte(id)},
+					{Key: "ce_source", Value: []byte("/bench")}, {Key: "ce_type", Value: []byte("io.activekit.bench")},
+					{Key: "ce_subject", Value: []byte("order-" + strconv.Itoa(i%64))},
+					{Key: "ce_time", Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
+					{Key: "content-type", Value: []byte("application/json")},
+				}}
+			}
+			return cl.ProduceSync(ctx, rs...).FirstErr()
+		})
+	})
+	b.Run("activekit", func(b *testing.B) {
+		topic := testenv.Name(b)
+		c.topics(b, topic)
+		p := c.publisher(b, topic)
+		runBatches(b, func(ctx context.Context, n int) error {
+			es := make([]events.Event, n)
+			for i := range es {
+				es[i] = events.New("/bench", "io.activekit.bench", []byte(`{"n":1}`))
+				es[i].Subject = "order-" + strconv.Itoa(i%64)
+				es[i].DataContentType = "application/json"
+			}
+			return p.Publish(ctx, es...)
+		})
+	})
+}
+
+// runBatches sends b.N events in batches of benchBatch from 4 goroutines.
+func runBatches(b *testing.B, send func(context.Context, int) error) {
+	b.ReportAllocs()
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	b.ResetTimer()
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() { // each goroutine takes a batch at a time
+			n := min(benchBatch, left.Add(-benchBatch)+benchBatch)
+			if n <= 0 {
+				continue
+			}
+			if err := send(context.Background(), int(n)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkConsume compares consuming b.N events (6 partitions) with a
+// plain franz-go group consumer committing after each poll, with
+// Subscriber, and with Subscriber plus Redis dedupe, on the same kfake
+// cluster in one run. The handler does nothing else.
+func BenchmarkConsume(b *testing.B) {
+	c := newCluster(b)
+	rdb := testenv.Redis(b)
+	fill := func(b *testing.B) string {
+		b.Helper()
+		topic := testenv.Name(b)
+		c.topics(b, topic)
+		p := c.publisher(b, topic)
+		for left := b.N; left > 0; left -= 1000 {
+			es := make([]events.Event, min(1000, left))
+			for i := range es {
+				es[i] = events.New("/bench", "io.activekit.bench", []byte(`{"n":1}`))
+				es[i].Subject = "order-" + strconv.Itoa(i%64)
+			}
+			if err := p.Publish(context.Background(), es...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return topic
+	}
+	b.Run("franz-go", func(b *testing.B) {
+		topic := fill(b)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.ConsumerGroup(topic+"-g"), kgo.ConsumeTopics(topic),
+			kgo.DisableAutoCommit(), kgo.BlockRebalanceOnPoll(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cl.Close()
+		b.ResetTimer()
+		got := 0
+		for got < b.N {
+			f := cl.PollRecords(context.Background(), 500)
+			rs := f.Records()
+			for _, r := range rs {
+				if _, err := kafka.Decode(r); err != nil { // the same decoding work
+					b.Fatal(err)
+				}
+			}
+			got += len(rs)
+			if len(rs) > 0 {
+				if err := cl.CommitRecords(context.Background(), rs...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			cl.AllowRebalance()
+		}
+	})
+	consume := func(b *testing.B, wrap func(events.Handler) events.Handler) {
+		topic := fill(b)
+		s := c.subscriber(b, topic+"-g")
+		var got atomic.Int64
+		all := make(chan struct{})
+		h := wrap(func(context.Context, events.Event) error {
+			if got.Add(1) == int64(b.N) {
+				close(all)
+			}
+			return nil
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		b.ResetTimer()
+		go func() { done <- s.Subscribe(ctx, topic, h) }()
+		<-all
+		b.StopTimer()
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("activekit", func(b *testing.B) {
+		consume(b, func(h events.Handler) events.Handler { return h })
+	})
+	b.Run("activekit+redis-dedupe", func(b *testing.B) {
+		prefix := testenv.Name(b) + ":"
+		testenv.CleanupRedisPrefix(b, rdb, prefix)
+		store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: prefix})
+		if err != nil {
+			b.Fatal(err)
+		}
+		mw, err := dedupe.Middleware(store, dedupe.Config{Group: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		consume(b, mw)
+	})
+}
