@@ -1,0 +1,8 @@
+package consul
+
+// StopHeartbeat stops the heartbeat without deregistering, as a crashed
+// process would.
+func (g *Registration) StopHeartbeat() {
+	g.cancel()
+	<-g.stopped
+}
