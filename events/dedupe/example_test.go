@@ -1,0 +1,35 @@
+package dedupe_test
+
+import (
+	"context"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/events/dedupe"
+	"github.com/redis/go-redis/v9"
+)
+
+// ExampleMiddleware makes a handler's effect exactly-once: the effect (a
+// counter) and the done mark are written in one Redis transaction, guarded by
+// the claim, so redeliveries and instance deaths at any point count once.
+func ExampleMiddleware() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	defer rdb.Close()
+	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: "billing:"})
+	if err != nil {
+		panic(err)
+	}
+	mw, err := dedupe.Middleware(store, dedupe.Config{Group: "billing", Lease: 30 * time.Second})
+	if err != nil {
+		panic(err)
+	}
+	handler := events.Chain(func(ctx context.Context, e events.Event) error {
+		claim, _ := dedupe.FromContext(ctx)
+		return store.DoneWith(ctx, claim, func(ctx context.Context, tx redis.Pipeliner) error {
+			// Keys sharing the claim's hash tag stay in its Cluster slot.
+			tx.IncrBy(ctx, store.Key("billing", e.ID)+":charged", 42)
+			return nil
+		})
+	}, mw)
+	_ = handler // pass it to a Subscriber: sub.Subscribe(ctx, "orders", handler)
+}
