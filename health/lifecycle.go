@@ -99,7 +99,8 @@ type Lifecycle struct {
 	// GracePeriod is the time the orchestrator grants between SIGTERM and
 	// SIGKILL (terminationGracePeriodSeconds in Kubernetes). Run refuses
 	// to start when DrainDelay + ShutdownTimeout + CloseTimeout exceed it.
-	// Default DefaultGracePeriod, the Kubernetes default.
+	// Default DefaultGracePeriod, the Kubernetes default. A preStop hook
+	// in the pod spec runs inside the same grace period: subtract it.
 	GracePeriod time.Duration
 
 	// OnStarted hooks run in order once every server listens, before the
@@ -243,15 +244,15 @@ func (lc Lifecycle) Run(ctx context.Context) error {
 	var cause error
 	ready := false
 	for _, hook := range lc.OnStarted {
+		if runCtx.Err() != nil {
+			break
+		}
 		if err := hook(runCtx); err != nil {
 			if runCtx.Err() == nil {
 				cause = fmt.Errorf("health: starting: %w", err)
 			} else {
 				log.Info("health: start hook ended by shutdown", "error", err)
 			}
-			break
-		}
-		if runCtx.Err() != nil {
 			break
 		}
 	}

@@ -2,11 +2,13 @@ package health_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"reflect"
 	"strings"
@@ -556,5 +558,52 @@ func TestLifecycleErrorsJoined(t *testing.T) {
 	}
 	if got, want := ev.get(), []string{"anonymous", "telemetry", "mongo"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("close order = %v, want %v", got, want)
+	}
+}
+
+// A server with a TLSConfig serves TLS on its listener.
+func TestLifecycleTLS(t *testing.T) {
+	certSrc := httptest.NewUnstartedServer(http.NotFoundHandler())
+	certSrc.StartTLS()
+	certs := certSrc.TLS.Certificates
+	client := certSrc.Client() // trusts the test certificate
+	certSrc.Close()
+
+	reg := newRegistryReal(t)
+	l := listenLocal(t)
+	signal, sig := manualSignal()
+	lc := health.Lifecycle{
+		Registry:   reg,
+		Servers:    []health.Server{{HTTP: &http.Server{Handler: reg.Handler(health.Readiness), TLSConfig: &tls.Config{Certificates: certs}}, Listener: l}},
+		DrainDelay: -1,
+		Signal:     signal,
+	}
+	done := make(chan error, 1)
+	go func() { done <- lc.Run(context.Background()) }()
+	term := await(t, sig, "signal source set up")
+	waitFor(t, client, "https://"+l.Addr().String()+"/", 200)
+	client.CloseIdleConnections()
+	term()
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+// A context that has already ended runs no start hook and exits cleanly.
+func TestLifecycleCancelledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var ev events
+	lc := health.Lifecycle{
+		Registry:  newRegistryReal(t),
+		Servers:   []health.Server{{HTTP: &http.Server{}, Listener: listenLocal(t)}},
+		OnStarted: []func(context.Context) error{func(context.Context) error { ev.add("hook"); return nil }},
+		Closers:   recordingClosers(&ev, "db"),
+	}
+	if err := lc.Run(ctx); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if got := ev.get(); !reflect.DeepEqual(got, []string{"close db"}) {
+		t.Fatalf("events = %v", got)
 	}
 }

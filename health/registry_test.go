@@ -764,3 +764,32 @@ func TestViewAndStateStrings(t *testing.T) {
 		}
 	}
 }
+
+// Registering, reporting and changing state at once is race free.
+func TestConcurrentRegisterReportAndState(t *testing.T) {
+	r := newRegistry(t, health.NewFakeClock(t0))
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 20 {
+				name := "dep" + string(rune('a'+i)) + ":" + string(rune('a'+j))
+				mustRegister(t, r, health.Check{Name: name, Interval: -1, Views: health.Readiness | health.Liveness,
+					Func: func(context.Context) error { return nil }})
+			}
+		})
+		wg.Go(func() {
+			for range 20 {
+				for _, v := range []health.View{health.Liveness, health.Readiness, health.Startup} {
+					if resp := r.Report(t.Context(), v); resp.Status == "" {
+						t.Error("empty status")
+					}
+				}
+			}
+		})
+	}
+	wg.Go(func() { r.MarkStarted(); r.MarkDraining() })
+	wg.Wait()
+	if resp := r.Report(t.Context(), health.Liveness); len(resp.Checks) != 160 || resp.Status != health.StatusPass {
+		t.Fatalf("liveness has %d checks, status %s", len(resp.Checks), resp.Status)
+	}
+}
