@@ -3,6 +3,7 @@ package consul
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -80,13 +81,14 @@ func (r *Resolver) watchConfig(onError func(error, time.Duration)) (consulwatch.
 		Logger:      r.cfg.Logger,
 		OnError:     onError,
 	}
-	// Validate by running nothing: Run checks the config first.
+	// consulwatch has no Validate: run it on a done context, which checks
+	// the config and then returns at once without a query.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := consulwatch.Run(ctx, c, func(context.Context, *api.QueryOptions) (int, *api.QueryMeta, error) {
 		return 0, nil, nil
 	}, func(int, consulwatch.Meta) {})
-	if err != nil && err != context.Canceled {
+	if errors.Is(err, consulwatch.ErrInvalidConfig) {
 		return c, fmt.Errorf("%w: %w", discovery.ErrInvalidConfig, err)
 	}
 	return c, nil
