@@ -248,6 +248,30 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 	return &ConflictError{Key: key}
 }
 
+// Keys returns the session's keys, in no particular order.
+func (s *Session) Keys() ([]string, error) {
+	if s == nil {
+		return nil, ErrNoSession
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	var keys []string
+	if s.found {
+		for k := range s.rec.Values {
+			if _, pending := s.set[k]; !pending && !s.del[k] {
+				keys = append(keys, k)
+			}
+		}
+	}
+	for k := range s.set {
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
 // User returns the user the session is bound to (by SetUser, now or
 // earlier), or "".
 func (s *Session) User() (string, error) {

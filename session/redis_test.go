@@ -1,0 +1,239 @@
+package session_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/activekit/activekit/session"
+	"github.com/activekit/activekit/session/redisstore"
+)
+
+// fleet is two Managers, each with its own Redis client, standing for two
+// instances of a service behind a round-robin load balancer.
+type fleet struct {
+	handlers []http.Handler
+	next     atomic.Uint64
+}
+
+func (f *fleet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.handlers[f.next.Add(1)%uint64(len(f.handlers))].ServeHTTP(w, r)
+}
+
+func newFleet(t *testing.T, clients ...redis.UniversalClient) *fleet {
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, clients[0], prefix)
+	f := &fleet{}
+	for _, c := range clients {
+		s, err := redisstore.New(c, redisstore.WithPrefix(prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := newManager(t, s, session.WithUpdateAttempts(1000))
+		mux := http.NewServeMux()
+		mux.Handle("/", app(t))
+		mux.HandleFunc("/logout-all", func(w http.ResponseWriter, r *http.Request) {
+			u, err := session.FromContext(r.Context()).User()
+			if err == nil {
+				err = m.DestroyUser(r.Context(), u)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+		})
+		mux.HandleFunc("/getint", func(w http.ResponseWriter, r *http.Request) {
+			n, _, err := session.Get[int](session.FromContext(r.Context()), r.URL.Query().Get("k"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			fmt.Fprint(w, n)
+		})
+		mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
+			keys, err := session.FromContext(r.Context()).Keys()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			fmt.Fprint(w, len(keys))
+		})
+		mux.HandleFunc("/clear", func(w http.ResponseWriter, r *http.Request) {
+			s := session.FromContext(r.Context())
+			keys, err := s.Keys()
+			for _, k := range keys {
+				if err == nil {
+					err = s.Delete(k)
+				}
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+		})
+		f.handlers = append(f.handlers, m.Middleware(mux))
+	}
+	return f
+}
+
+func TestNoLostUpdatesRedis(t *testing.T) {
+	for name, clients := range map[string]func(t *testing.T) []redis.UniversalClient{
+		"standalone": func(t *testing.T) []redis.UniversalClient {
+			return []redis.UniversalClient{testenv.Redis(t), testenv.Redis(t)}
+		},
+		"cluster": func(t *testing.T) []redis.UniversalClient {
+			return []redis.UniversalClient{testenv.RedisCluster(t), testenv.RedisCluster(t)}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFleet(t, clients(t)...)
+			// 10,000 concurrent updates of different keys, in rounds of 200
+			// so that the session stays small; each round is checked.
+			rounds, perRound, incs := 50, 200, 1000
+			if testing.Short() {
+				rounds, incs = 5, 100
+			}
+			c := &client{h: f}
+			c.do(t, "GET", "/login?u=alice")
+			cookie := c.cookie
+			run := func(workers, n int, path func(i int) string) {
+				var wg sync.WaitGroup
+				var failed atomic.Int64
+				work := make(chan int)
+				for range workers {
+					wg.Go(func() {
+						cc := &client{h: f, cookie: cookie}
+						for i := range work {
+							if w := cc.do(t, "GET", path(i)); w.Code != http.StatusOK {
+								if failed.Add(1) == 1 {
+									t.Errorf("%s: %d %s", path(i), w.Code, body(w))
+								}
+							}
+						}
+					})
+				}
+				for i := range n {
+					work <- i
+				}
+				close(work)
+				wg.Wait()
+				if failed.Load() > 0 {
+					t.Fatalf("%d requests failed", failed.Load())
+				}
+			}
+			check := &client{h: f, cookie: cookie}
+			start := time.Now()
+			lost := 0
+			for r := range rounds {
+				run(16, perRound, func(i int) string { return fmt.Sprintf("/put?r%d-%d=%d", r, i, i) })
+				n, err := strconv.Atoi(body(check.do(t, "GET", "/keys")))
+				if err != nil {
+					t.Fatal(err)
+				}
+				lost += perRound - n
+				if w := check.do(t, "GET", "/clear"); w.Code != http.StatusOK {
+					t.Fatalf("clear: %d", w.Code)
+				}
+			}
+			putTime := time.Since(start)
+			start = time.Now()
+			run(8, incs, func(int) string { return "/inc?k=n" })
+			incTime := time.Since(start)
+			n := readCounter(t, f, cookie)
+			keys := rounds * perRound
+			t.Logf("%d concurrent puts of different keys in %v (%d lost); %d concurrent CAS increments in %v (counter %d)",
+				keys, putTime.Round(time.Millisecond), lost, incs, incTime.Round(time.Millisecond), n)
+			if lost != 0 {
+				t.Errorf("%d of %d updates of different keys lost", lost, keys)
+			}
+			if n != incs {
+				t.Errorf("counter %d after %d compare-and-set increments: %d lost", n, incs, incs-n)
+			}
+		})
+	}
+}
+
+func readCounter(t *testing.T, h http.Handler, cookie *http.Cookie) int {
+	t.Helper()
+	w := (&client{h: h, cookie: cookie}).do(t, "GET", "/getint?k=n")
+	n, err := strconv.Atoi(body(w))
+	if err != nil {
+		t.Fatalf("counter: %q", body(w))
+	}
+	return n
+}
+
+// hookCounter counts round trips to Redis.
+type hookCounter struct{ n atomic.Int64 }
+
+func (c *hookCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *hookCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *hookCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(1); return next(ctx, cmds) }
+}
+
+func TestRoundTripsRedis(t *testing.T) {
+	rc := testenv.Redis(t)
+	f := newFleet(t, rc)
+	c := &client{h: f}
+	c.do(t, "GET", "/put?a=1") // also loads the scripts
+	c.do(t, "GET", "/get?k=a")
+	c.do(t, "GET", "/inc?k=n")
+	cnt := &hookCounter{}
+	rc.AddHook(cnt)
+	for _, tc := range []struct {
+		path string
+		want int64
+	}{
+		{"/noop", 0},
+		{"/get?k=a", 1},
+		{"/put?a=2", 2},
+		{"/put?a=3&b=4", 2},
+		{"/inc?k=n", 2},
+	} {
+		before := cnt.n.Load()
+		c.do(t, "GET", tc.path)
+		if got := cnt.n.Load() - before; got != tc.want {
+			t.Errorf("%s: %d round trips to Redis, want %d", tc.path, got, tc.want)
+		}
+	}
+	// A new visitor who only reads costs nothing; one who writes, one.
+	before := cnt.n.Load()
+	(&client{h: f}).do(t, "GET", "/get?k=a")
+	(&client{h: f}).do(t, "GET", "/put?a=1")
+	if got := cnt.n.Load() - before; got != 1 {
+		t.Errorf("new visitors: %d round trips, want 1", got)
+	}
+}
+
+func TestRenewAndDestroyUserRedisCluster(t *testing.T) {
+	f := newFleet(t, testenv.RedisCluster(t), testenv.RedisCluster(t))
+	laptop, phone := &client{h: f}, &client{h: f}
+	laptop.do(t, "GET", "/put?cart=book")
+	laptop.do(t, "GET", "/login?u=alice")
+	phone.do(t, "GET", "/login?u=alice")
+	if got := body(laptop.do(t, "GET", "/get?k=cart")); got != "true:book" {
+		t.Fatalf("cart after login: %q", got)
+	}
+	if got := body(phone.do(t, "GET", "/user")); got != "alice" {
+		t.Fatalf("phone user %q", got)
+	}
+	// Log out everywhere through an endpoint of the app.
+	w := laptop.do(t, "GET", "/logout-all")
+	if w.Code != http.StatusOK {
+		t.Fatalf("logout-all: %d %s", w.Code, body(w))
+	}
+	for name, c := range map[string]*client{"laptop": laptop, "phone": phone} {
+		if got := body(c.do(t, "GET", "/user")); got != "" {
+			t.Errorf("%s still logged in as %q", name, got)
+		}
+	}
+}
