@@ -27,6 +27,16 @@ type call struct {
 	res       Result        // set before done is closed
 }
 
+// cached returns the cached result while it is fresh.
+func (e *entry) cached() (Result, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.hasLast && e.reg.clock.Now().Before(e.expires) {
+		return e.last, true
+	}
+	return Result{}, false
+}
+
 // get returns a cached result while it is fresh, else joins the run in
 // flight, else starts a run. It returns when the run delivers (at most the
 // check's timeout later) or when ctx ends.

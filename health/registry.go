@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -134,7 +135,8 @@ type Check struct {
 	// Interval is how long a result is reused before the check runs again.
 	// Zero means the registry's default (DefaultInterval unless
 	// WithCheckDefaults says otherwise); negative means no caching, though
-	// concurrent probes still share one run.
+	// concurrent probes still share one run. Fail results are cached too,
+	// so a failing dependency is not hammered by probes.
 	Interval time.Duration
 
 	// Views says which views the check gates. Zero means Readiness.
@@ -404,7 +406,7 @@ func (r *Registry) transition(from, to State) {
 func (r *Registry) Report(ctx context.Context, view View) Response {
 	resp := Response{
 		ReleaseID:   r.opts.releaseID,
-		Notes:       r.opts.notes,
+		Notes:       slices.Clone(r.opts.notes),
 		Description: r.opts.description,
 	}
 	if id := r.opts.identity; id != nil {
@@ -458,6 +460,10 @@ func (r *Registry) Report(ctx context.Context, view View) Response {
 	results := make([]Result, len(entries))
 	var wg sync.WaitGroup
 	for i, e := range entries {
+		if res, ok := e.cached(); ok {
+			results[i] = res
+			continue
+		}
 		wg.Go(func() { results[i] = e.get(ctx) })
 	}
 	wg.Wait()
