@@ -34,6 +34,9 @@ type LeaderConfig struct {
 	// LockDelay is how long Consul refuses the lock after a session
 	// holding it is invalidated, giving the old leader time to notice and
 	// stop. Zero means Consul's default, 15s; the smallest delay is 1ms.
+	// A candidate refused by the lock delay tries again only after
+	// api.DefaultLockRetryTime (5s, fixed in api.Lock), so a handover
+	// takes between LockDelay and LockDelay+5s.
 	LockDelay time.Duration
 	// LockWaitTime is how long one blocking query waits for the lock to
 	// be free (DefaultLockWaitTime when zero). It bounds how long Lead
