@@ -17,14 +17,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain checks for leaked goroutines. Consul clients keep idle
-// keep-alive connections for 90s (testenv's leader probe among them, whose
-// transport a test cannot reach), so their two loops are ignored.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 type fleetConfig struct {

@@ -14,14 +14,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain checks for leaked goroutines. The keep-alive connections of
-// Consul clients (testenv's leader probe among them, whose transport the test
-// cannot reach) idle for 90s after the test, so their two loops are ignored.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // autoClock is a fake clock whose timers fire at once, moving its time
