@@ -59,8 +59,8 @@ func WithVersionField(name string) VersionOption { return versionFieldOption(nam
 // primary.
 //
 // The write is findAndModify, a retryable write: with retryable writes on,
-// the driver retries it once across a failover and the server applies it at
-// most once. If an ambiguous error (IsAmbiguous) is retried by the caller and
+// the driver retries it across a failover (once without a deadline, until
+// the deadline with one) and the server applies it at most once. If an ambiguous error (IsAmbiguous) is retried by the caller and
 // the first attempt had been applied, the retry reports ErrConflict with
 // Actual == expected+1.
 //

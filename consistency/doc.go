@@ -28,9 +28,10 @@
 // primary see every write acknowledged before the read started, except
 // during the seconds when a deposed primary does not yet know it.
 //
-// ClientOptions also turns on retryable reads and writes (the driver retries
-// an operation once across a failover) and sets a client-side operation
-// timeout.
+// ClientOptions also turns on retryable reads and writes and sets a
+// client-side operation timeout; with a timeout (or a context deadline) the
+// driver retries a retryable operation across a failover as often as the
+// time allows, not just once.
 //
 // # Causal tokens
 //

@@ -69,9 +69,15 @@ var retryableCodes = [...]int{
 	13436, // NotPrimaryOrSecondary
 }
 
-// shutdownCodes in a write concern error mean the write was applied on the
-// primary but the node went away before the write concern was satisfied.
-var shutdownCodes = [...]int{91, 189, 11600, 11602}
+// wceAmbiguous reports whether a write concern error leaves the write's
+// fate unknown. A write concern error means the write was applied on the
+// node that answered but not (yet) acknowledged by as many members as
+// asked: when the wait timed out (64, wtimeout) or the node stepped down,
+// shut down or stopped being primary meanwhile (the failover codes), a
+// failover may still roll it back, or it may have replicated.
+func wceAmbiguous(wce *mongo.WriteConcernError) bool {
+	return wce != nil && (wce.Code == codeWriteConcernFailed || slices.Contains(retryableCodes[:], wce.Code) || wtimeout(wce.Details))
+}
 
 func hasLabel(err error, label string) bool {
 	var le mongo.LabeledError
@@ -95,10 +101,12 @@ func hasAnyCode(err error, codes []int) bool {
 // that ended (the caller gave up) and for UnknownTransactionCommitResult
 // (retry the commit, not the transaction: see IsAmbiguous).
 //
-// The driver has already retried a retryable read or write once when the
-// client has retryable reads and writes on (ClientOptions), so an error that
-// reaches the caller has survived one retry; retry it only at one layer,
-// with a policy (see the retry package).
+// With retryable reads and writes on (ClientOptions), the driver has
+// already retried a retryable read or write before the error reached the
+// caller: once when the operation has no deadline, and as many times as fit
+// before the deadline when its context has one or the client has a timeout
+// (ClientOptions sets one). Retry it at one layer only, with a policy (see
+// the retry package).
 func IsRetryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
@@ -114,8 +122,10 @@ func IsRetryable(err error) bool {
 // write may or may not have been applied. That is the case for a network
 // error or timeout after the command may have been sent (unless the driver
 // labelled it NoWritesPerformed), a write concern error that timed out
-// (code 64, wtimeout) or was cut short by a step-down or shutdown, and a
-// commit labelled UnknownTransactionCommitResult.
+// (code 64, wtimeout) or was cut short by a step-down, a shutdown or a
+// primary that stopped being primary (the write was applied there and a
+// failover may roll it back), and a commit labelled
+// UnknownTransactionCommitResult.
 //
 // Retry an ambiguous write only when repeating it is harmless: InsertOnce
 // reports a repeat as already done, and a repeated UpdateIfVersion reports
@@ -128,18 +138,12 @@ func IsAmbiguous(err error) bool {
 		return true
 	}
 	var we mongo.WriteException
-	if errors.As(err, &we) && we.WriteConcernError != nil {
-		wce := we.WriteConcernError
-		if wce.Code == codeWriteConcernFailed || slices.Contains(shutdownCodes[:], wce.Code) || wtimeout(wce.Details) {
-			return true
-		}
+	if errors.As(err, &we) && wceAmbiguous(we.WriteConcernError) {
+		return true
 	}
 	var bwe mongo.BulkWriteException
-	if errors.As(err, &bwe) && bwe.WriteConcernError != nil {
-		wce := bwe.WriteConcernError
-		if wce.Code == codeWriteConcernFailed || slices.Contains(shutdownCodes[:], wce.Code) || wtimeout(wce.Details) {
-			return true
-		}
+	if errors.As(err, &bwe) && wceAmbiguous(bwe.WriteConcernError) {
+		return true
 	}
 	if hasLabel(err, labelNoWritesPerformed) {
 		return false

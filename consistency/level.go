@@ -188,12 +188,16 @@ func WithLevel(coll *mongo.Collection, l Level) *mongo.Collection {
 const DefaultOperationTimeout = 10 * time.Second
 
 // ClientOptions returns client options for a fleet instance: retryable reads
-// and writes on (so a failover within the driver's single retry is
-// invisible), the level's concerns and read preference as the client's
+// and writes on, the level's concerns and read preference as the client's
 // defaults, and a client-side operation timeout that bounds every
 // operation, server selection and retry included, when the context has no
 // deadline of its own (DefaultOperationTimeout when timeout is zero; a
 // negative timeout sets none).
+//
+// With the timeout (or any context deadline) the driver retries a retryable
+// read or write as many times as fit before the deadline, so a failover
+// shorter than the timeout is invisible to the caller; without one it
+// retries once.
 //
 // Apply the connection string first and these options after, or the other
 // way round if the connection string should win:

@@ -8,6 +8,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
 )
 
@@ -337,15 +338,33 @@ func (r *Report) collections(ctx context.Context, client *mongo.Client, names []
 	return nil
 }
 
+// ErrNotWritablePrimary is the error HealthCheck returns when the member
+// it reached answers but is not a writable primary.
+var ErrNotWritablePrimary = errors.New("consistency: mongodb: the member reached is not a writable primary")
+
 // HealthCheck returns a check for the health package (or any
-// func(ctx) error registry): it pings the primary, so it fails when no
-// primary can be selected, which is when writes cannot be acknowledged.
-// Register it as a readiness check, never liveness: a failover is not a
-// reason to restart an instance.
+// func(ctx) error registry): it asks the primary (hello) whether it takes
+// writes, so it fails when no writable primary can be reached, which is
+// when writes cannot be acknowledged. Register it as a readiness check,
+// never liveness: a failover is not a reason to restart an instance.
+//
+// It checks the answer rather than trusting server selection: a client
+// connected directly to one member (directConnection=true) sends even
+// primary-only commands to that member, which may be a secondary or a
+// primary that just stepped down; a ping would pass there.
 func HealthCheck(client *mongo.Client) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		if err := client.Ping(ctx, readpref.Primary()); err != nil {
+		var h struct {
+			IsWritablePrimary bool `bson:"isWritablePrimary"`
+			IsMaster          bool `bson:"ismaster"` // servers before 4.4.2 and some emulators
+		}
+		err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "hello", Value: 1}},
+			options.RunCmd().SetReadPreference(readpref.Primary())).Decode(&h)
+		if err != nil {
 			return fmt.Errorf("consistency: mongodb primary: %w", err)
+		}
+		if !h.IsWritablePrimary && !h.IsMaster {
+			return ErrNotWritablePrimary
 		}
 		return nil
 	}

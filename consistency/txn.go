@@ -182,6 +182,21 @@ func (t *Transactor) Supported(ctx context.Context) (bool, error) {
 // runs past ctx's end, for at most the commit timeout, as the driver's
 // WithTransaction does: a commit abandoned halfway leaves its outcome
 // unknown and the session unusable.
+//
+// Within one commit the driver itself retries a retryable error (a
+// failover, a network error) for as long as the commit timeout allows, and
+// every commit after the first one that failed is sent with w=majority, as
+// the transactions specification requires; Run's own commit retries, after
+// an UnknownTransactionCommitResult the driver gave up on, go through the
+// same session and so get the same upgrade. A commit that ran out of time
+// (MaxTimeMSExpired) is not retried, as in WithTransaction.
+//
+// When Run gives up with the commit outcome unknown, the transaction may
+// have been applied. If the session was the caller's, make no more calls in
+// it for this request: after a commit cut short by a client-side timeout,
+// the driver still counts the transaction as running.
+//
+// If fn panics, the transaction is aborted and the panic goes on.
 func (t *Transactor) Run(ctx context.Context, fn func(ctx context.Context) error) error {
 	ok, err := t.Supported(ctx)
 	if err != nil {
@@ -205,7 +220,20 @@ func (t *Transactor) Run(ctx context.Context, fn func(ctx context.Context) error
 	var (
 		pendingCommit bool  // the last commit's result is unknown: commit again
 		lastErr       error // the last attempt's error, unwrapped
+		returned      bool  // the retry loop returned rather than panicked
 	)
+	// A panic in fn leaves the transaction open. On a session of our own
+	// EndSession aborts it; on the caller's session (the Middleware's) it
+	// would stay open, and the caller's next operations would join it. Abort
+	// it before the panic goes on, unless a commit was sent: aborting a
+	// transaction whose commit outcome is unknown races the commit.
+	defer func() {
+		if !returned && !pendingCommit && sess.TransactionRunning() {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.commitTimeout)
+			defer cancel()
+			_ = sess.AbortTransaction(actx)
+		}
+	}()
 	fail := func(err error, retryable bool) error {
 		lastErr = err
 		if retryable {
@@ -261,6 +289,7 @@ func (t *Transactor) Run(ctx context.Context, fn func(ctx context.Context) error
 		return commit(ctx)
 	}
 	err = t.retrier.Do(ctx, attempt)
+	returned = true
 	if err == nil {
 		return nil
 	}
