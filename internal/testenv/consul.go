@@ -30,6 +30,9 @@ func ConsulAddr(t testing.TB) string {
 func (e env) consulAddr(t testing.TB) string {
 	t.Helper()
 	addr, ok := e.lookupAddr(t, EnvConsulAddr)
+	if ok {
+		useService(t, "consul")
+	}
 	if !ok {
 		host, ports, up, why := container(t, consulContainer)
 		if !up {

@@ -71,6 +71,7 @@ func (e env) redisSentinel(t testing.TB) ([]string, string) {
 		e.unavailable(t, EnvRedisSentinels, "not set (and %s names the master); no container fallback for Sentinel", EnvRedisMaster)
 		return nil, ""
 	}
+	useService(t, "redis-primary")
 	master := e(EnvRedisMaster)
 	if master == "" {
 		t.Fatalf("testenv: %s is set but %s, the master's name, is empty", EnvRedisSentinels, EnvRedisMaster)
