@@ -97,13 +97,17 @@ type Config struct {
 	// Lease is how long a claim holds before another instance may take
 	// the event over, as when the claimer died. The handler's ctx ends
 	// a tenth of the lease before the lease does, so an effect that
-	// honours ctx does not land after a takeover. Zero means 30s.
+	// honours ctx does not land after a takeover. Zero means 30s; it must
+	// be at least 10ms.
 	Lease time.Duration
 	// MaxWait caps each wait for a Busy event's lease; zero means 1s.
 	MaxWait time.Duration
 	// Retry is the policy for Done and Release; zero means the retry
 	// package's defaults.
 	Retry retry.Policy
+	// Now is the clock the batch path measures the age of its claims by;
+	// nil means time.Now.
+	Now func() time.Time
 }
 
 type claimKey struct{}
@@ -116,17 +120,40 @@ func FromContext(ctx context.Context) (Claim, bool) {
 	return c, ok
 }
 
-// Middleware claims each event's ID for cfg.Group before the handler, skips
-// events already done, waits while another instance holds the event, marks
-// the event done after the handler succeeds and releases it when the handler
-// fails. With a subscriber that delivers at least once, it gives an
-// exactly-once effect when the handler's effect is idempotent per event ID,
-// or is recorded in the store atomically with the claim (DoneWith): the one
-// gap otherwise is an instance dying after the effect and before Done, which
-// the lease turns into a second run after the lease ends.
+// BatchStore is a Store that also claims, finishes and releases many events
+// in one round trip. The batch path (Deduper.Begin) uses it when the Store
+// has it, and otherwise calls Claim, Done and Release once per event.
 //
-// Store errors are returned (so the subscriber retries or redelivers).
-func Middleware(s Store, cfg Config) (events.Middleware, error) {
+// ClaimBatch returns the claims in the order of ids, each as Claim would.
+// DoneBatch marks the claims done, whose effects happened; it returns, in
+// the order of cs, nil or ErrLeaseLost for each claim, as Done would (a
+// store may mark a lost claim done all the same: the effect happened); its
+// error is for the call as a whole, which may have recorded some of them.
+// ReleaseBatch releases each claim as Release would, ignoring claims that
+// are not Claimed.
+type BatchStore interface {
+	Store
+	ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error)
+	DoneBatch(ctx context.Context, cs []Claim) ([]error, error)
+	ReleaseBatch(ctx context.Context, cs []Claim) error
+}
+
+// Deduper is the dedupe middleware in its two forms: per event
+// (Middleware), for any subscriber, and per batch (Begin, an
+// events.BatchMiddleware), for subscribers that take one, such as the Kafka
+// subscriber's SubscriberConfig.Batch. Both give the same guarantee; the
+// batch form needs two round trips to the store per batch instead of two
+// per event. It is safe for concurrent use.
+type Deduper struct {
+	s   Store
+	bs  BatchStore // s, when it is one
+	cfg Config
+}
+
+var _ events.BatchMiddleware = (*Deduper)(nil)
+
+// New checks cfg and returns a Deduper on s. It makes no call to s.
+func New(s Store, cfg Config) (*Deduper, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil Store", ErrConfig)
 	}
@@ -139,32 +166,69 @@ func Middleware(s Store, cfg Config) (events.Middleware, error) {
 	if cfg.Lease == 0 {
 		cfg.Lease = 30 * time.Second
 	}
+	if cfg.Lease < 10*time.Millisecond {
+		return nil, fmt.Errorf("%w: Lease %v under 10ms", ErrConfig, cfg.Lease)
+	}
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if err := cfg.Retry.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	d := &Deduper{s: s, cfg: cfg}
+	d.bs, _ = s.(BatchStore)
+	return d, nil
+}
+
+// Middleware claims each event's ID for cfg.Group before the handler, skips
+// events already done, waits while another instance holds the event, marks
+// the event done after the handler succeeds and releases it when the handler
+// fails. With a subscriber that delivers at least once, it gives an
+// exactly-once effect when the handler's effect is idempotent per event ID,
+// or is recorded in the store atomically with the claim (DoneWith): the one
+// gap otherwise is an instance dying after the effect and before Done, which
+// the lease turns into a second run after the lease ends.
+//
+// Store errors are returned (so the subscriber retries or redelivers).
+// Middleware(s, cfg) is New(s, cfg) followed by the Deduper's Middleware.
+func Middleware(s Store, cfg Config) (events.Middleware, error) {
+	d, err := New(s, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return d.Middleware(), nil
+}
+
+// Middleware returns the per-event form; see the package-level Middleware.
+func (d *Deduper) Middleware() events.Middleware {
 	return func(next events.Handler) events.Handler {
-		return func(ctx context.Context, e events.Event) error {
-			for {
-				c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
-				if err != nil {
-					return fmt.Errorf("dedupe: claim %s: %w", e.ID, err)
-				}
-				switch c.Status {
-				case Done:
-					return nil
-				case Busy:
-					if err := wait(ctx, min(max(c.Remaining, 10*time.Millisecond), cfg.MaxWait)); err != nil {
-						return err
-					}
-					continue
-				}
-				return run(ctx, s, cfg, c, next, e)
-			}
+		return func(ctx context.Context, e events.Event) error { return d.handle(ctx, e, next) }
+	}
+}
+
+// handle is the per-event path: claim (waiting while Busy), run, then Done
+// or Release, one round trip each.
+func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handler) error {
+	s, cfg := d.s, d.cfg
+	for {
+		c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
+		if err != nil {
+			return fmt.Errorf("dedupe: claim %s: %w", e.ID, err)
 		}
-	}, nil
+		switch c.Status {
+		case Done:
+			return nil
+		case Busy:
+			if err := wait(ctx, min(max(c.Remaining, 10*time.Millisecond), cfg.MaxWait)); err != nil {
+				return err
+			}
+			continue
+		}
+		return run(ctx, s, cfg, c, next, e)
+	}
 }
 
 func run(ctx context.Context, s Store, cfg Config, c Claim, next events.Handler, e events.Event) error {

@@ -24,7 +24,8 @@ type RedisConfig struct {
 // group and ID in a hash tag so that a handler's own keys can share its
 // Cluster slot, holding "c:<token>" with the lease as its expiry, or "d" with
 // the retention as its expiry. Claim, Done and Release are each one Lua
-// script, one round trip; ClaimBatch pipelines many claims into one.
+// script, one round trip; ClaimBatch, DoneBatch and ReleaseBatch do many in
+// one round trip (a BatchStore).
 type RedisStore struct {
 	c         redis.UniversalClient
 	prefix    string
@@ -56,10 +57,12 @@ func (s *RedisStore) Key(group, id string) string {
 }
 
 // claimScript: KEYS[1] the claim key; ARGV[1] the new value, ARGV[2] the
-// lease in ms. Returns {status, pttl}.
+// lease in ms. Returns {status, pttl}. A key that already holds ARGV[1] is
+// claimed again (a retried pipeline that partly ran), so a claim with a
+// given token is idempotent.
 var claimScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if not v then
+if not v or v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return {1, 0}
 end
@@ -114,30 +117,94 @@ func claimResult(c Claim, res []int64) (Claim, error) {
 	return c, nil
 }
 
-// ClaimBatch claims many events of one group in one round trip (a
-// pipeline of the claim script), for handlers that work on batches. The
-// claims are in the order of ids.
+// Scripts over many keys, for the batch methods on a client that is not a
+// Cluster client (standalone, Sentinel): one call, one round trip, for a
+// whole batch.
+//
+// claimManyScript: KEYS the claim keys; ARGV[1] the new value, ARGV[2] the
+// lease in ms. Returns {status, pttl} for each key, flattened.
+var claimManyScript = redis.NewScript(`
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('SET', k, ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+  if not v then
+    out[2*i-1] = 1; out[2*i] = 0
+  elseif v == ARGV[1] then
+    redis.call('PEXPIRE', k, ARGV[2])
+    out[2*i-1] = 1; out[2*i] = 0
+  elseif v == 'd' then
+    out[2*i-1] = 2; out[2*i] = 0
+  else
+    out[2*i-1] = 3; out[2*i] = redis.call('PTTL', k)
+  end
+end
+return out
+`)
+
+// doneManyScript: KEYS the claim keys; ARGV[1] the retention in ms,
+// ARGV[i+1] the claim value of KEYS[i]. It marks every key done, held or
+// not (the caller's effects happened), and returns for each 1 when the
+// claim was held, 2 when the key was already done, 0 when the claim had
+// been lost.
+var doneManyScript = redis.NewScript(`
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('SET', k, 'd', 'GET', 'PX', ARGV[1])
+  if v == ARGV[i+1] then
+    out[i] = 1
+  elseif v == 'd' then
+    out[i] = 2
+  else
+    out[i] = 0
+  end
+end
+return out
+`)
+
+// releaseManyScript: KEYS the claim keys; ARGV[i] the claim value of KEYS[i].
+var releaseManyScript = redis.NewScript(`
+local n = 0
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[i] then n = n + redis.call('DEL', k) end
+end
+return n
+`)
+
+// maxBatchKeys bounds the keys of one many-key script call, so one call
+// does not hold the server for long.
+const maxBatchKeys = 1000
+
+// cluster reports whether keys of different events may live on different
+// nodes, so that one script cannot take them all.
+func (s *RedisStore) cluster() bool {
+	_, ok := s.c.(*redis.ClusterClient)
+	return ok
+}
+
+var _ BatchStore = (*RedisStore)(nil)
+
+// ClaimBatch claims many events of one group in one round trip, each as
+// Claim would, all with one token: on standalone and Sentinel one script
+// call over all the keys (per 1000 keys), on Cluster a pipeline of the claim
+// script (the keys are in different slots). The claims are in the order of
+// ids.
 func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
 	if lease < time.Millisecond {
 		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
 	}
+	token := NewToken()
+	value := claimValue(token)
 	claims := make([]Claim, len(ids))
-	for attempt := 0; ; attempt++ {
-		pipe := s.c.Pipeline()
-		cmds := make([]*redis.Cmd, len(ids))
-		for i, id := range ids {
-			claims[i] = Claim{Group: group, ID: id, Token: NewToken()}
-			cmds[i] = claimScript.EvalSha(ctx, pipe, []string{s.Key(group, id)}, claimValue(claims[i].Token), lease.Milliseconds())
-		}
-		_, err := pipe.Exec(ctx)
-		if err != nil && attempt == 0 && isNoScript(err) {
-			// The script cache was empty (a restart, a failover); load it
-			// and run again: a NOSCRIPT reply ran nothing.
-			if err := claimScript.Load(ctx, s.c).Err(); err != nil {
-				return nil, err
-			}
-			continue
-		}
+	for i, id := range ids {
+		claims[i] = Claim{Group: group, ID: id, Token: token}
+	}
+	if len(ids) == 0 {
+		return claims, nil
+	}
+	if s.cluster() {
+		cmds, err := s.pipeScript(ctx, claimScript, len(ids), func(i int) ([]string, []any) {
+			return []string{s.Key(group, ids[i])}, []any{value, lease.Milliseconds()}
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -151,6 +218,141 @@ func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string,
 			}
 		}
 		return claims, nil
+	}
+	for lo := 0; lo < len(ids); lo += maxBatchKeys {
+		hi := min(lo+maxBatchKeys, len(ids))
+		keys := make([]string, hi-lo)
+		for i := range keys {
+			keys[i] = s.Key(group, ids[lo+i])
+		}
+		res, err := claimManyScript.Run(ctx, s.c, keys, value, lease.Milliseconds()).Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(res) != 2*len(keys) {
+			return nil, fmt.Errorf("dedupe: unexpected claim batch reply of %d values for %d keys", len(res), len(keys))
+		}
+		for i := range keys {
+			if claims[lo+i], err = claimResult(claims[lo+i], res[2*i:2*i+2]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return claims, nil
+}
+
+// DoneBatch marks many claims done in one round trip (one script call on
+// standalone and Sentinel, a pipeline of SET ... GET on Cluster). Unlike
+// Done, it marks a claim done even when its lease had ended, since the
+// caller says the effect happened, and reports ErrLeaseLost for it: another
+// claimer may have taken it over, and its DoneWith will then refuse to
+// record a second effect.
+func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
+	res := make([]error, len(cs))
+	if len(cs) == 0 {
+		return res, nil
+	}
+	ret := s.retention.Milliseconds()
+	if s.cluster() {
+		pipe := s.c.Pipeline()
+		cmds := make([]*redis.Cmd, len(cs))
+		for i, c := range cs {
+			cmds[i] = pipe.Do(ctx, "SET", s.Key(c.Group, c.ID), "d", "GET", "PX", ret)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		for i, cmd := range cmds {
+			v, err := cmd.Text()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, err
+			}
+			if v != "d" && v != claimValue(cs[i].Token) {
+				res[i] = ErrLeaseLost
+			}
+		}
+		return res, nil
+	}
+	for lo := 0; lo < len(cs); lo += maxBatchKeys {
+		hi := min(lo+maxBatchKeys, len(cs))
+		keys := make([]string, hi-lo)
+		args := make([]any, 1, 1+hi-lo)
+		args[0] = ret
+		for i, c := range cs[lo:hi] {
+			keys[i] = s.Key(c.Group, c.ID)
+			args = append(args, claimValue(c.Token))
+		}
+		ns, err := doneManyScript.Run(ctx, s.c, keys, args...).Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(ns) != len(keys) {
+			return nil, fmt.Errorf("dedupe: unexpected done batch reply of %d values for %d keys", len(ns), len(keys))
+		}
+		for i, n := range ns {
+			if n == 0 {
+				res[lo+i] = ErrLeaseLost
+			}
+		}
+	}
+	return res, nil
+}
+
+// ReleaseBatch releases many claims in one round trip, each as Release
+// would. Claims that are not Claimed are ignored.
+func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
+	held := make([]Claim, 0, len(cs))
+	for _, c := range cs {
+		if c.Status == Claimed && c.Token != "" {
+			held = append(held, c)
+		}
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	if s.cluster() {
+		_, err := s.pipeScript(ctx, releaseScript, len(held), func(i int) ([]string, []any) {
+			return []string{s.Key(held[i].Group, held[i].ID)}, []any{claimValue(held[i].Token)}
+		})
+		return err
+	}
+	for lo := 0; lo < len(held); lo += maxBatchKeys {
+		hi := min(lo+maxBatchKeys, len(held))
+		keys := make([]string, hi-lo)
+		args := make([]any, hi-lo)
+		for i, c := range held[lo:hi] {
+			keys[i] = s.Key(c.Group, c.ID)
+			args[i] = claimValue(c.Token)
+		}
+		if err := releaseManyScript.Run(ctx, s.c, keys, args...).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pipeScript runs script n times in one pipeline, with the keys and
+// arguments of each call from args, loading the script once when the
+// server's cache lacks it (a NOSCRIPT reply ran nothing).
+func (s *RedisStore) pipeScript(ctx context.Context, script *redis.Script, n int, args func(i int) ([]string, []any)) ([]*redis.Cmd, error) {
+	for attempt := 0; ; attempt++ {
+		pipe := s.c.Pipeline()
+		cmds := make([]*redis.Cmd, n)
+		for i := range n {
+			keys, argv := args(i)
+			cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && attempt == 0 && isNoScript(err) {
+			if err := script.Load(ctx, s.c).Err(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return cmds, nil
 	}
 }
 

@@ -84,8 +84,10 @@ func runBatches(b *testing.B, send func(context.Context, int) error) {
 
 // BenchmarkConsume compares consuming b.N events (6 partitions) with a
 // plain franz-go group consumer committing after each poll, with
-// Subscriber, and with Subscriber plus Redis dedupe, on the same kfake
-// cluster in one run. The handler does nothing else.
+// Subscriber, with Subscriber plus the per-event Redis dedupe Middleware,
+// and with Subscriber plus Redis dedupe on the batch path
+// (SubscriberConfig.Batch: two round trips per partition per poll), on the
+// same kfake cluster in one run. The handler does nothing else.
 func BenchmarkConsume(b *testing.B) {
 	c := newCluster(b)
 	rdb := testenv.Redis(b)
@@ -133,9 +135,12 @@ func BenchmarkConsume(b *testing.B) {
 			cl.AllowRebalance()
 		}
 	})
-	consume := func(b *testing.B, wrap func(events.Handler) events.Handler) {
+	consume := func(b *testing.B, wrap func(events.Handler) events.Handler, batch events.BatchMiddleware) {
 		topic := fill(b)
-		s := c.subscriber(b, topic+"-g")
+		s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: topic + "-g", Retrier: fastRetrier(b, 5), Batch: batch})
+		if err != nil {
+			b.Fatal(err)
+		}
 		var got atomic.Int64
 		all := make(chan struct{})
 		h := wrap(func(context.Context, events.Event) error {
@@ -156,7 +161,7 @@ func BenchmarkConsume(b *testing.B) {
 		}
 	}
 	b.Run("activekit", func(b *testing.B) {
-		consume(b, func(h events.Handler) events.Handler { return h })
+		consume(b, func(h events.Handler) events.Handler { return h }, nil)
 	})
 	b.Run("activekit+redis-dedupe", func(b *testing.B) {
 		prefix := testenv.Name(b) + ":"
@@ -169,6 +174,19 @@ func BenchmarkConsume(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		consume(b, mw)
+		consume(b, mw, nil)
+	})
+	b.Run("activekit+redis-dedupe-batch", func(b *testing.B) {
+		prefix := testenv.Name(b) + ":"
+		testenv.CleanupRedisPrefix(b, rdb, prefix)
+		store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: prefix})
+		if err != nil {
+			b.Fatal(err)
+		}
+		d, err := dedupe.New(store, dedupe.Config{Group: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		consume(b, func(h events.Handler) events.Handler { return h }, d)
 	})
 }

@@ -56,6 +56,14 @@ type SubscriberConfig struct {
 	CommitTimeout time.Duration
 	// Logger receives dead-letters and commit failures; nil means none.
 	Logger *slog.Logger
+	// Batch, when set, wraps the handling of each partition's records of
+	// a poll as one batch, inside the retries and dead-lettering: Begin
+	// before the first record, Handle for each attempt at each event, End
+	// before the commit (see events.BatchMiddleware). A *dedupe.Deduper
+	// there claims and finishes a batch's events in two round trips to its
+	// store instead of two per event; do not also wrap the handler with
+	// its per-event Middleware.
+	Batch events.BatchMiddleware
 }
 
 // Subscriber consumes a topic in a consumer group and hands each event to a
@@ -174,11 +182,15 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 			}
 			wg.Go(func() {
 				var last *kgo.Record
-				for _, r := range p.Records {
-					if !c.handle(ctx, r) {
-						break
+				if s.cfg.Batch != nil {
+					last = c.handleBatch(ctx, p.Records)
+				} else {
+					for _, r := range p.Records {
+						if !c.handle(ctx, r) {
+							break
+						}
+						last = r
 					}
-					last = r
 				}
 				if last != nil {
 					mu.Lock()
@@ -219,20 +231,94 @@ func (c *consumer) commit(ctx context.Context, done []*kgo.Record) {
 // whether r may be committed.
 func (c *consumer) handle(ctx context.Context, r *kgo.Record) bool {
 	e, err := Decode(r)
+	if err != nil {
+		return c.deadLetter(ctx, r, err, 0)
+	}
+	return c.attempt(ctx, r, func(ctx context.Context) error { return call(ctx, c.h, e) })
+}
+
+// attempt runs fn with retries, or dead-letters r, and reports whether r
+// may be committed.
+func (c *consumer) attempt(ctx context.Context, r *kgo.Record, fn func(context.Context) error) bool {
 	attempts := 0
+	err := c.s.retrier.Do(ctx, func(ctx context.Context) error {
+		attempts++
+		return fn(ctx)
+	})
 	if err == nil {
-		err = c.s.retrier.Do(ctx, func(ctx context.Context) error {
-			attempts++
-			return call(ctx, c.h, e)
-		})
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false // stopped, not failed: redelivered later
-		}
+		return true
+	}
+	if ctx.Err() != nil {
+		return false // stopped, not failed: redelivered later
 	}
 	return c.deadLetter(ctx, r, err, attempts)
+}
+
+// handleBatch handles one partition's records of a poll through the
+// configured BatchMiddleware and returns the last record that may be
+// committed (nil for none). Records that are not CloudEvents are
+// dead-lettered in their place and are not part of the batch. Begin is
+// retried until it succeeds or ctx ends; End is called once even when ctx
+// has ended (it bounds itself), then retried until it succeeds or ctx ends,
+// and when it never succeeds nothing of the batch is committed.
+func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Record {
+	es := make([]events.Event, 0, len(rs))
+	idx := make([]int, len(rs)) // the event index of each record; -1 when malformed
+	errs := make([]error, len(rs))
+	for j, r := range rs {
+		e, err := Decode(r)
+		if err != nil {
+			idx[j], errs[j] = -1, err
+			continue
+		}
+		idx[j] = len(es)
+		es = append(es, e)
+	}
+	var b events.Batch
+	if len(es) > 0 {
+		err := retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+			var err error
+			if b, err = c.s.cfg.Batch.Begin(ctx, es); err != nil {
+				c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: beginning a batch failed; retrying", slog.Any("error", err))
+			}
+			return err
+		})
+		if err != nil {
+			return nil // ctx ended; nothing was handled
+		}
+	}
+	var last *kgo.Record
+	for j, r := range rs {
+		var ok bool
+		if idx[j] < 0 {
+			ok = c.deadLetter(ctx, r, errs[j], 0)
+		} else {
+			i := idx[j]
+			ok = c.attempt(ctx, r, func(ctx context.Context) error {
+				return b.Handle(ctx, i, func(ctx context.Context, e events.Event) error { return call(ctx, c.h, e) })
+			})
+		}
+		if !ok {
+			break
+		}
+		last = r
+	}
+	if b == nil {
+		return last
+	}
+	err := b.End(ctx)
+	if err != nil && ctx.Err() == nil {
+		err = retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: ending a batch failed; retrying", slog.Any("error", err))
+			err = b.End(ctx)
+			return err
+		})
+	}
+	if err != nil {
+		c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: ending a batch failed; its records will be redelivered", slog.Any("error", err))
+		return nil
+	}
+	return last
 }
 
 // call runs h, turning a panic into a permanent error.
