@@ -1,6 +1,7 @@
 package consistency_test
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"github.com/activekit/activekit/consistency"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
 )
 
 // TestMiddlewareCausalWire proves, on the wire, what a replica set can only
@@ -113,5 +115,23 @@ func TestSessionMustBeTheClients(t *testing.T) {
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
 	if !errors.Is(got, mongo.ErrWrongClient) {
 		t.Fatalf("insert through another client = %v, want mongo.ErrWrongClient", got)
+	}
+}
+
+// TestHealthCheckSecondary checks that HealthCheck fails on a member that
+// answers but is not a writable primary, which is what a client connected
+// directly to one member reaches after a step-down: a ping would pass.
+func TestHealthCheckSecondary(t *testing.T) {
+	client, fs := fakeClient(t, nil, newScript(nil).reply)
+	check := consistency.HealthCheck(client)
+	if err := check(context.Background()); err != nil {
+		t.Fatalf("on a primary: %v", err)
+	}
+	fs.secondary.Store(true)
+	if err := client.Ping(context.Background(), readpref.Primary()); err != nil {
+		t.Fatalf("ping: %v", err) // the driver sends it to the member it has
+	}
+	if err := check(context.Background()); !errors.Is(err, consistency.ErrNotWritablePrimary) {
+		t.Fatalf("on a secondary: %v, want ErrNotWritablePrimary", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,9 @@ type fakeServer struct {
 	cmds   []bson.Raw
 	update chan description.Topology
 	once   sync.Once
+	// secondary makes hello answer as a secondary (the driver, given one
+	// server, still sends it everything).
+	secondary atomic.Bool
 }
 
 var (
@@ -96,7 +100,7 @@ func (s *fakeServer) handle(cmd bson.Raw) bson.D {
 	switch commandName(cmd) {
 	case "hello", "isMaster", "ismaster":
 		return bson.D{
-			{Key: "ok", Value: 1}, {Key: "isWritablePrimary", Value: true}, {Key: "setName", Value: "rs0"},
+			{Key: "ok", Value: 1}, {Key: "isWritablePrimary", Value: !s.secondary.Load()}, {Key: "secondary", Value: s.secondary.Load()}, {Key: "setName", Value: "rs0"},
 			{Key: "hosts", Value: bson.A{"127.0.0.1:27017"}}, {Key: "logicalSessionTimeoutMinutes", Value: int32(30)},
 			{Key: "maxWireVersion", Value: int32(21)}, {Key: "minWireVersion", Value: int32(0)},
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/activekit/activekit/retry"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
@@ -167,6 +168,54 @@ func TestTransactionRetries(t *testing.T) {
 	if a2, _ := balance(ctx, "a"); a2 != a {
 		t.Fatalf("balance %d after an aborted transaction, want %d", a2, a)
 	}
+
+	// A conflict that does not depend on scheduling: another transaction
+	// holds an uncommitted write to "b", so the Transactor's first attempt
+	// fails with WriteConflict (TransientTransactionError). The blocker
+	// commits when the Transactor schedules its retry, and the second
+	// attempt applies on top of it.
+	blocker, err := client.StartSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.EndSession(context.Background())
+	if err := blocker.StartTransaction(consistency.Strong.TransactionOptions()); err != nil {
+		t.Fatal(err)
+	}
+	bctx := mongo.NewSessionContext(ctx, blocker)
+	if _, err := coll.UpdateOne(bctx, bson.D{{Key: "_id", Value: "b"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "balance", Value: 100}}}}); err != nil {
+		t.Fatal(err)
+	}
+	var retryErrs []error
+	tx2, err := consistency.NewTransactor(client,
+		consistency.WithTransactionPolicy(retry.Policy{InitialInterval: time.Millisecond, MaxAttempts: 3, Jitter: retry.NoJitter}),
+		consistency.WithRetryOptions(retry.WithOnRetry(func(_ int, err error, _ time.Duration) {
+			retryErrs = append(retryErrs, err)
+			if blocker.TransactionRunning() {
+				if err := blocker.CommitTransaction(context.Background()); err != nil {
+					t.Errorf("committing the blocker: %v", err)
+				}
+			}
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts := 0
+	err = tx2.Run(ctx, func(ctx context.Context) error {
+		attempts++
+		_, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: "b"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "balance", Value: 1}}}})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("Run against a conflicting transaction: %v", err)
+	}
+	var le mongo.LabeledError
+	if attempts != 2 || len(retryErrs) != 1 || !errors.As(retryErrs[0], &le) || !le.HasErrorLabel("TransientTransactionError") {
+		t.Fatalf("%d attempts, retried on %v; want 2 attempts, one retry on a TransientTransactionError", attempts, retryErrs)
+	}
+	if b2, _ := balance(ctx, "b"); b2 != b+101 {
+		t.Fatalf("b = %d, want %d: the blocker's write and the retried one, once each", b2, b+101)
+	}
 }
 
 // TestCausalReadsAcrossInstances runs two instances (two clients, two HTTP
@@ -190,9 +239,33 @@ func TestCausalReadsAcrossInstances(t *testing.T) {
 		t.Log("single-member replica set: reads go to the nearest member, the primary")
 	}
 
+	// B's reads, as sent: on a single-node set every read would see the
+	// write anyway, so what proves the token works is that each read
+	// carries afterClusterTime at or past the write's operation time.
+	var (
+		mu    sync.Mutex
+		after []bson.Timestamp // afterClusterTime of each find B sent
+	)
+	monitor := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		if e.CommandName != "find" {
+			return
+		}
+		ts, inc, _ := e.Command.Lookup("readConcern", "afterClusterTime").TimestampOK()
+		mu.Lock()
+		after = append(after, bson.Timestamp{T: ts, I: inc})
+		mu.Unlock()
+	}}
 	reader := sdkmetric.NewManualReader()
 	instance := func(rp *readpref.ReadPref, mp *sdkmetric.MeterProvider) *httptest.Server {
-		c := levelClient(t, consistency.Causal)
+		o := consistency.ClientOptions(consistency.Causal, 20*time.Second).ApplyURI(testenv.MongoURI(t))
+		if mp != nil {
+			o.SetMonitor(monitor)
+		}
+		c, err := mongo.Connect(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Disconnect(context.Background()) })
 		coll := consistency.Collection(c.Database(db.Name()), "notes", consistency.Causal).
 			Clone(options.Collection().SetReadPreference(rp))
 		opts := []consistency.MiddlewareOption{}
@@ -221,8 +294,21 @@ func TestCausalReadsAcrossInstances(t *testing.T) {
 		if tr.Token() == "" {
 			t.Fatal("A issued no token")
 		}
+		written, err := codec.Decode(tr.Token())
+		if err != nil || written.OperationTime == nil {
+			t.Fatalf("A's token %+v: %v", written, err)
+		}
 		if got := do(t, hc, http.MethodGet, b.URL+"/"+id); got != id {
 			t.Fatalf("read on B after write on A: %q, want %q", got, id)
+		}
+		mu.Lock()
+		var last bson.Timestamp
+		if len(after) > 0 {
+			last = after[len(after)-1]
+		}
+		mu.Unlock()
+		if last.Before(*written.OperationTime) {
+			t.Fatalf("B read with afterClusterTime %v, before A's write at %v: the token did not reach the read", last, *written.OperationTime)
 		}
 	}
 	if got := tokenCounts(t, reader)["accepted"]; got != n {
@@ -248,6 +334,7 @@ func TestStepDownDuringWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { waitPrimary(t, client) })
+	termBefore := replSetTerm(t, client)
 
 	const before, after = 20, 30
 	steppedDown := make(chan struct{})
@@ -301,6 +388,9 @@ func TestStepDownDuringWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPrimary(t, client)
+	if term := replSetTerm(t, client); term <= termBefore {
+		t.Fatalf("replica set term %d, was %d: the primary never stepped down, so this test proved nothing", term, termBefore)
+	}
 	for _, key := range acked {
 		n, err := coll.CountDocuments(ctx, bson.D{{Key: consistency.DefaultKeyField, Value: key}})
 		if err != nil {
@@ -313,12 +403,37 @@ func TestStepDownDuringWrites(t *testing.T) {
 	t.Logf("%d acknowledged writes across a step-down, %d retried by the caller after the driver's own retry", len(acked), ourRetries)
 }
 
-// waitPrimary waits until the replica set has a primary again.
+// waitPrimary waits until the member the client reaches is a writable
+// primary again. On a single-node set stepped down with force, that is
+// when the stepdown period ends and the node elects itself.
 func waitPrimary(t *testing.T, c *mongo.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if err := consistency.HealthCheck(c)(ctx); err != nil {
-		t.Fatalf("no primary after the step-down: %v", err)
+	check := consistency.HealthCheck(c)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := check(ctx)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no primary after the step-down: %v", err)
+		case <-tick.C:
+		}
 	}
+}
+
+// replSetTerm returns the replica set's election term.
+func replSetTerm(t *testing.T, c *mongo.Client) int64 {
+	t.Helper()
+	var st struct {
+		Term int64 `bson:"term"`
+	}
+	if err := c.Database("admin").RunCommand(testCtx(t), bson.D{{Key: "replSetGetStatus", Value: 1}}).Decode(&st); err != nil {
+		t.Fatalf("replSetGetStatus: %v", err)
+	}
+	return st.Term
 }
