@@ -52,14 +52,21 @@ func NewMongoStore(coll *mongo.Collection, cfg MongoConfig) (*MongoStore, error)
 	return &MongoStore{coll: coll, retention: cfg.Retention, now: cfg.Now}, nil
 }
 
-// CreateIndexes creates the TTL index on the expiry, so expired claims and
-// done records past retention are removed by the server.
+// CreateIndexes creates the TTL index on the expiry (dedupe_expires_ttl),
+// so expired claims and done records past retention are removed by the
+// server; creating it again is no error. A server without TTL indexes
+// (FerretDB) refuses it, and the error says so: the store works without the
+// index, but its collection then grows until something else removes
+// documents whose expiry has passed.
 func (s *MongoStore) CreateIndexes(ctx context.Context) error {
 	_, err := s.coll.Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys:    bson.D{{Key: "expires", Value: 1}},
 		Options: options.Index().SetExpireAfterSeconds(0).SetName("dedupe_expires_ttl"),
 	})
-	return err
+	if err != nil {
+		return fmt.Errorf("dedupe: creating the TTL index: %w", err)
+	}
+	return nil
 }
 
 type mongoDoc struct {
