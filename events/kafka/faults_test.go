@@ -471,11 +471,91 @@ func (k *killable) Release(ctx context.Context, c dedupe.Claim) error {
 	return k.s.Release(ctx, c)
 }
 
+func (k *killable) ClaimBatch(ctx context.Context, g string, ids []string, l time.Duration) ([]dedupe.Claim, error) {
+	if k.dead.Load() {
+		return nil, errDead
+	}
+	return k.s.ClaimBatch(ctx, g, ids, l)
+}
+
+func (k *killable) DoneBatch(ctx context.Context, cs []dedupe.Claim) ([]error, error) {
+	if k.dead.Load() {
+		return nil, errDead
+	}
+	return k.s.DoneBatch(ctx, cs)
+}
+
+func (k *killable) ReleaseBatch(ctx context.Context, cs []dedupe.Claim) error {
+	if k.dead.Load() {
+		return errDead
+	}
+	return k.s.ReleaseBatch(ctx, cs)
+}
+
+var _ dedupe.BatchStore = (*killable)(nil)
+
+// countBatch calls deliver after the first Handle of each event of a batch.
+type countBatch struct {
+	events.BatchMiddleware
+	deliver func()
+}
+
+func (c countBatch) Begin(ctx context.Context, es []events.Event) (events.Batch, error) {
+	b, err := c.BatchMiddleware.Begin(ctx, es)
+	if err != nil {
+		return nil, err
+	}
+	return &countingBatch{Batch: b, deliver: c.deliver, next: 0}, nil
+}
+
+type countingBatch struct {
+	events.Batch
+	deliver func()
+	next    int
+}
+
+func (c *countingBatch) Handle(ctx context.Context, i int, h events.Handler) error {
+	err := c.Batch.Handle(ctx, i, h)
+	if i == c.next {
+		c.next++
+		c.deliver()
+	}
+	return err
+}
+
+// dedupeModes are the two ways to put dedupe in front of a handler: the
+// per-event Middleware, and the subscriber's batch path.
+var dedupeModes = []string{"middleware", "batch"}
+
+// withDedupe returns the handler and the subscriber option that apply d in
+// mode.
+func withDedupe(mode string, d *dedupe.Deduper, h events.Handler) (events.Handler, events.BatchMiddleware) {
+	if mode == "batch" {
+		return h, d
+	}
+	return events.Chain(h, d.Middleware()), nil
+}
+
+func (c *cluster) dedupeSubscriber(t testing.TB, group string, batch events.BatchMiddleware, opts ...kgo.Opt) *kafka.Subscriber {
+	t.Helper()
+	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: group, Retrier: fastRetrier(t, 5), ClientOpts: opts, Batch: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // TestKilledAfterEffectBeforeCommit: the instance records the effect and
 // then dies before its offset commit (the commits fail, then it is gone).
 // The events are delivered again to the next instance, and dedupe absorbs
 // them: each counter stays at 1.
 func TestKilledAfterEffectBeforeCommit(t *testing.T) {
+	for _, mode := range dedupeModes {
+		t.Run(mode, func(t *testing.T) { testKilledAfterEffectBeforeCommit(t, mode) })
+	}
+}
+
+func testKilledAfterEffectBeforeCommit(t *testing.T, mode string) {
 	c := newCluster(t)
 	rdb := testenv.Redis(t)
 	topic := testenv.Name(t)
@@ -495,29 +575,41 @@ func TestKilledAfterEffectBeforeCommit(t *testing.T) {
 	var deliveries atomic.Int32
 	run := func(want int32) {
 		k := &killable{s: store}
-		mw, err := dedupe.Middleware(k, dedupe.Config{Group: group, Lease: 5 * time.Second})
+		d, err := dedupe.New(k, dedupe.Config{Group: group, Lease: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		var seen atomic.Int32
 		all := make(chan struct{})
-		h := events.Chain(func(ctx context.Context, e events.Event) error {
+		effect := func(ctx context.Context, e events.Event) error {
 			cl, _ := dedupe.FromContext(ctx)
 			return store.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
 				p.Incr(ctx, store.Key(group, e.ID)+":effect")
 				return nil
 			})
-		}, mw)
+		}
+		deliver := func() {
+			deliveries.Add(1)
+			if seen.Add(1) == want {
+				close(all)
+			}
+		}
+		// Count deliveries outside dedupe: in batch mode the subscriber
+		// applies dedupe around the whole handler, so count its Handle.
+		var h events.Handler
+		var batch events.BatchMiddleware
+		if mode == "batch" {
+			h, batch = effect, countBatch{d, deliver}
+		} else {
+			h = func(ctx context.Context, e events.Event) error {
+				defer deliver()
+				return events.Chain(effect, d.Middleware())(ctx, e)
+			}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {
-			done <- c.subscriber(t, group).Subscribe(ctx, topic, func(ctx context.Context, e events.Event) error {
-				deliveries.Add(1)
-				if seen.Add(1) == want {
-					defer close(all)
-				}
-				return h(ctx, e)
-			})
+			done <- c.dedupeSubscriber(t, group, batch).Subscribe(ctx, topic, h)
 		}()
 		select {
 		case <-all:
@@ -551,6 +643,12 @@ func TestKilledAfterEffectBeforeCommit(t *testing.T) {
 // then the consumer stops) and restarted; at the end every event's effect
 // counter in Redis is exactly 1.
 func TestExactlyOnceUnderChaos(t *testing.T) {
+	for _, mode := range dedupeModes {
+		t.Run(mode, func(t *testing.T) { testExactlyOnceUnderChaos(t, mode) })
+	}
+}
+
+func testExactlyOnceUnderChaos(t *testing.T, mode string) {
 	n := 10000
 	if testing.Short() {
 		n = 1000
@@ -603,19 +701,26 @@ func TestExactlyOnceUnderChaos(t *testing.T) {
 	}
 	start := func() *instance {
 		in := &instance{k: &killable{s: store}, done: make(chan error, 1)}
-		mw, err := dedupe.Middleware(in.k, dedupe.Config{Group: group, Lease: time.Second, MaxWait: 100 * time.Millisecond})
+		d, err := dedupe.New(in.k, dedupe.Config{Group: group, Lease: time.Second, MaxWait: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := events.Chain(effect(in.k), mw)
+		h, batch := withDedupe(mode, d, effect(in.k))
+		if batch != nil { // count deliveries outside dedupe in both modes
+			batch = countBatch{batch, func() { deliveries.Add(1) }}
+		} else {
+			h = func(next events.Handler) events.Handler {
+				return func(ctx context.Context, e events.Event) error {
+					deliveries.Add(1)
+					return next(ctx, e)
+				}
+			}(h)
+		}
 		var ctx context.Context
 		ctx, in.cancel = context.WithCancel(context.Background())
-		s := c.subscriber(t, group, kgo.FetchMaxWait(200*time.Millisecond))
+		s := c.dedupeSubscriber(t, group, batch, kgo.FetchMaxWait(200*time.Millisecond))
 		go func() {
-			in.done <- s.Subscribe(ctx, topic, func(ctx context.Context, e events.Event) error {
-				deliveries.Add(1)
-				return h(ctx, e)
-			})
+			in.done <- s.Subscribe(ctx, topic, h)
 		}()
 		return in
 	}
@@ -708,5 +813,5 @@ chaos:
 	if bad > 0 {
 		t.Fatalf("%d of %d events did not have exactly one effect", bad, n)
 	}
-	t.Logf("%d events, %d deliveries (%d repeats absorbed), %d instance kills, %d of them before a commit", n, deliveries.Load(), deliveries.Load()-int64(n), kills, lostCommits.Load())
+	t.Logf("%s: %d events, %d deliveries (%d repeats absorbed), %d instance kills, %d of them before a commit", mode, n, deliveries.Load(), deliveries.Load()-int64(n), kills, lostCommits.Load())
 }
