@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -8,6 +9,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Defaults used for the zero fields of a BalancerConfig.
@@ -31,9 +36,11 @@ type BalancerConfig struct {
 	ConsecutiveConnectFailures int
 	// BaseEjectionTime is how long the first ejection of an instance
 	// lasts (DefaultBaseEjectionTime when zero). The n-th ejection in a
-	// row lasts n times as long, up to MaxEjectionTime; each period of
-	// BaseEjectionTime that a re-admitted instance serves successfully
-	// takes one off n.
+	// row lasts n times as long, up to MaxEjectionTime (n itself stops
+	// growing there); each period of BaseEjectionTime that a re-admitted
+	// instance serves successfully takes one off n. Failures of requests
+	// that end while their instance is ejected (requests already in flight
+	// when it was ejected) are not counted.
 	BaseEjectionTime time.Duration
 	// MaxEjectionTime caps one ejection (DefaultMaxEjectionTime when
 	// zero; at least BaseEjectionTime).
@@ -50,6 +57,13 @@ type BalancerConfig struct {
 	Now func() time.Time
 	// Logger receives ejections at Info level; nil means no logging.
 	Logger *slog.Logger
+	// Service names the balanced service in logs and metrics (the
+	// attribute activekit.discovery.service); Transport sets it.
+	Service string
+	// MeterProvider creates the balancer's counters (see NewBalancer);
+	// nil means otel.GetMeterProvider(), a no-op unless the application
+	// set one.
+	MeterProvider metric.MeterProvider
 }
 
 func (c BalancerConfig) normalize() (BalancerConfig, error) {
@@ -89,7 +103,51 @@ func (c BalancerConfig) normalize() (BalancerConfig, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
 	return c, nil
+}
+
+// Metric names, in the instrumentation scope ScopeName. Every one carries
+// the attribute activekit.discovery.service when the service is named.
+const (
+	ScopeName        = "github.com/activekit/activekit/discovery"
+	MetricPicks      = "activekit.discovery.picks"
+	MetricEjections  = "activekit.discovery.ejections"
+	MetricRetries    = "activekit.discovery.retries"
+	AttributeService = "activekit.discovery.service"
+)
+
+// instruments are the counters of a balancer or transport, with their
+// attribute set computed once.
+type instruments struct {
+	picks, ejections, retries metric.Int64Counter
+	opts                      []metric.AddOption
+}
+
+func newInstruments(mp metric.MeterProvider, service string) (*instruments, error) {
+	m := mp.Meter(ScopeName)
+	var (
+		in  instruments
+		err error
+	)
+	if in.picks, err = m.Int64Counter(MetricPicks, metric.WithUnit("{pick}"),
+		metric.WithDescription("Instances picked by the balancer, one per attempt.")); err != nil {
+		return nil, fmt.Errorf("discovery: picks counter: %w", err)
+	}
+	if in.ejections, err = m.Int64Counter(MetricEjections, metric.WithUnit("{ejection}"),
+		metric.WithDescription("Instances ejected after consecutive failures.")); err != nil {
+		return nil, fmt.Errorf("discovery: ejections counter: %w", err)
+	}
+	if in.retries, err = m.Int64Counter(MetricRetries, metric.WithUnit("{retry}"),
+		metric.WithDescription("Requests sent again to another instance by the transport.")); err != nil {
+		return nil, fmt.Errorf("discovery: retries counter: %w", err)
+	}
+	if service != "" {
+		in.opts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttributeService, service)))}
+	}
+	return &in, nil
 }
 
 // Outcome is what became of a request sent to an instance, as reported to
@@ -137,10 +195,12 @@ func (o Outcome) String() string {
 // starts no goroutine; re-admission happens lazily, on the first Pick after
 // the ejection has expired. Pick takes no lock.
 type Balancer struct {
-	cfg  BalancerConfig
-	eps  atomic.Pointer[[]*endpoint] // sorted by key; replaced by Update
-	mu   sync.Mutex                  // serialises Update and ejections
-	rand func(n int) int
+	cfg      BalancerConfig
+	eps      atomic.Pointer[[]*endpoint] // sorted by key; replaced by Update
+	mu       sync.Mutex                  // serialises Update and ejections
+	rand     func(n int) int
+	maxMult  int // the ejection multiplier at which an ejection reaches MaxEjectionTime
+	counters *instruments
 }
 
 // endpoint is the balancer's state for one instance.
@@ -157,13 +217,20 @@ type endpoint struct {
 	calm         time.Time // when the last ejection ended, or the multiplier last decayed
 }
 
-// NewBalancer returns an empty Balancer configured by cfg.
+// NewBalancer returns an empty Balancer configured by cfg. It creates two
+// counters with cfg.MeterProvider: activekit.discovery.picks (every
+// successful Pick) and activekit.discovery.ejections.
 func NewBalancer(cfg BalancerConfig) (*Balancer, error) {
 	c, err := cfg.normalize()
 	if err != nil {
 		return nil, err
 	}
-	b := &Balancer{cfg: c, rand: rand.IntN}
+	in, err := newInstruments(c.MeterProvider, c.Service)
+	if err != nil {
+		return nil, err
+	}
+	maxMult := int((c.MaxEjectionTime + c.BaseEjectionTime - 1) / c.BaseEjectionTime)
+	b := &Balancer{cfg: c, rand: rand.IntN, maxMult: maxMult, counters: in}
 	b.eps.Store(&[]*endpoint{})
 	return b, nil
 }
@@ -260,7 +327,20 @@ func (b *Balancer) Pick(exclude ...string) (*Lease, error) {
 		return nil, ErrNoInstances
 	}
 	e.inflight.Add(1)
+	b.counters.picks.Add(context.Background(), 1, b.counters.opts...)
 	return &Lease{b: b, e: e, inst: *e.inst.Load()}, nil
+}
+
+// hasCandidate reports whether Pick(exclude...) could pick an instance
+// not ejected, with exclude non-empty.
+func (b *Balancer) hasCandidate(exclude []string) bool {
+	now := b.cfg.Now().UnixNano()
+	for _, e := range *b.eps.Load() {
+		if e.ejected.Load() <= now && !slices.Contains(exclude, e.key) {
+			return true
+		}
+	}
+	return false
 }
 
 // p2c picks two distinct usable endpoints at random and returns the one
@@ -297,6 +377,11 @@ func (b *Balancer) p2c(eps []*endpoint, usable func(*endpoint) bool) *endpoint {
 // threshold and the cap allows.
 func (b *Balancer) record(e *endpoint, o Outcome) {
 	now := b.cfg.Now()
+	if (o == Failure || o == Unreachable) && e.ejected.Load() > now.UnixNano() {
+		// The request was in flight when its instance was ejected: its
+		// failure is the one that ejected it, seen again.
+		return
+	}
 	e.mu.Lock()
 	switch o {
 	case Success:
@@ -338,11 +423,11 @@ func (b *Balancer) eject(e *endpoint, now time.Time) {
 		}
 	}
 	if ejected+1 > b.maxEjected(len(eps)) {
-		b.cfg.Logger.Debug("discovery: ejection refused by cap", "instance", e.key, "ejected", ejected, "instances", len(eps))
+		b.cfg.Logger.Debug("discovery: ejection refused by cap", "service", b.cfg.Service, "instance", e.key, "ejected", ejected, "instances", len(eps))
 		return
 	}
 	e.mu.Lock()
-	e.ejections++
+	e.ejections = min(e.ejections+1, b.maxMult)
 	d := min(time.Duration(e.ejections)*b.cfg.BaseEjectionTime, b.cfg.MaxEjectionTime)
 	until := now.Add(d)
 	e.calm = until
@@ -350,7 +435,8 @@ func (b *Balancer) eject(e *endpoint, now time.Time) {
 	n := e.ejections
 	e.mu.Unlock()
 	e.ejected.Store(until.UnixNano())
-	b.cfg.Logger.Info("discovery: instance ejected", "instance", e.key, "for", d, "ejections", n)
+	b.counters.ejections.Add(context.Background(), 1, b.counters.opts...)
+	b.cfg.Logger.Info("discovery: instance ejected", "service", b.cfg.Service, "instance", e.key, "for", d, "ejections", n)
 }
 
 // maxEjected returns how many of n instances may be ejected at once.

@@ -449,3 +449,77 @@ func TestBalancerConcurrentUpdates(t *testing.T) {
 		}
 	}
 }
+
+// TestBalancerStragglersDoNotCount: failures of requests that were already
+// in flight when an instance was ejected say nothing new; after the
+// ejection it needs ConsecutiveFailures fresh failures to be ejected again
+// (Envoy resets the counters when it re-admits a host).
+func TestBalancerStragglersDoNotCount(t *testing.T) {
+	clock := newFakeClock()
+	b := newBalancer(t, discovery.BalancerConfig{ConsecutiveFailures: 3, Now: clock.Now}, 3)
+	var leases []*discovery.Lease
+	for range 5 {
+		l, err := b.Pick("i1", "i2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	for _, l := range leases {
+		l.Done(discovery.Failure) // 3 eject, 2 stragglers
+	}
+	if !ejected(b)["i0"] {
+		t.Fatal("i0 not ejected after 3 failures")
+	}
+	clock.Advance(discovery.DefaultBaseEjectionTime)
+	if ejected(b)["i0"] {
+		t.Fatal("i0 still ejected after the base ejection time")
+	}
+	l, err := b.Pick("i1", "i2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(discovery.Failure)
+	if ejected(b)["i0"] {
+		t.Fatal("i0 ejected again by one failure after re-admission: the stragglers' failures counted")
+	}
+}
+
+// TestBalancerMultiplierCapped: the ejection multiplier stops growing once
+// an ejection lasts MaxEjectionTime, so that an instance that recovers
+// decays back to short ejections in a bounded time.
+func TestBalancerMultiplierCapped(t *testing.T) {
+	clock := newFakeClock()
+	const base, maxT = 10 * time.Second, 25 * time.Second
+	b := newBalancer(t, discovery.BalancerConfig{ConsecutiveFailures: 1, BaseEjectionTime: base, MaxEjectionTime: maxT, Now: clock.Now}, 2)
+	fail := func() {
+		t.Helper()
+		l, err := b.Pick("i1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Done(discovery.Failure)
+		if !ejected(b)["i0"] {
+			t.Fatal("i0 not ejected")
+		}
+		clock.Advance(maxT)
+	}
+	for range 40 {
+		fail()
+	}
+	if got := b.Endpoints()[0].Ejections; got != 3 {
+		t.Fatalf("multiplier after 40 ejections: %d, want 3 (ceil(max/base))", got)
+	}
+	// Two base periods of success take it to 1: the next ejection, the
+	// second in a row, lasts 20s.
+	for range 2 {
+		clock.Advance(base)
+		l, _ := b.Pick("i1")
+		l.Done(discovery.Success)
+	}
+	l, _ := b.Pick("i1")
+	l.Done(discovery.Failure)
+	if got := b.Endpoints()[0].EjectedUntil.Sub(clock.Now()); got != 2*base {
+		t.Fatalf("ejection after recovery lasts %v, want %v", got, 2*base)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/activekit/activekit/retry"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 )
 
@@ -55,6 +56,12 @@ type TransportConfig struct {
 	Clock retry.Clock
 	// Logger receives ejections and failed watches; nil means no logging.
 	Logger *slog.Logger
+	// MeterProvider creates the counters of every service's balancer
+	// (activekit.discovery.picks and .ejections), of the transport
+	// (activekit.discovery.retries) and of its retriers (package retry);
+	// nil means otel.GetMeterProvider(), a no-op unless the application
+	// set one. It overrides Balancer.MeterProvider.
+	MeterProvider metric.MeterProvider
 }
 
 // Transport is an http.RoundTripper that sends a request for
@@ -67,10 +74,19 @@ type TransportConfig struct {
 // TRACE, or any method with an Idempotency-Key header) and its body can be
 // sent again (no body, or Request.GetBody set, as http.NewRequest does for
 // in-memory bodies); only after a connection failure or a 502, 503 or 504
-// answer; on an instance it has not tried; while the retry budget allows.
-// Everything else is sent once. The request's Host header is left as the
+// answer; on an instance it has not tried (when every instance has been
+// tried, the last failure is returned at once, its error wrapping
+// ErrNoInstances); while the retry budget allows. Everything else is sent
+// once. The body of an answer that is not returned is drained and closed,
+// so that its connection is reused. The request's Host header is left as the
 // service name. The trace context of the request's context is injected into
-// each attempt's headers.
+// each attempt's headers. The caller's request is never modified: each
+// attempt is a clone.
+//
+// Each response holds its instance's in-flight slot (see Balancer) until its
+// body is read to the end or closed, so close every body, as net/http asks;
+// a response without a body (http.NoBody: HEAD, 204, Content-Length: 0)
+// releases it at once.
 //
 // The first request for a service starts a watch of that service in a
 // goroutine owned by the Transport, and waits (within its context) for the
@@ -80,6 +96,7 @@ type Transport struct {
 	resolver Resolver
 	cfg      TransportConfig
 	base     http.RoundTripper
+	counters *instruments // retries; the service attribute is in service.metricOpts
 
 	mu       sync.Mutex
 	closed   bool
@@ -95,6 +112,8 @@ type service struct {
 	budget  *retry.Budget
 	cancel  context.CancelFunc
 	ready   chan struct{} // closed at the first update or when the watch ends
+
+	metricOpts []metric.AddOption // the service attribute
 
 	mu      sync.Mutex
 	err     error // the watch's last error, or why it ended
@@ -125,7 +144,15 @@ func NewTransport(r Resolver, cfg TransportConfig) (*Transport, error) {
 	if cfg.Balancer.Logger == nil {
 		cfg.Balancer.Logger = cfg.Logger
 	}
-	t := &Transport{resolver: r, cfg: cfg, base: cfg.Base, services: make(map[string]*service)}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
+	cfg.Balancer.MeterProvider = cfg.MeterProvider
+	counters, err := newInstruments(cfg.MeterProvider, "")
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{resolver: r, cfg: cfg, base: cfg.Base, services: make(map[string]*service), counters: counters}
 	if t.base == nil {
 		t.base = http.DefaultTransport
 	}
@@ -171,7 +198,9 @@ func (t *Transport) service(name string) (*service, error) {
 	if err := ValidateServiceName(name); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	bal, err := NewBalancer(t.cfg.Balancer)
+	bcfg := t.cfg.Balancer
+	bcfg.Service = name
+	bal, err := NewBalancer(bcfg)
 	if err != nil {
 		return nil, err // unreachable: checked in NewTransport
 	}
@@ -181,7 +210,7 @@ func (t *Transport) service(name string) (*service, error) {
 			return nil, err
 		}
 	}
-	opts := []retry.Option{retry.WithBudget(budget), retry.WithName("discovery:" + name)}
+	opts := []retry.Option{retry.WithBudget(budget), retry.WithName("discovery:" + name), retry.WithMeterProvider(t.cfg.MeterProvider)}
 	if t.cfg.Clock != nil {
 		opts = append(opts, retry.WithClock(t.cfg.Clock))
 	}
@@ -190,7 +219,7 @@ func (t *Transport) service(name string) (*service, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &service{name: name, bal: bal, retrier: retrier, budget: budget, cancel: cancel, ready: make(chan struct{})}
+	s := &service{name: name, bal: bal, retrier: retrier, budget: budget, cancel: cancel, ready: make(chan struct{}), metricOpts: bal.counters.opts}
 	t.services[name] = s
 	t.wg.Add(1)
 	go t.watch(ctx, s)
@@ -260,38 +289,57 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	var (
-		tried []string
-		last  *http.Response // the last retryable answer, returned if no retry succeeds
+		tried   []string
+		last    *http.Response // the last retryable answer, returned if no retry succeeds
+		lastErr error          // the last attempt's failure
+		resp    *http.Response
+		started bool // the first attempt was made: req.Body is closed
 	)
-	var resp *http.Response
 	err = s.retrier.Do(ctx, func(ctx context.Context) error {
+		started = true
 		body := req.Body
-		if len(tried) > 0 && req.Body != nil && req.Body != http.NoBody {
-			b, err := req.GetBody()
-			if err != nil {
-				return retry.Permanent(fmt.Errorf("discovery: replaying the request body: %w", err))
+		if len(tried) > 0 {
+			t.counters.retries.Add(ctx, 1, s.metricOpts...)
+			if req.Body != nil && req.Body != http.NoBody {
+				b, err := req.GetBody()
+				if err != nil {
+					return retry.Permanent(fmt.Errorf("discovery: replaying the request body: %w", err))
+				}
+				body = b
 			}
-			body = b
 		}
 		r, key, err := t.attempt(s, req, body, tried)
 		if key != "" {
 			tried = append(tried, key)
 		}
 		switch {
+		case errors.Is(err, ErrNoInstances) && lastErr != nil:
+			// The instances not tried left the list since the check below.
+			return retry.Permanent(fmt.Errorf("%w (%w: every instance tried)", lastErr, ErrNoInstances))
 		case errors.Is(err, ErrNoInstances):
-			return retry.Permanent(err) // no instance left to try
+			return retry.Permanent(err)
 		case err != nil:
-			return err
+			lastErr = err
 		case retryStatus(r.StatusCode):
 			if last != nil {
 				drain(last)
 			}
 			last = r
-			return fmt.Errorf("discovery: %s answered %s", key, r.Status)
+			lastErr = fmt.Errorf("discovery: %s instance %s answered %s", s.name, key, r.Status)
+		default:
+			resp = r
+			return nil
 		}
-		resp = r
-		return nil
+		if retry.IsRetryable(lastErr) && !s.bal.hasCandidate(tried) {
+			// Nothing left to retry on: stop now, without waiting or
+			// spending the budget on an attempt that cannot be made.
+			return retry.Permanent(fmt.Errorf("%w (%w: every instance tried)", lastErr, ErrNoInstances))
+		}
+		return lastErr
 	})
+	if !started {
+		closeBody(req) // Do returned before the first attempt: ctx had ended
+	}
 	if err == nil {
 		if last != nil {
 			drain(last)
@@ -329,6 +377,9 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 	if out.Host == "" {
 		out.Host = req.URL.Host
 	}
+	if out.Header == nil {
+		out.Header = make(http.Header)
+	}
 	t.propagator().Inject(req.Context(), propagation.HeaderCarrier(out.Header))
 	resp, err := t.base.RoundTrip(out)
 	if err != nil {
@@ -342,6 +393,10 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 	o := Success
 	if resp.StatusCode >= 500 {
 		o = Failure
+	}
+	if resp.Body == nil || resp.Body == http.NoBody {
+		lease.Done(o) // nothing to read: the request is over
+		return resp, key, nil
 	}
 	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err}
 	return resp, key, nil

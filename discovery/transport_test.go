@@ -42,6 +42,7 @@ const (
 	modeOK = iota
 	mode503
 	modeDrop
+	modeEmpty // 200 with no body
 )
 
 func newBackend(t *testing.T, id string) *backend { return newSlowBackend(t, id, 0) }
@@ -71,6 +72,8 @@ func newSlowBackend(t *testing.T, id string, work time.Duration) *backend {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 		case modeDrop:
 			dropConn(w)
+		case modeEmpty:
+			w.Header().Set("Content-Length", "0")
 		default:
 			fmt.Fprint(w, b.id)
 		}
