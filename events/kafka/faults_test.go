@@ -815,3 +815,87 @@ chaos:
 	}
 	t.Logf("%s: %d events, %d deliveries (%d repeats absorbed), %d instance kills, %d of them before a commit", mode, n, deliveries.Load(), deliveries.Load()-int64(n), kills, lostCommits.Load())
 }
+
+// TestBatchDedupeRetryAndDeadLetter: on the batch path, a handler that fails
+// once is retried in place, one that keeps failing is dead-lettered, and the
+// partition's order holds; every event handled is recorded as done, so a
+// second group member replaying the topic runs nothing again.
+func TestBatchDedupeRetryAndDeadLetter(t *testing.T) {
+	c := newCluster(t)
+	rdb := testenv.Redis(t)
+	topic := testenv.Name(t)
+	group := topic + "-g"
+	testenv.CleanupRedisPrefix(t, rdb, topic)
+	c.topics(t, topic)
+	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: topic + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dedupe.New(store, dedupe.Config{Group: group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := batch(20, "one-key")
+	if err := c.publisher(t, topic).Publish(context.Background(), es...); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	failedOnce := false
+	last := make(chan struct{})
+	h := func(ctx context.Context, e events.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e.ID {
+		case es[5].ID:
+			return errors.New("always fails")
+		case es[8].ID:
+			if !failedOnce {
+				failedOnce = true
+				return errors.New("fails once")
+			}
+		}
+		order = append(order, e.ID)
+		if e.ID == es[len(es)-1].ID {
+			close(last)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.dedupeSubscriber(t, group, d).Subscribe(ctx, topic, h) }()
+	select {
+	case <-last:
+	case <-time.After(wait):
+		t.Fatal("the last event was never handled")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var want []string
+	for i, e := range es {
+		if i != 5 {
+			want = append(want, e.ID)
+		}
+	}
+	if strings.Join(order, ",") != strings.Join(want, ",") {
+		t.Fatalf("handled %v\nwant    %v", order, want)
+	}
+	dead := c.readAll(t, topic+kafka.DefaultDeadLetterSuffix)
+	if len(dead) != 1 || header(dead[0], kafka.HeaderID) != es[5].ID || header(dead[0], "ce_deadletterattempts") != "5" {
+		t.Fatalf("dead letters: %d, want es[5] after 5 attempts", len(dead))
+	}
+	for i, e := range es {
+		cl, err := store.Claim(context.Background(), group, e.ID, time.Minute)
+		want := dedupe.Done
+		if i == 5 {
+			want = dedupe.Claimed // dead-lettered, not done: its claim was released
+		}
+		if err != nil || cl.Status != want {
+			t.Errorf("es[%d]: %v, %v; want %v", i, cl.Status, err, want)
+		}
+	}
+}
