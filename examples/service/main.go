@@ -1,0 +1,318 @@
+// Command service is a small HTTP service built the way every service of
+// an active-active fleet should be: a template to copy. It counts visits per
+// user session (GET /visits) with the session kept in Redis, so that the
+// count goes on whichever instance serves the next request, and it stops
+// without dropping a request when it is told to (SIGTERM).
+//
+// See README.md for what each piece does and why.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/config"
+	"github.com/activekit/activekit/discovery"
+	"github.com/activekit/activekit/discovery/consul"
+	"github.com/activekit/activekit/health"
+	"github.com/activekit/activekit/observability"
+	"github.com/activekit/activekit/session"
+	"github.com/activekit/activekit/session/redisstore"
+)
+
+// defaultServiceName names the service when OTEL_SERVICE_NAME does not.
+const defaultServiceName = "visits"
+
+func main() {
+	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "service:", err)
+		os.Exit(1)
+	}
+}
+
+// run runs one instance until SIGTERM, SIGINT or the end of ctx, then
+// drains and stops it; it returns nil after a clean stop. args are the
+// command-line arguments without the program name, getenv reads the
+// environment, and the JSON log goes to stdout. Tests call it in-process.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
+	flags, err := parseFlags(args, stdout)
+	if err != nil {
+		return err
+	}
+
+	// 1. Identity: one value, computed once, in every log line, span,
+	// health answer and registration.
+	name := getenv(observability.EnvServiceName)
+	if name == "" {
+		name = defaultServiceName
+	}
+	id, err := observability.NewIdentity(observability.IdentityConfig{ServiceName: name, Getenv: getenv})
+	if err != nil {
+		return err
+	}
+
+	// 2. Logging: JSON, with the identity and the trace of the request.
+	level := new(slog.LevelVar)
+	log := slog.New(observability.NewLogHandler(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}), id))
+
+	// Everything opened from here on is closed in reverse order: by the
+	// lifecycle once it runs, by the deferred call before that.
+	var closers []health.Closer
+	defer func() {
+		if closers != nil {
+			err = errors.Join(err, closeAll(closers))
+		}
+	}()
+
+	// 3. Configuration: defaults < Consul KV < environment < flags,
+	// validated before use; a bad change in Consul is refused and the
+	// instance keeps the last good one.
+	var consulTransport *http.Transport
+	store, consulClient, err := loadConfig(ctx, id.ServiceName(), flags, getenv, func(addr string) (*api.Client, error) {
+		cc := api.DefaultConfig()
+		cc.Address = addr
+		consulTransport = cc.Transport
+		return api.NewClient(cc)
+	}, log)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	closers = append(closers, health.Closer{Name: "config", Close: func(context.Context) error { return store.Close() }})
+	if consulTransport != nil {
+		closers = append(closers, health.Closer{Name: "consul client", Close: func(context.Context) error {
+			consulTransport.CloseIdleConnections()
+			return nil
+		}})
+	}
+	cfg := store.Load()
+	level.Set(cfg.LogLevel)
+	store.Subscribe(func(_, c Config) { level.Set(c.LogLevel) })
+	log.Info("configuration loaded", "hash", store.Hash(), "consul", cfg.ConsulAddr != "")
+
+	// 4. Telemetry: providers built here and passed explicitly, no globals.
+	tel, err := observability.Setup(ctx, observability.Config{
+		Identity:     id,
+		Traces:       cfg.TracesExporter,
+		Metrics:      cfg.MetricsExporter,
+		OTLPEndpoint: cfg.OTLPEndpoint,
+	})
+	if err != nil {
+		return err
+	}
+	// Closed last: it flushes the spans of the shutdown itself.
+	closers = append(closers, health.Closer{Name: "telemetry", Close: tel.Shutdown})
+	providers := tel.Providers()
+
+	// 5. Sessions in Redis: any instance serves any user.
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:      redisAddrs(cfg.RedisAddr),
+		MasterName: cfg.RedisSentinelMaster,
+	})
+	closers = append(closers, health.Closer{Name: "redis", Close: func(context.Context) error { return rdb.Close() }})
+	sessions, err := redisstore.New(rdb, redisstore.WithPrefix(cfg.SessionPrefix))
+	if err != nil {
+		return err
+	}
+	sopts := []session.Option{session.WithLogger(log), session.WithMeterProvider(providers.MeterProvider)}
+	if cfg.InsecureCookie {
+		sopts = append(sopts, session.WithInsecureCookie())
+	}
+	mgr, err := session.NewManager(sessions, sopts...)
+	if err != nil {
+		return err
+	}
+
+	// 6. Health: Redis gates readiness; the configuration and Consul only
+	// warn, since they are shared by the whole fleet and failing readiness
+	// on them would empty the load balancer at once.
+	reg, err := health.NewRegistry(health.WithIdentity(id), health.WithConfigHash(store.Hash), health.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	checks := []health.Check{{
+		Name:          "redis:ping",
+		ComponentType: "datastore",
+		Func:          redisstore.HealthCheck(rdb),
+		Timeout:       500 * time.Millisecond,
+	}, {
+		Name:          "config:status",
+		ComponentType: "component",
+		Interval:      -1, // a read of an atomic pointer: no need to cache
+		Result: func(ctx context.Context) health.Result {
+			st := store.Status(ctx)
+			res := health.Result{ObservedValue: st.Hash}
+			if st.Level == config.LevelWarn {
+				res.Status, res.Output = health.StatusWarn, st.Message
+			}
+			return res
+		},
+	}}
+	if consulClient != nil {
+		leader := consul.HealthCheck(consulClient)
+		checks = append(checks, health.Check{
+			Name:          "consul:leader",
+			ComponentType: "component",
+			Func:          func(ctx context.Context) error { return health.Warn(leader(ctx)) },
+		})
+	}
+	for _, c := range checks {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+
+	handler := routes(id, store, mgr, reg, providers, tel.MetricsHandler(), log)
+
+	// 7. Consul follows the configuration while the instance runs.
+	if consulClient != nil {
+		watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+		var watching sync.WaitGroup
+		watching.Go(func() {
+			if err := store.Watch(watchCtx); err != nil && watchCtx.Err() == nil {
+				log.Error("configuration watch ended", "error", err)
+			}
+		})
+		closers = append(closers, health.Closer{Name: "config watch", Close: func(context.Context) error {
+			stopWatch()
+			watching.Wait()
+			return nil
+		}})
+	}
+
+	// 8. Listen, and say where: with port 0 the kernel picks the port.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	log.Info("listening", "addr", addr.String())
+
+	// 9. Consul registration (optional): registered once serving, critical
+	// as soon as the drain starts, deregistered once stopped.
+	var onStarted, onDrain []func(context.Context) error
+	if consulClient != nil {
+		var g *consul.Registration
+		host, err := advertiseHost(cfg, addr)
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		hostPort := net.JoinHostPort(host, strconv.Itoa(addr.Port))
+		dreg, err := consul.NewRegistry(consulClient, consul.RegistryConfig{
+			TTL:        cfg.ConsulTTL,
+			HTTPCheck:  "http://" + hostPort + "/readyz",
+			Version:    id.ServiceVersion(),
+			ConfigHash: store.Hash(),
+			Logger:     log,
+		})
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		inst := discovery.Instance{ID: id.InstanceID(), Service: id.ServiceName(), Address: host, Port: addr.Port}
+		onStarted = append(onStarted, func(ctx context.Context) error {
+			r, err := dreg.RegisterInstance(ctx, inst)
+			if err != nil {
+				return err
+			}
+			g = r
+			log.Info("registered in Consul", "service", inst.Service, "id", inst.ID)
+			return nil
+		})
+		onDrain = append(onDrain, func(ctx context.Context) error {
+			if g == nil {
+				return nil
+			}
+			return g.SetCritical(ctx, "draining")
+		})
+		closers = append(closers, health.Closer{Name: "consul registration", Close: func(ctx context.Context) error {
+			if g == nil {
+				return nil
+			}
+			return g.Close(ctx)
+		}})
+	}
+
+	// 10. The lifecycle: serve, then on SIGTERM fail readiness, wait for
+	// the load balancer to notice, finish the requests in flight, close.
+	lc := health.Lifecycle{
+		Registry: reg,
+		Servers: []health.Server{{
+			HTTP: &http.Server{
+				Handler:           handler,
+				ReadHeaderTimeout: 5 * time.Second,
+				// Longer than any load balancer's idle timeout, so that
+				// the balancer, never the server, closes an idle
+				// keep-alive connection (else a request sent as the
+				// server closes it fails).
+				IdleTimeout: 2 * time.Minute,
+				ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			},
+			Listener: ln,
+		}},
+		DrainDelay:      cfg.DrainDelay,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		CloseTimeout:    cfg.CloseTimeout,
+		GracePeriod:     cfg.GracePeriod,
+		OnStarted:       onStarted,
+		OnDrain:         onDrain,
+		Closers:         closers,
+		Logger:          log,
+	}
+	owned := closers
+	closers = nil // the lifecycle closes them now
+	err = lc.Run(ctx)
+	if errors.Is(err, health.ErrInvalidLifecycle) {
+		// Refused before it started: it closed nothing.
+		_ = ln.Close()
+		err = errors.Join(err, closeAll(owned))
+	}
+	return err
+}
+
+// closeAll runs closers in reverse order, for a start that failed before
+// the lifecycle took them over.
+func closeAll(closers []health.Closer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), health.DefaultCloseTimeout)
+	defer cancel()
+	var errs []error
+	for i := len(closers) - 1; i >= 0; i-- {
+		if err := closers[i].Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("closing %s: %w", closers[i].Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// advertiseHost is the host other instances and the Consul agent reach this
+// one at: advertise_host, else the listen host when it is a specific one,
+// else the host name.
+func advertiseHost(cfg Config, addr *net.TCPAddr) (string, error) {
+	if cfg.AdvertiseHost != "" {
+		return cfg.AdvertiseHost, nil
+	}
+	if !addr.IP.IsUnspecified() {
+		return addr.IP.String(), nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("advertise host: set advertise_host: %w", err)
+	}
+	return h, nil
+}
