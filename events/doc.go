@@ -30,7 +30,9 @@
 // conformance suite they all pass. Handler is a function; Middleware wraps
 // one: Retry (in place, through package retry), DeadLetter, Recover, Tracing
 // (continuing the producer's trace from the traceparent extension), and
-// dedupe.Middleware.
+// dedupe.Middleware. A BatchMiddleware does per batch what a Middleware does
+// per event, for subscribers that hand over ordered batches; the dedupe
+// package's Deduper is one, and saves a round trip to its store per event.
 //
 // Core events imports no vendor client: adapters live in subpackages, so a
 // service that uses Kafka does not compile IBM MQ.

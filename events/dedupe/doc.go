@@ -23,7 +23,26 @@
 // instance dying between its effect and the done mark leaves the effect to
 // run again once the lease ends.
 //
-// RedisStore needs one round trip per claim (a Lua script) and pipelines a
-// batch of claims into one (ClaimBatch); it works on standalone, Sentinel and
-// Cluster. MongoStore relies on the unique _id and conditional updates.
+// # Per event or per batch
+//
+// Middleware costs two round trips to the store per event (claim, then
+// done), one event at a time on each partition. A subscriber that hands over
+// ordered batches (the Kafka subscriber's SubscriberConfig.Batch) can take a
+// Deduper (New) instead, an events.BatchMiddleware: it claims all of a
+// batch's events in one round trip before the first handler runs, runs the
+// handler on each claimed event in order (skipping done ones, waiting for
+// busy ones through the per-event path), and records all that succeeded as
+// done in one round trip before the subscriber commits. A failed attempt
+// releases its claim, so retries and dead-lettering behave as with
+// Middleware; a batch that stops early releases the claims it did not run.
+// The guarantee is the same; the one difference is that an instance dying
+// mid-batch leaves effects unrecorded since the start of the batch rather
+// than since the last event, which DoneWith or an idempotent effect closes,
+// as before. See Deduper.Begin for the details.
+//
+// RedisStore needs one round trip per claim (a Lua script) and is a
+// BatchStore: a batch's claims, done marks or releases take one script call
+// on standalone and Sentinel, one pipeline on Cluster. MongoStore relies on
+// the unique _id and conditional updates; the batch path calls it once per
+// event.
 package dedupe

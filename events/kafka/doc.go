@@ -29,6 +29,8 @@
 //     leader election), and CreateTopics makes them durable.
 //
 // Delivery is at least once: an instance that dies after a handler's effect
-// and before its commit leaves the event to be delivered again. Wrap the
-// handler with dedupe.Middleware for an exactly-once effect.
+// and before its commit leaves the event to be delivered again. For an
+// exactly-once effect, set SubscriberConfig.Batch to a dedupe.Deduper (two
+// round trips to the dedupe store per partition per poll), or wrap the
+// handler with dedupe.Middleware (two per event).
 package kafka

@@ -88,6 +88,11 @@ type SubscriberConfig struct {
 // succeeds or ctx ends; a consumer never skips a record it has not handled or
 // dead-lettered.
 //
+// With SubscriberConfig.Batch set, each partition's records of a poll are
+// one batch: Begin before the first, Handle (inside the retries) for each
+// event, End before the commit; a record not committed because End never
+// succeeded is delivered again, like one whose handler had not succeeded.
+//
 // When ctx ends, handlers see their ctx end; records whose handler had not
 // returned nil are not committed and are delivered again, to this group's
 // next owner of the partition.
