@@ -45,7 +45,7 @@ func BenchmarkSessions(b *testing.B) {
 	addr := redisAddr(b)
 	for _, kind := range []struct{ path, body string }{{"/read", readBody}, {"/write", writeBody}} {
 		for _, c := range contestants {
-			b.Run(kind.path[1:]+"/"+c.name, func(b *testing.B) { benchRequest(b, c, addr, kind.path, kind.body) })
+			b.Run("op="+kind.path[1:]+"/lib="+c.name, func(b *testing.B) { benchRequest(b, c, addr, kind.path, kind.body) })
 		}
 	}
 }
