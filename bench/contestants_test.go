@@ -125,8 +125,7 @@ func newActivekit(tb testing.TB, addr, prefix string, _ []byte) http.Handler {
 	mux.HandleFunc("/inc", func(w http.ResponseWriter, r *http.Request) {
 		// Update is a compare-and-set that retries on its own (16 attempts
 		// by default); 64 requests racing on one key can still exhaust
-		// that, so the handler tries again, as the docs of Update suggest
-		// for a hot key.
+		// that (it returns a *ConflictError), so the handler tries again.
 		s := session.FromContext(r.Context())
 		var err error
 		for range 64 {
