@@ -6,3 +6,6 @@ func (g *Registration) StopHeartbeat() {
 	g.cancel()
 	<-g.stopped
 }
+
+// Jitter is the heartbeat's jitter.
+var Jitter = jitter

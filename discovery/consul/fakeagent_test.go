@@ -3,14 +3,17 @@ package consul_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/activekit/activekit/discovery"
 	"github.com/activekit/activekit/discovery/consul"
 	"github.com/hashicorp/consul/api"
 )
@@ -24,6 +27,26 @@ type fakeAgent struct {
 	updates    []string // statuses received by check updates
 	forgetful  bool     // answer check updates with 404 until the next registration
 	events     chan string
+	// gate, when set, is called with each request's event name
+	// ("register", "update-passing", "update-critical", "deregister")
+	// before the request is applied, without a.mu held: it may block to
+	// delay the request. A request whose client gave up meanwhile is not
+	// applied.
+	gate func(event string, r *http.Request)
+}
+
+// setGate sets a.gate.
+func (a *fakeAgent) setGate(gate func(event string, r *http.Request)) {
+	a.mu.Lock()
+	a.gate = gate
+	a.mu.Unlock()
+}
+
+// statuses returns the statuses of the check updates applied so far.
+func (a *fakeAgent) statuses() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.updates...)
 }
 
 func newFakeAgent(t *testing.T) (*fakeAgent, *api.Client) {
@@ -39,12 +62,32 @@ func newFakeAgent(t *testing.T) (*fakeAgent, *api.Client) {
 }
 
 func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var event string
+	var u struct{ Status, Output string }
+	switch {
+	case r.URL.Path == "/v1/agent/service/register":
+		event = "register"
+	case strings.HasPrefix(r.URL.Path, "/v1/agent/check/update/"):
+		_ = json.Unmarshal(body, &u)
+		event = "update-" + u.Status
+	case strings.HasPrefix(r.URL.Path, "/v1/agent/service/deregister/"):
+		event = "deregister"
+	}
+	a.mu.Lock()
+	gate := a.gate
+	a.mu.Unlock()
+	if gate != nil && event != "" {
+		gate(event, r)
+		if r.Context().Err() != nil {
+			return
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
 	case r.URL.Path == "/v1/agent/service/register":
 		var reg api.AgentServiceRegistration
-		body, _ := io.ReadAll(r.Body)
 		if err := json.Unmarshal(body, &reg); err != nil {
 			http.Error(w, err.Error(), 400)
 			return
@@ -53,13 +96,13 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 		a.forgetful = false
 		a.events <- "register"
 	case strings.HasPrefix(r.URL.Path, "/v1/agent/check/update/"):
-		if a.forgetful {
+		// Check IDs are "activekit:<service ID>:ttl".
+		id := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/v1/agent/check/update/"), "activekit:"), ":ttl")
+		if _, ok := a.registered[id]; a.forgetful || !ok {
 			http.Error(w, `Unknown check ID "x". Ensure that the check ID is passed, not the check name.`, http.StatusNotFound)
 			a.events <- "update-404"
 			return
 		}
-		var u struct{ Status, Output string }
-		_ = json.NewDecoder(r.Body).Decode(&u)
 		a.updates = append(a.updates, u.Status)
 		a.events <- "update-" + u.Status
 	case strings.HasPrefix(r.URL.Path, "/v1/agent/service/deregister/"):
@@ -174,5 +217,141 @@ func TestReregisterWhenAgentForgets(t *testing.T) {
 	}
 	if e := a.next(t); e != "update-critical" {
 		t.Fatalf("heartbeat of a drained instance sent %q", e)
+	}
+}
+
+// TestDrainNotUndoneByHeartbeat: a heartbeat that read "passing" and is in
+// flight when SetCritical is called must not land after SetCritical's
+// update and turn the drained instance passing again (until the next
+// heartbeat, TTL/3 later, while the load balancer keeps sending it traffic).
+func TestDrainNotUndoneByHeartbeat(t *testing.T) {
+	a, c := newFakeAgent(t)
+	held := make(chan struct{})
+	critical := make(chan struct{})
+	var holdOnce, criticalOnce sync.Once
+	a.setGate(func(event string, _ *http.Request) {
+		switch event {
+		case "update-passing":
+			first := false
+			holdOnce.Do(func() { first = true })
+			if first {
+				close(held)
+				// Hold the heartbeat until SetCritical's update
+				// arrives; a serialised SetCritical never comes
+				// while it is held, hence the bound.
+				select {
+				case <-critical:
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		case "update-critical":
+			criticalOnce.Do(func() { close(critical) })
+		}
+	})
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	<-held
+	if err := g.SetCritical(context.Background(), "draining"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the held heartbeat has been applied too.
+	for seen := false; !seen; {
+		for _, s := range a.statuses() {
+			seen = seen || s == api.HealthPassing
+		}
+		if !seen {
+			a.next(t)
+		}
+	}
+	st := a.statuses()
+	k := slices.Index(st, api.HealthCritical)
+	if k < 0 || slices.Contains(st[k:], api.HealthPassing) {
+		t.Fatalf("check updates %v: a passing heartbeat landed after SetCritical", st)
+	}
+}
+
+// TestSetCriticalRacingClose: a SetCritical whose update reaches the agent
+// after Close deregistered the service must not register it again (a
+// zombie registration that lingers until DeregisterCriticalAfter).
+func TestSetCriticalRacingClose(t *testing.T) {
+	a, c := newFakeAgent(t)
+	held := make(chan struct{})
+	dereg := make(chan struct{})
+	var holdOnce, deregOnce sync.Once
+	a.setGate(func(event string, _ *http.Request) {
+		switch event {
+		case "update-critical":
+			first := false
+			holdOnce.Do(func() { first = true })
+			if first {
+				close(held)
+				select {
+				case <-dereg:
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		case "deregister":
+			deregOnce.Do(func() { close(dereg) })
+		}
+	})
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: 3 * time.Second})
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	done := make(chan error, 1)
+	go func() { done <- g.SetCritical(context.Background(), "draining") }()
+	<-held
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil && !errors.Is(err, discovery.ErrClosed) {
+		t.Fatalf("SetCritical: %v", err)
+	}
+	a.mu.Lock()
+	_, zombie := a.registered["orders-1"]
+	a.mu.Unlock()
+	if zombie {
+		t.Fatal("the instance is registered again after Close")
+	}
+}
+
+// TestHeartbeatHungAgent: an agent that accepts a heartbeat and never
+// answers must not stall the heartbeat: each update is bounded, and the
+// next one follows.
+func TestHeartbeatHungAgent(t *testing.T) {
+	a, c := newFakeAgent(t)
+	updates := make(chan struct{}, 100)
+	var hangOnce sync.Once
+	a.setGate(func(event string, r *http.Request) {
+		if event != "update-passing" {
+			return
+		}
+		updates <- struct{}{}
+		hangOnce.Do(func() { <-r.Context().Done() }) // the first one hangs until the client gives up
+	})
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
+	register(t, reg, instance("orders", "orders-1", 9001))
+	for k := range 2 {
+		select {
+		case <-updates:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("heartbeat %d not sent within 5s (TTL 1s): stalled on a hung request", k+1)
+		}
+	}
+}
+
+// TestHeartbeatJitter: the heartbeat interval is TTL/3 less up to 10%: never
+// longer (the check must not lapse) and not always the same (instances
+// started together must not beat together).
+func TestHeartbeatJitter(t *testing.T) {
+	const period = 5 * time.Second
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		d := consul.Jitter(period)
+		if d > period || d < period*9/10 {
+			t.Fatalf("interval %v outside [%v, %v]", d, period*9/10, period)
+		}
+		seen[d] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("%d distinct intervals in 100, want jitter", len(seen))
 	}
 }

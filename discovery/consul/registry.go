@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -33,9 +34,10 @@ const (
 // RegistryConfig configures a Registry. The zero value means the defaults.
 type RegistryConfig struct {
 	// TTL is the TTL of the heartbeat check (DefaultTTL when zero, at
-	// least 1s). The heartbeat passes it every TTL/3, so a dead instance
-	// turns critical, and leaves every watch, at most one TTL after its
-	// last heartbeat.
+	// least 1s). The heartbeat passes it every TTL/3 (less up to 10% of
+	// jitter, so that instances started together do not beat together),
+	// each update bounded to TTL/3, so a dead instance turns critical, and
+	// leaves every watch, at most one TTL after its last heartbeat.
 	TTL time.Duration
 	// DeregisterCriticalAfter removes an instance whose check has been
 	// critical that long (DefaultDeregisterCriticalAfter when zero).
@@ -143,6 +145,7 @@ func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance
 		inst:    inst,
 		checkID: "activekit:" + inst.ID + ":ttl",
 		status:  api.HealthPassing,
+		io:      make(chan struct{}, 1),
 		stopped: make(chan struct{}),
 	}
 	period := r.cfg.TTL / 3
@@ -168,12 +171,17 @@ func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance
 // Registration is an instance registered with the agent. Its heartbeat
 // goroutine passes the TTL check every TTL/3 (or keeps it critical after
 // SetCritical) and re-registers the service when the agent has forgotten
-// it; Close stops the heartbeat and deregisters.
+// it; Close stops the heartbeat and deregisters. It is safe for concurrent
+// use: its writes to the agent (heartbeat, SetCritical, Close) are sent one
+// at a time, so a heartbeat in flight never lands after SetCritical, and
+// nothing is registered again after Close.
 type Registration struct {
 	client  *api.Client
 	cfg     RegistryConfig
 	inst    discovery.Instance
 	checkID string
+
+	io chan struct{} // one-slot semaphore held by each write to the agent
 
 	mu     sync.Mutex
 	status string // api.HealthPassing or api.HealthCritical
@@ -258,13 +266,51 @@ func forgotten(err error) bool {
 	return strings.Contains(s, "does not have associated TTL") || strings.Contains(s, "Unknown check")
 }
 
-// heartbeat updates the TTL check every TTL/3 until Close. After a failed
-// update it tries again sooner, with a jittered backoff from 200ms up to
-// TTL/3, so that an agent that comes back sees the instance again within
-// one TTL.
+// lockIO takes the right to write to the agent, or returns ctx's error.
+func (g *Registration) lockIO(ctx context.Context) error {
+	select {
+	case g.io <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *Registration) unlockIO() { <-g.io }
+
+// jitter returns period less a random share of up to 10%.
+func jitter(period time.Duration) time.Duration {
+	if d := period / 10; d > 0 {
+		return period - rand.N(d)
+	}
+	return period
+}
+
+// beat sends one heartbeat, bounded by timeout, and registers the service
+// again if the agent has forgotten it.
+func (g *Registration) beat(ctx context.Context, timeout time.Duration) error {
+	if err := g.lockIO(ctx); err != nil {
+		return err
+	}
+	defer g.unlockIO()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := g.update(ctx)
+	if err != nil && forgotten(err) {
+		g.cfg.Logger.Warn("consul: agent lost the registration, registering again", "instance", g.inst.ID, "error", err)
+		err = g.register(ctx)
+	}
+	return err
+}
+
+// heartbeat updates the TTL check every TTL/3 (with jitter) until Close,
+// each update bounded to TTL/3, so that a hung agent connection cannot
+// stall it. After a failed update it tries again sooner, with a jittered
+// backoff from 200ms up to TTL/3, so that an agent that comes back sees the
+// instance again within one TTL.
 func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *retry.Backoff) {
 	defer close(g.stopped)
-	wait := period
+	wait := jitter(period)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -273,11 +319,7 @@ func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *
 			return
 		case <-timer.C:
 		}
-		err := g.update(ctx)
-		if err != nil && forgotten(err) {
-			g.cfg.Logger.Warn("consul: agent lost the registration, registering again", "instance", g.inst.ID, "error", err)
-			err = g.register(ctx)
-		}
+		err := g.beat(ctx, period)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -286,7 +328,7 @@ func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *
 			g.cfg.Logger.Warn("consul: heartbeat failed", "instance", g.inst.ID, "error", err, "retry_in", wait)
 		default:
 			bo.Reset()
-			wait = period
+			wait = jitter(period)
 		}
 		timer.Reset(wait)
 	}
@@ -295,7 +337,10 @@ func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *
 // SetCritical turns the instance's TTL check critical at once, with note as
 // its output, so that every watch drops it while it finishes the requests it
 // has: the first step of a graceful drain. The heartbeat keeps it critical
-// from then on (and re-registers it critical if the agent forgets it).
+// from then on (and re-registers it critical if the agent forgets it), even
+// when SetCritical itself fails. A heartbeat already in flight is waited
+// for (within ctx) so that it cannot land afterwards. After Close it
+// returns discovery.ErrClosed.
 func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	g.mu.Lock()
 	if g.closed {
@@ -304,6 +349,16 @@ func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	}
 	g.status, g.note = api.HealthCritical, note
 	g.mu.Unlock()
+	if err := g.lockIO(ctx); err != nil {
+		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
+	}
+	defer g.unlockIO()
+	g.mu.Lock()
+	closed := g.closed
+	g.mu.Unlock()
+	if closed {
+		return discovery.ErrClosed // Close deregistered it meanwhile
+	}
 	err := g.update(ctx)
 	if err != nil && forgotten(err) {
 		err = g.register(ctx)
@@ -319,10 +374,10 @@ func (g *Registration) Drain(ctx context.Context, reason string) error {
 	return g.SetCritical(ctx, reason)
 }
 
-// Close stops the heartbeat, waits for it, and deregisters the service.
-// Calling it again returns nil. If ctx ends before the agent answers, the
-// check lapses on its own within one TTL and the service is removed after
-// DeregisterCriticalAfter.
+// Close stops the heartbeat, waits for it and for a SetCritical in flight,
+// and deregisters the service. Calling it again returns nil. If ctx ends
+// before the agent answers, the check lapses on its own within one TTL and
+// the service is removed after DeregisterCriticalAfter.
 func (g *Registration) Close(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
@@ -333,6 +388,10 @@ func (g *Registration) Close(ctx context.Context) error {
 	g.mu.Unlock()
 	g.cancel()
 	<-g.stopped
+	if err := g.lockIO(ctx); err != nil {
+		return fmt.Errorf("consul: deregistering %s: %w", g.inst.ID, err)
+	}
+	defer g.unlockIO()
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	if err := g.client.Agent().ServiceDeregisterOpts(g.inst.ID, q); err != nil {
 		return fmt.Errorf("consul: deregistering %s: %w", g.inst.ID, err)
