@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/activekit/activekit/discovery"
 	"github.com/activekit/activekit/discovery/consul"
 	"github.com/activekit/activekit/health"
 	"github.com/activekit/activekit/internal/testenv"
@@ -127,6 +128,56 @@ func ExampleHealthCheck() {
 		},
 	})
 	if err != nil {
+		panic(err)
+	}
+}
+
+// The registration wired into a health.Lifecycle: registered once the
+// server listens, critical as soon as the drain starts (so that callers
+// resolving through Consul drop the instance while it still serves), and
+// deregistered after the server has stopped. It needs a Consul agent, so it
+// is compiled but not run.
+func ExampleRegistry_lifecycle() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		panic(err)
+	}
+	hreg, err := health.NewRegistry()
+	if err != nil {
+		panic(err)
+	}
+	_ = hreg.Register(health.Check{Name: "consul:leader", Func: func(ctx context.Context) error {
+		return health.Warn(consul.HealthCheck(client)(ctx)) // shared by the fleet: warn only
+	}})
+	dreg, err := consul.NewRegistry(client, consul.RegistryConfig{HTTPCheck: "http://10.0.0.7:8080/readyz"})
+	if err != nil {
+		panic(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /readyz", hreg.Handler(health.Readiness))
+
+	var g *consul.Registration
+	lc := health.Lifecycle{
+		Registry: hreg,
+		Servers:  []health.Server{{HTTP: &http.Server{Addr: ":8080", Handler: mux, ReadHeaderTimeout: 5 * time.Second}}},
+		OnStarted: []func(context.Context) error{func(ctx context.Context) (err error) {
+			g, err = dreg.RegisterInstance(ctx, discovery.Instance{ID: "orders-7f9c", Service: "orders", Address: "10.0.0.7", Port: 8080})
+			return err
+		}},
+		OnDrain: []func(context.Context) error{func(ctx context.Context) error {
+			if g == nil { // registration failed or never ran
+				return nil
+			}
+			return g.SetCritical(ctx, "draining")
+		}},
+		Closers: []health.Closer{{Name: "consul", Close: func(ctx context.Context) error {
+			if g == nil {
+				return nil
+			}
+			return g.Close(ctx)
+		}}},
+	}
+	if err := lc.Run(context.Background()); err != nil {
 		panic(err)
 	}
 }

@@ -364,3 +364,33 @@ func TestConsul(t *testing.T) {
 		t.Errorf("after stop: services %v, %v; want deregistered", svcs, err)
 	}
 }
+
+// A request carrying a W3C traceparent is traced by the middleware, and the
+// service's log lines about it carry its trace ID and the instance's.
+func TestTraceIDInLogs(t *testing.T) {
+	env := baseEnv(t, "svc-trace")
+	sessionPrefix(t, env)
+	env["ACTIVEKIT_LOG_LEVEL"] = "debug"
+	in := startInstance(t, env)
+	c := newClient(t)
+	waitReady(t, c, in.base)
+
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	req, err := http.NewRequest(http.MethodGet, in.base+"/visits", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /visits: %s", resp.Status)
+	}
+	want := map[string]any{"trace_id": traceID, "service.instance.id": "svc-trace", "service.name": defaultServiceName, "visits": float64(1)}
+	if !in.log.has("visit", want) {
+		t.Errorf("no log line %q with %v", "visit", want)
+	}
+}
