@@ -114,6 +114,7 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 // for its helper goroutines (and api.Lock's) to end.
 func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token uint64) error) error {
 	wctx := (&api.WriteOptions{}).WithContext(ctx)
+	created := time.Now() // no later than the server's start of the session TTL
 	sid, _, err := l.client.Session().Create(&api.SessionEntry{
 		Name:      l.cfg.SessionName,
 		TTL:       l.cfg.SessionTTL.String(),
@@ -136,7 +137,7 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 		mu.Unlock()
 		cancel(discovery.ErrLeadershipLost)
 	}
-	wg.Go(func() { l.renew(lctx, sid, loseLeadership) })
+	wg.Go(func() { l.renew(lctx, sid, created, loseLeadership) })
 
 	var lostCh <-chan struct{}
 	lock, err := l.client.LockOpts(&api.LockOptions{
@@ -150,10 +151,9 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 	defer func() {
 		// Release and destroy first: both change the key, which ends
 		// api.Lock's monitor; then stop our goroutines and wait for all.
-		if lostCh != nil {
-			_ = lock.Unlock()
-		}
-		l.destroy(ctx, sid)
+		// (api.Lock.Unlock takes no context: a hung agent would hang
+		// Lead; release does the same write, bounded.)
+		l.release(ctx, sid, lostCh != nil)
 		cancel(nil)
 		wg.Wait()
 		if lostCh != nil {
@@ -211,10 +211,14 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 }
 
 // renew renews the session every TTL/2 until ctx ends, and calls lost when
-// the session is gone or could not be renewed for a whole TTL.
-func (l *Leader) renew(ctx context.Context, sid string, lost func()) {
+// the session is gone or could not be renewed for a whole TTL. Each renewal
+// is bounded by that TTL: an agent that stops answering must not keep a
+// leader that can no longer know it leads from finding out.
+//
+// last, and each later renewal, is timed from before the request was sent,
+// so that this end never believes the session younger than the server does.
+func (l *Leader) renew(ctx context.Context, sid string, last time.Time, lost func()) {
 	ttl := l.cfg.SessionTTL
-	last := time.Now()
 	wait := ttl / 2
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -224,7 +228,10 @@ func (l *Leader) renew(ctx context.Context, sid string, lost func()) {
 			return
 		case <-t.C:
 		}
-		entry, _, err := l.client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(ctx))
+		sent := time.Now()
+		rctx, rcancel := context.WithDeadline(ctx, last.Add(ttl))
+		entry, _, err := l.client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(rctx))
+		rcancel()
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -238,21 +245,30 @@ func (l *Leader) renew(ctx context.Context, sid string, lost func()) {
 				lost()
 				return
 			}
-			wait = min(time.Second, ttl/4)
+			wait = max(min(time.Second, ttl/4, time.Until(last.Add(ttl))), 0)
 		default:
-			last = time.Now()
+			last = sent
 			wait = ttl / 2
 		}
 		t.Reset(wait)
 	}
 }
 
-// destroy destroys the session, whose lock is then released; it uses a
-// context that outlives ctx's cancellation, bounded to a few seconds.
-func (l *Leader) destroy(ctx context.Context, sid string) {
+// release releases the lock when held, as api.Lock.Unlock does (no lock
+// delay applies to an explicit release), and destroys the session, which
+// would release it too, after the lock delay. Both use a context that
+// outlives ctx's cancellation, bounded to a few seconds.
+func (l *Leader) release(ctx context.Context, sid string, held bool) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := l.client.Session().Destroy(sid, (&api.WriteOptions{}).WithContext(dctx)); err != nil {
+	w := (&api.WriteOptions{}).WithContext(dctx)
+	if held {
+		pair := &api.KVPair{Key: l.key, Value: l.cfg.Value, Session: sid, Flags: api.LockFlagValue}
+		if _, _, err := l.client.KV().Release(pair, w); err != nil {
+			l.cfg.Logger.Warn("consul: releasing leader lock", "key", l.key, "error", err)
+		}
+	}
+	if _, err := l.client.Session().Destroy(sid, w); err != nil {
 		l.cfg.Logger.Warn("consul: destroying leader session", "key", l.key, "error", err)
 	}
 }
