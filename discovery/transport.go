@@ -172,7 +172,8 @@ func (t *Transport) Balancer(service string) *Balancer {
 }
 
 // Close stops every watch and waits for their goroutines. Requests in flight
-// finish; later requests fail with ErrClosed. Close does not close the
+// finish, on the instances known at Close; requests still waiting for a
+// service's first list, and later requests, fail with ErrClosed. Close does not close the
 // base transport's idle connections.
 func (t *Transport) Close() error {
 	t.mu.Lock()
@@ -243,6 +244,14 @@ func (t *Transport) watch(ctx context.Context, s *service) {
 		s.mu.Unlock()
 	})
 	if ctx.Err() != nil {
+		// Closed: release the requests still waiting for a first list.
+		s.mu.Lock()
+		if !s.started {
+			s.started = true
+			s.err = ErrClosed
+			close(s.ready)
+		}
+		s.mu.Unlock()
 		return
 	}
 	if err == nil {

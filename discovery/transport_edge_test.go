@@ -182,3 +182,31 @@ func TestTransportMetrics(t *testing.T) {
 		t.Fatalf("counters %v, want 1 ejection, 1 retry, %d picks (bad.hits=%d)", got, requests+1, bad.hits.Load())
 	}
 }
+
+// TestTransportCloseReleasesWaitingRequests: a request waiting for the
+// first list of instances when the Transport is closed must return
+// (with ErrClosed), not wait for its own context, which may never end.
+func TestTransportCloseReleasesWaitingRequests(t *testing.T) {
+	tr, err := discovery.NewTransport(silentResolver{}, discovery.TransportConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, "http://orders/x", nil)
+		_, err := tr.RoundTrip(req)
+		done <- err
+	}()
+	waitFor(t, func() bool { return tr.Balancer("orders") != nil })
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, discovery.ErrClosed) {
+			t.Fatalf("RoundTrip: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RoundTrip still waiting 5s after Close")
+	}
+}

@@ -282,16 +282,19 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 	el.holder = t
 	r.mu.Unlock()
 
+	defer func() { // also when fn panics: the term must end
+		r.mu.Lock()
+		if el.holder == t {
+			el.holder = nil
+			r.notify()
+		}
+		r.mu.Unlock()
+		cancel(nil)
+	}()
 	err := fn(lctx, token)
-
 	r.mu.Lock()
 	lost := t.lost
-	if el.holder == t {
-		el.holder = nil
-		r.notify()
-	}
 	r.mu.Unlock()
-	cancel(nil)
 	if lost {
 		return errors.Join(err, discovery.ErrLeadershipLost)
 	}

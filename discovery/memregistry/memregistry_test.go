@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/activekit/activekit/discovery"
 	"github.com/activekit/activekit/discovery/memregistry"
@@ -125,5 +126,26 @@ func TestLeaderRevoke(t *testing.T) {
 	}
 	if r.Revoke("k") {
 		t.Fatal("Revoke found a leader after the term ended")
+	}
+}
+
+// TestLeaderPanicReleases: a leader function that panics (recovered by the
+// caller, as an HTTP server or a test harness does) must not hold the
+// election for ever.
+func TestLeaderPanicReleases(t *testing.T) {
+	r := memregistry.New(memregistry.Config{})
+	l := r.Leader("job")
+	func() {
+		defer func() { _ = recover() }()
+		_ = l.Lead(context.Background(), func(context.Context, uint64) error { panic("boom") })
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var token uint64
+	if err := l.Lead(ctx, func(_ context.Context, tok uint64) error { token = tok; return nil }); err != nil {
+		t.Fatalf("Lead after a panicking term: %v", err)
+	}
+	if token != 2 {
+		t.Fatalf("token %d, want 2", token)
 	}
 }
