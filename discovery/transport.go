@@ -86,7 +86,8 @@ type TransportConfig struct {
 // Each response holds its instance's in-flight slot (see Balancer) until its
 // body is read to the end or closed, so close every body, as net/http asks;
 // a response without a body (http.NoBody: HEAD, 204, Content-Length: 0)
-// releases it at once.
+// or an upgraded connection (101 Switching Protocols, whose body is the
+// io.ReadWriteCloser) releases it at once.
 //
 // The first request for a service starts a watch of that service in a
 // goroutine owned by the Transport, and waits (within its context) for the
@@ -403,8 +404,11 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 	if resp.StatusCode >= 500 {
 		o = Failure
 	}
-	if resp.Body == nil || resp.Body == http.NoBody {
-		lease.Done(o) // nothing to read: the request is over
+	if resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+		// Nothing to read, or an upgraded connection (its body is an
+		// io.ReadWriteCloser that must be handed over as is, and may stay
+		// open for hours): the request is over.
+		lease.Done(o)
 		return resp, key, nil
 	}
 	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err}

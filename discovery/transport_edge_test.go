@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/activekit/activekit/discovery"
+	"github.com/activekit/activekit/discovery/memregistry"
 	"github.com/activekit/activekit/retry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -208,5 +212,67 @@ func TestTransportCloseReleasesWaitingRequests(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("RoundTrip still waiting 5s after Close")
+	}
+}
+
+// TestTransportUpgrade: a 101 Switching Protocols answer's body is the
+// upgraded connection, an io.ReadWriteCloser (httputil.ReverseProxy and
+// WebSocket clients need it so). The transport must hand it over as is, and
+// a connection that may stay open for hours must not count as a request in
+// flight.
+func TestTransportUpgrade(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		_ = brw.Flush()
+		line, _ := brw.ReadString('\n')
+		_, _ = brw.WriteString(line)
+		_ = brw.Flush()
+	}))
+	defer srv.Close()
+	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	p, _ := strconv.Atoi(port)
+	reg := memregistry.New(memregistry.Config{})
+	g, err := reg.Register(context.Background(), discovery.Instance{ID: "a", Service: "echo", Address: host, Port: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close(context.Background())
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	tr, err := discovery.NewTransport(reg, discovery.TransportConfig{Base: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	req, _ := http.NewRequest(http.MethodGet, "http://echo/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		t.Fatalf("101 body %T is not an io.ReadWriteCloser", resp.Body)
+	}
+	if got := tr.Balancer("echo").Endpoints()[0].InFlight; got != 0 {
+		t.Errorf("%d in flight on an upgraded connection, want 0", got)
+	}
+	if _, err := io.WriteString(rwc, "hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(rwc, buf); err != nil || string(buf) != "hello\n" {
+		t.Fatalf("echo %q %v", buf, err)
 	}
 }
