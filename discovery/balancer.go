@@ -292,7 +292,8 @@ type Lease struct {
 	done atomic.Bool
 }
 
-// Instance returns the picked instance.
+// Instance returns the picked instance. Its Tags and Meta are shared with
+// the balancer: read them, never modify them (Clone first).
 func (l *Lease) Instance() Instance { return l.inst }
 
 // Done reports the outcome of the request, releasing its in-flight slot and
@@ -456,7 +457,9 @@ type EndpointStatus struct {
 	// EjectedUntil is when its current ejection ends; zero when it is not
 	// ejected.
 	EjectedUntil time.Time
-	// Ejections is the multiplier of its next ejection time.
+	// Ejections is the multiplier of its current or last ejection: its
+	// next one lasts Ejections+1 times BaseEjectionTime, up to
+	// MaxEjectionTime. It decays while the instance serves well.
 	Ejections int
 }
 
