@@ -208,7 +208,7 @@ type endpoint struct {
 	inst     atomic.Pointer[Instance] // replaced by Update; never mutated
 	key      string
 	inflight atomic.Int64
-	ejected  atomic.Int64 // unix nanoseconds until which it is ejected; 0 when never
+	ejected  atomic.Int64 // unix nanoseconds until which it is ejected; 0 when not (an expired one may be cleared to 0)
 
 	mu           sync.Mutex // guards the fields below
 	failures     int
@@ -316,9 +316,26 @@ func (b *Balancer) Pick(exclude ...string) (*Lease, error) {
 	if len(eps) == 0 {
 		return nil, ErrNoInstances
 	}
-	now := b.cfg.Now().UnixNano()
+	// The clock is read only when some instance has an ejection on
+	// record; one that has expired is cleared, so that a healthy fleet
+	// picks without reading the clock.
+	var now int64
 	usable := func(e *endpoint, ejectedOK bool) bool {
-		return (ejectedOK || e.ejected.Load() <= now) && !slices.Contains(exclude, e.key)
+		if slices.Contains(exclude, e.key) {
+			return false
+		}
+		u := e.ejected.Load()
+		if ejectedOK || u == 0 {
+			return true
+		}
+		if now == 0 {
+			now = b.cfg.Now().UnixNano()
+		}
+		if u <= now {
+			e.ejected.CompareAndSwap(u, 0) // expired; a new ejection wins the race
+			return true
+		}
+		return false
 	}
 	e := b.p2c(eps, func(e *endpoint) bool { return usable(e, false) })
 	if e == nil && len(exclude) == 0 {
@@ -377,20 +394,31 @@ func (b *Balancer) p2c(eps []*endpoint, usable func(*endpoint) bool) *endpoint {
 // record counts an outcome against e and ejects it when it crossed a
 // threshold and the cap allows.
 func (b *Balancer) record(e *endpoint, o Outcome) {
+	switch o {
+	case Success:
+		e.mu.Lock()
+		e.failures, e.connFailures = 0, 0
+		if e.ejections > 0 { // the clock is read only after an ejection
+			now := b.cfg.Now()
+			if now.Sub(e.calm) >= b.cfg.BaseEjectionTime && e.ejected.Load() <= now.UnixNano() {
+				e.ejections--
+				e.calm = now
+			}
+		}
+		e.mu.Unlock()
+		return
+	case Failure, Unreachable:
+	default:
+		return // Ignored says nothing about the instance
+	}
 	now := b.cfg.Now()
-	if (o == Failure || o == Unreachable) && e.ejected.Load() > now.UnixNano() {
+	if e.ejected.Load() > now.UnixNano() {
 		// The request was in flight when its instance was ejected: its
 		// failure is the one that ejected it, seen again.
 		return
 	}
 	e.mu.Lock()
 	switch o {
-	case Success:
-		e.failures, e.connFailures = 0, 0
-		if e.ejections > 0 && now.Sub(e.calm) >= b.cfg.BaseEjectionTime && e.ejected.Load() <= now.UnixNano() {
-			e.ejections--
-			e.calm = now
-		}
 	case Failure:
 		e.failures++
 	case Unreachable:
@@ -399,7 +427,7 @@ func (b *Balancer) record(e *endpoint, o Outcome) {
 	}
 	eject := e.failures >= b.cfg.ConsecutiveFailures || e.connFailures >= b.cfg.ConsecutiveConnectFailures
 	e.mu.Unlock()
-	if eject && o != Success && o != Ignored {
+	if eject {
 		b.eject(e, now)
 	}
 }
