@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +114,45 @@ func (g *sentinelGroup) waitHealthy(t *testing.T, within time.Duration) (string,
 	}
 }
 
+// failback makes "redis-primary" the master again, by a coordinated
+// failover (SENTINEL FAILOVER, which loses nothing), once the group is
+// healthy; other tests then find the group as scripts/services made it.
+func (g *sentinelGroup) failback(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	asked := false
+	for {
+		if _, service := g.waitHealthy(t, time.Until(deadline)); service == "redis-primary" {
+			return
+		}
+		if !asked {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			err := g.sentinels[0].Failover(ctx, g.master).Err()
+			cancel()
+			if err != nil {
+				t.Fatalf("SENTINEL FAILOVER: %v", err)
+			}
+			asked = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-primary not the master 45s after SENTINEL FAILOVER")
+		}
+	}
+}
+
+// services runs scripts/services (verb "start" or "stop") on a server
+// whose lock the test already holds through testenv.StopService; calling
+// testenv.StartService instead would release the lock before the failback.
+func services(t *testing.T, verb, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, os.Getenv(testenv.EnvServicesControl), verb, name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("services %s %s: %v\n%s", verb, name, err, out)
+	}
+}
+
 // failoverClient is one browser: it keeps its session cookie and checks
 // every response against what it was acknowledged before.
 type failoverClient struct {
@@ -195,9 +236,8 @@ func (c *failoverClient) read(ctx context.Context) outcome {
 	return o
 }
 
-// A Sentinel failover under traffic. The primary (the "redis-primary"
-// server of scripts/services, or "redis-replica" if an earlier failover
-// promoted it) is killed while workers
+// A Sentinel failover under traffic. The primary ("redis-primary" of
+// scripts/services) is killed while workers
 // write and read their sessions through a Manager whose store waits for one
 // replica per write (WithWait(1, ...)). Expected:
 //
@@ -217,11 +257,31 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 	g := newSentinelGroup(t)
 	ctx := t.Context()
 
-	// The primary is "redis-primary", unless an earlier failover left
-	// "redis-replica" in charge: kill whichever is the master.
+	// Other processes' tests share the group under a lock named
+	// "redis-primary", which testenv.StopService(t, "redis-primary") takes
+	// exclusively until the test ends. The test holds it from the kill to
+	// the end, restarting the server itself (services) so that the failback
+	// below also runs under it.
+	locked := false
+	lock := func() {
+		if !locked {
+			testenv.StopService(t, "redis-primary") // also restarts it at the very end if need be
+			locked = true
+			t.Cleanup(func() { // runs before the lock is released
+				services(t, "start", "redis-primary")
+				g.failback(t)
+			})
+		}
+	}
 	oldMaster, service := g.waitHealthy(t, 30*time.Second)
-	if service == "" {
-		t.Fatalf("master %s is neither redis-primary nor redis-replica of scripts/services", oldMaster)
+	if service != "redis-primary" {
+		// An earlier failover left the other server in charge: take the
+		// lock (stopping redis-primary, a replica now), start it again, and
+		// make it the master by a coordinated failover.
+		lock()
+		services(t, "start", "redis-primary")
+		g.failback(t)
+		oldMaster, _ = g.waitHealthy(t, 30*time.Second)
 	}
 
 	c := testenv.RedisFailover(t)
@@ -338,14 +398,11 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 
 	// Kill the primary.
 	killed := time.Now()
-	testenv.StopService(t, service)
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			testenv.StartService(t, service)
-		}
-		g.waitHealthy(t, 30*time.Second)
-	})
+	if locked {
+		services(t, "stop", "redis-primary")
+	} else {
+		lock()
+	}
 
 	// The gap: requests either wait (go-redis retries its dials) or fail
 	// closed with 503; every 200 shows all acknowledged keys (checked by
@@ -381,8 +438,7 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 	if n := writesOKAtRestart - writesOKAtPromotion; n != 0 {
 		t.Errorf("%d writes acknowledged while the new master had no replica to WAIT for", n)
 	}
-	testenv.StartService(t, service)
-	restarted = true
+	services(t, "start", "redis-primary")
 	restartedAt := time.Now()
 	poll("writes recovered after the old primary rejoined", 20*time.Second, func() bool {
 		return st.writesOK.Load() >= writesOKAtRestart+2*workers
@@ -403,9 +459,9 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 		}
 		total += len(fc.acked)
 	}
-	t.Logf("killed %s (%s): %d writes acknowledged before the kill, %d in all, none lost; "+
+	t.Logf("killed redis-primary (%s): %d writes acknowledged before the kill, %d in all, none lost; "+
 		"%d writes and %d reads answered 503; replica promoted %v and reads back %v after the kill; "+
 		"writes back %v after the old primary restarted",
-		service, oldMaster, ackedBefore, total, st.writes503.Load(), st.reads503.Load(), promoted.Round(time.Millisecond),
+		oldMaster, ackedBefore, total, st.writes503.Load(), st.reads503.Load(), promoted.Round(time.Millisecond),
 		readsBack.Round(time.Millisecond), writesBack.Round(time.Millisecond))
 }
