@@ -76,6 +76,19 @@ func (s *logSink) has(msg string, attrs map[string]any) bool {
 	return false
 }
 
+// errors returns the log lines at level ERROR.
+func (s *logSink) errors() []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range s.lines {
+		if l["level"] == "ERROR" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // instance is one copy of the service run in-process by run.
 type instance struct {
 	base   string // http://host:port
@@ -99,6 +112,11 @@ func startInstance(t *testing.T, env map[string]string, args ...string) *instanc
 	t.Cleanup(func() {
 		if err := in.stop(); err != nil {
 			t.Errorf("instance %s stopped with %v", in.base, err)
+		}
+		if t.Failed() {
+			for _, l := range sink.errors() {
+				t.Logf("%s logged: %v", in.base, l)
+			}
 		}
 	})
 	select {
