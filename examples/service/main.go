@@ -115,7 +115,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	// Closed last: it flushes the spans of the shutdown itself.
+	// Closed after everything opened later, so that it flushes the spans
+	// of their shutdown too.
 	closers = append(closers, health.Closer{Name: "telemetry", Close: tel.Shutdown})
 	providers := tel.Providers()
 
