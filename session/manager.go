@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/textproto"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -23,14 +25,33 @@ type Manager struct {
 	store   Store
 	aliaser Aliaser   // nil when the store has none
 	users   UserIndex // nil when the store has none
-	cfg     config
-	aeads   map[string]cipher.AEAD
-	metrics metrics
+	// limits: the store enforces Delta.MaxSize (SizeLimiter). blind: Put
+	// may then skip the read, unless values are encrypted (a value is sealed
+	// to the ID of the record it lands in, which a write through an alias
+	// left by a rotation would not know).
+	limits, blind bool
+	cfg           config
+	aeads         map[string]cipher.AEAD
+	metrics       metrics
 }
 
 type metrics struct {
 	loads, applies, conflicts, errors metric.Int64Counter
 	latency                           metric.Float64Histogram
+	// Attribute options of each store operation, built once.
+	load, apply, delete, alias, destroyUser opMetrics
+}
+
+// opMetrics holds the measurement options of one store operation, as
+// slices, so that recording allocates nothing.
+type opMetrics struct {
+	rec []metric.RecordOption
+	add []metric.AddOption
+}
+
+func newOpMetrics(op string) opMetrics {
+	o := metric.WithAttributeSet(attribute.NewSet(attribute.String("op", op)))
+	return opMetrics{rec: []metric.RecordOption{o}, add: []metric.AddOption{o}}
 }
 
 // NewManager returns a Manager over store. Options are checked here: a bad
@@ -54,6 +75,10 @@ func NewManager(store Store, opts ...Option) (*Manager, error) {
 	m.aeads = aeads
 	m.aliaser, _ = store.(Aliaser)
 	m.users, _ = store.(UserIndex)
+	if sl, ok := store.(SizeLimiter); ok && sl.EnforcesMaxSize() {
+		m.limits = true
+		m.blind = aeads == nil
+	}
 	mp := m.cfg.meterProvider
 	if mp == nil {
 		mp = otel.GetMeterProvider()
@@ -68,18 +93,22 @@ func NewManager(store Store, opts ...Option) (*Manager, error) {
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("session: metrics: %w", err)
 	}
+	m.metrics.load, m.metrics.apply, m.metrics.delete = newOpMetrics("load"), newOpMetrics("apply"), newOpMetrics("delete")
+	m.metrics.alias, m.metrics.destroyUser = newOpMetrics("alias"), newOpMetrics("destroy_user")
 	return m, nil
 }
 
 // observe records a store call's latency and outcome.
-func (m *Manager) observe(ctx context.Context, op string, start time.Time, err error) {
-	attrs := metric.WithAttributes(attribute.String("op", op))
-	m.metrics.latency.Record(ctx, time.Since(start).Seconds(), attrs)
+func (m *Manager) observe(ctx context.Context, op *opMetrics, start time.Time, err error) {
+	m.metrics.latency.Record(ctx, time.Since(start).Seconds(), op.rec...)
+	if err == nil {
+		return
+	}
 	switch {
 	case errors.Is(err, ErrConflict):
-		m.metrics.conflicts.Add(ctx, 1, attrs)
-	case err != nil && !errors.Is(err, ErrNotFound):
-		m.metrics.errors.Add(ctx, 1, attrs)
+		m.metrics.conflicts.Add(ctx, 1, op.add...)
+	case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrTooLarge):
+		m.metrics.errors.Add(ctx, 1, op.add...)
 	}
 }
 
@@ -105,16 +134,56 @@ func FromContext(ctx context.Context) *Session {
 // save before hijacking by writing the headers first.
 func (m *Manager) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := &Session{m: m, ctx: r.Context()}
-		if c, err := r.Cookie(m.cfg.cookie.Name); err == nil && len(c.Value) <= MaxTokenLen {
-			if id, ok := TokenID(c.Value); ok {
-				s.token, s.id = c.Value, id
+		// The session and the writer in one allocation.
+		rs := &struct {
+			s  Session
+			sw writer
+		}{}
+		s := &rs.s
+		s.m, s.ctx = m, r.Context()
+		if v, ok := cookieValue(r.Header, m.cfg.cookie.Name); ok && len(v) <= MaxTokenLen {
+			if id, ok := TokenID(v); ok {
+				s.token, s.id = v, id
 			}
 		}
-		sw := &writer{ResponseWriter: w, s: s, r: r}
+		sw := &rs.sw
+		sw.ResponseWriter, sw.s, sw.r = w, s, r
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s)))
 		sw.commit()
 	})
+}
+
+// cookieValue returns the value of the first valid cookie called name in
+// the request header h, as http.Request.Cookie does, without allocating.
+func cookieValue(h http.Header, name string) (string, bool) {
+	for _, line := range h["Cookie"] {
+		for line != "" {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			n, v, _ := strings.Cut(textproto.TrimString(part), "=")
+			if textproto.TrimString(n) != name {
+				continue
+			}
+			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			if validCookieValue(v) {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
+
+// validCookieValue reports whether net/http would accept v as a cookie
+// value (RFC 6265 cookie-octets, plus space and comma).
+func validCookieValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == ';' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // DestroyUser ends every session of user, on every instance ("log out
@@ -125,7 +194,7 @@ func (m *Manager) DestroyUser(ctx context.Context, user string) error {
 	}
 	start := time.Now()
 	err := m.users.DestroyUser(ctx, user)
-	m.observe(ctx, "destroy_user", start, err)
+	m.observe(ctx, &m.metrics.destroyUser, start, err)
 	return err
 }
 

@@ -30,7 +30,12 @@ type countingStore struct {
 	session.Store
 	loads, applies, deletes atomic.Int64
 	fail                    atomic.Bool
+	// sizes: report the memstore's enforcement of Delta.MaxSize
+	// (session.SizeLimiter), so that the Manager writes without reading.
+	sizes bool
 }
+
+func (c *countingStore) EnforcesMaxSize() bool { return c.sizes }
 
 var errDown = errors.New("store down")
 
@@ -208,7 +213,7 @@ func TestStoreCalls(t *testing.T) {
 		{"/put?b=2", 1, 1, 0},
 		{"/put?b=2&c=3", 1, 1, 0},
 		{"/inc?k=n", 1, 1, 0},
-		{"/logout", 1, 0, 1},
+		{"/logout", 0, 0, 1},
 	} {
 		l, a, o := store.loads.Load(), store.applies.Load(), store.deletes.Load()
 		c.do(t, "GET", tc.path)
@@ -689,4 +694,149 @@ func TestRouters(t *testing.T) {
 			t.Errorf("%s: %q", name, got)
 		}
 	}
+}
+
+// TestBlindWrites: with a store that enforces the session size limit itself,
+// a request that changes the session without reading it makes one call, and
+// keeps every promise of the read-then-write path.
+func TestBlindWrites(t *testing.T) {
+	newBlind := func(t *testing.T, opts ...session.Option) (*countingStore, *session.Manager) {
+		store, _ := newMem(t)
+		store.sizes = true
+		return store, newManager(t, store, opts...)
+	}
+	t.Run("calls", func(t *testing.T) {
+		store, m := newBlind(t)
+		c := &client{h: m.Middleware(app(t))}
+		c.do(t, "GET", "/put?a=1")
+		h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s := session.FromContext(r.Context())
+			if err := errors.Join(s.Put("b", "2"), s.Delete("a")); err != nil {
+				t.Error(err)
+			}
+			// A read of a key put in this request needs no load either.
+			if v, ok, err := session.Get[string](s, "b"); v != "2" || !ok || err != nil {
+				t.Errorf("Get of a pending value: %q %v %v", v, ok, err)
+			}
+		}))
+		for _, tc := range []struct {
+			name                   string
+			h                      http.Handler
+			path                   string
+			loads, applies, others int64
+		}{
+			{"put", c.h, "/put?b=2", 0, 1, 0},
+			{"put two", c.h, "/put?b=2&c=3", 0, 1, 0},
+			{"put, delete, get pending", h, "/", 0, 1, 0},
+			{"get", c.h, "/get?k=b", 1, 0, 0},
+			{"update", c.h, "/inc?k=n", 1, 1, 0},
+			{"logout", c.h, "/logout", 0, 0, 1},
+		} {
+			l, a, o := store.loads.Load(), store.applies.Load(), store.deletes.Load()
+			if w := (&client{h: tc.h, cookie: c.cookie}).do(t, "GET", tc.path); w.Code != http.StatusOK {
+				t.Fatalf("%s: %d %s", tc.name, w.Code, body(w))
+			}
+			if dl, da, do := store.loads.Load()-l, store.applies.Load()-a, store.deletes.Load()-o; dl != tc.loads || da != tc.applies || do != tc.others {
+				t.Errorf("%s: %d loads, %d applies, %d deletes; want %d, %d, %d", tc.name, dl, da, do, tc.loads, tc.applies, tc.others)
+			}
+		}
+	})
+	t.Run("values", func(t *testing.T) {
+		_, m := newBlind(t)
+		c := &client{h: m.Middleware(app(t))}
+		c.do(t, "GET", "/put?a=1&b=2")
+		tok := c.cookie.Value
+		c.do(t, "GET", "/put?a=10")
+		(&client{h: m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := session.FromContext(r.Context()).Delete("b"); err != nil {
+				t.Error(err)
+			}
+		})), cookie: c.cookie}).do(t, "GET", "/")
+		if c.cookie.Value != tok {
+			t.Fatal("a blind write changed the token")
+		}
+		for k, want := range map[string]string{"a": "true:10", "b": "false:"} {
+			if got := body(c.do(t, "GET", "/get?k="+k)); got != want {
+				t.Errorf("%s: %q, want %q", k, got, want)
+			}
+		}
+	})
+	t.Run("session limit", func(t *testing.T) {
+		store, m := newBlind(t, session.WithLimits(16, 25))
+		c := &client{h: m.Middleware(app(t))}
+		c.do(t, "GET", "/put?a=0123456789") // 13 bytes with its key and quotes
+		var putErr error
+		h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			putErr = session.FromContext(r.Context()).Put("b", "0123456789")
+			io.WriteString(w, "handler")
+		}))
+		before := store.applies.Load()
+		w := (&client{h: h, cookie: c.cookie}).do(t, "GET", "/")
+		if putErr != nil {
+			t.Fatalf("blind Put within the value limit: %v", putErr)
+		}
+		if w.Code != http.StatusInternalServerError || strings.Contains(body(w), "handler") || store.applies.Load()-before != 1 {
+			t.Fatalf("a session over the limit at save: %d %q, %d applies", w.Code, body(w), store.applies.Load()-before)
+		}
+		if got := body(c.do(t, "GET", "/get?k=b")); got != "false:" {
+			t.Fatalf("a refused value was stored: %q", got)
+		}
+		// A value over the value limit fails at once, without a read.
+		h = m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			putErr = session.FromContext(r.Context()).Put("c", strings.Repeat("x", 20))
+		}))
+		loads := store.loads.Load()
+		(&client{h: h, cookie: c.cookie}).do(t, "GET", "/")
+		if !errors.Is(putErr, session.ErrTooLarge) || store.loads.Load() != loads {
+			t.Fatalf("value over the limit: %v, %d loads", putErr, store.loads.Load()-loads)
+		}
+	})
+	t.Run("ended session is not resurrected", func(t *testing.T) {
+		store, m := newBlind(t)
+		victim := &client{h: m.Middleware(app(t))}
+		victim.do(t, "GET", "/login?u=alice")
+		victim.do(t, "GET", "/put?a=1")
+		old := victim.cookie
+		if err := m.DestroyUser(t.Context(), "alice"); err != nil {
+			t.Fatal(err)
+		}
+		// A blind write on the revoked session starts a new, anonymous one.
+		c := &client{h: m.Middleware(app(t)), cookie: old}
+		if w := c.do(t, "GET", "/put?b=2"); w.Code != http.StatusOK || c.cookie == nil || c.cookie.Value == old.Value {
+			t.Fatalf("blind write on a revoked session: %d, cookie %v", w.Code, c.cookie)
+		}
+		if got := body(c.do(t, "GET", "/user")); got != "" {
+			t.Fatalf("new session bound to %q", got)
+		}
+		if got := body(c.do(t, "GET", "/get?k=a")); got != "false:" {
+			t.Fatalf("new session holds the revoked one's values: %q", got)
+		}
+		if got := body((&client{h: m.Middleware(app(t)), cookie: old}).do(t, "GET", "/get?k=b")); got != "false:" {
+			t.Fatalf("revoked session resurrected: %q", got)
+		}
+		// A blind delete on an unknown session clears the cookie.
+		w := (&client{h: m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_ = session.FromContext(r.Context()).Delete("a")
+		})), cookie: old}).do(t, "GET", "/")
+		if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 {
+			t.Fatalf("blind delete on an ended session: cookies %v", cs)
+		}
+		if ids, _ := m.UserSessions(t.Context(), "alice"); len(ids) != 0 {
+			t.Fatalf("alice's sessions: %v", ids)
+		}
+		_ = store
+	})
+	t.Run("encryption reads first", func(t *testing.T) {
+		store, m := newBlind(t, session.WithEncryption(session.EncryptionKey{Name: "k", Secret: bytes.Repeat([]byte{1}, 32)}))
+		c := &client{h: m.Middleware(app(t))}
+		c.do(t, "GET", "/put?a=1")
+		l := store.loads.Load()
+		c.do(t, "GET", "/put?a=2")
+		if store.loads.Load()-l != 1 {
+			t.Fatalf("%d loads for a Put with encryption, want 1", store.loads.Load()-l)
+		}
+		if got := body(c.do(t, "GET", "/get?k=a")); got != "true:2" {
+			t.Fatalf("%q", got)
+		}
+	})
 }

@@ -138,8 +138,11 @@ func WithEncryption(keys ...EncryptionKey) Option {
 	return optionFunc(func(c *config) { c.keys = keys })
 }
 
-// WithErrorHandler sets what answers a request when the store fails. By
-// default: 503 Service Unavailable with Retry-After (WithRetryAfter).
+// WithErrorHandler sets what answers a request when the store fails, or
+// refuses to save a session over its size limit (an error matching
+// ErrTooLarge; see Session.Put). By default: 503 Service Unavailable with
+// Retry-After (WithRetryAfter) for a failure, 500 Internal Server Error for
+// a session too large.
 func WithErrorHandler(h ErrorHandler) Option {
 	return optionFunc(func(c *config) { c.errorHandler = h })
 }
@@ -199,7 +202,11 @@ func (c *config) defaults() {
 	}
 	if c.errorHandler == nil {
 		retry := strconv.Itoa(int((c.retryAfter + time.Second - 1) / time.Second))
-		c.errorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) {
+		c.errorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
+			if errors.Is(err, ErrTooLarge) { // retrying would not help
+				http.Error(w, "session too large", http.StatusInternalServerError)
+				return
+			}
 			w.Header().Set("Retry-After", retry)
 			http.Error(w, "session store unavailable", http.StatusServiceUnavailable)
 		}

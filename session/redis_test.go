@@ -195,9 +195,12 @@ func TestRoundTripsRedis(t *testing.T) {
 	}{
 		{"/noop", 0},
 		{"/get?k=a", 1},
-		{"/put?a=2", 2},
-		{"/put?a=3&b=4", 2},
-		{"/inc?k=n", 2},
+		{"/put?a=2", 1}, // no read: the store enforces the size limit
+		{"/put?a=3&b=4", 1},
+		{"/inc?k=n", 2}, // compare-and-set: read, then write
+		{"/keys", 1},
+		{"/clear", 2}, // Keys reads, then one write deletes
+		{"/logout", 1},
 	} {
 		before := cnt.n.Load()
 		c.do(t, "GET", tc.path)

@@ -22,13 +22,16 @@ var (
 
 // SizeError says which limit a Put broke.
 type SizeError struct {
-	Key     string
-	Size    int  // the value's size, or the session's with it
-	Limit   int  // the limit broken
-	Session bool // the session limit rather than the value limit
+	Key     string // "" when a store refused the session as a whole
+	Size    int    // the value's size, or the session's with it
+	Limit   int    // the limit broken
+	Session bool   // the session limit rather than the value limit
 }
 
 func (e *SizeError) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("session: session is %d bytes, limit %d", e.Size, e.Limit)
+	}
 	what := "value"
 	if e.Session {
 		what = "session with value"
@@ -86,14 +89,15 @@ func (s *Session) raw(key string) ([]byte, bool, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.load(); err != nil {
-		return nil, false, err
-	}
+	// A key put or deleted in this request needs no read.
 	if s.del[key] {
 		return nil, false, nil
 	}
 	if v, ok := s.set[key]; ok {
 		return v, true, nil
+	}
+	if err := s.load(); err != nil {
+		return nil, false, err
 	}
 	v, ok := s.rec.Values[key]
 	if !s.found || !ok {
@@ -108,6 +112,13 @@ func (s *Session) raw(key string) ([]byte, bool, error) {
 
 // Put sets key to value, saved with the response. A new visitor's session is
 // created then.
+//
+// A value over the value limit fails here. The session limit is checked here
+// too when the session has been read in this request (by Get, Keys, User or
+// Update); otherwise, with a store that enforces it itself (SizeLimiter, and
+// no encryption), Put does not read the session, and a session over the
+// limit fails the save instead: nothing is written and the error handler
+// answers with an error matching ErrTooLarge.
 func (s *Session) Put(key string, value any) error {
 	if s == nil {
 		return ErrNoSession
@@ -118,8 +129,10 @@ func (s *Session) Put(key string, value any) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.load(); err != nil {
-		return err
+	if !s.blind(s.m.blind) {
+		if err := s.load(); err != nil {
+			return err
+		}
 	}
 	if err := s.checkSize(key, data); err != nil {
 		return err
@@ -132,8 +145,14 @@ func (s *Session) Put(key string, value any) error {
 	return nil
 }
 
+// blind reports whether a change may be recorded without reading the
+// session first: the session has not been read, the request has one, and
+// the store can take the change as it is (ok). s.mu must be held.
+func (s *Session) blind(ok bool) bool { return ok && !s.loaded && s.id != "" }
+
 // checkSize checks data against the value limit, and the session with data
-// for key against the session limit. s.mu must be held.
+// for key against the session limit (only the pending values when the
+// session has not been read). s.mu must be held.
 func (s *Session) checkSize(key string, data []byte) error {
 	lim := s.m.cfg
 	if len(data) > lim.maxValue {
@@ -159,15 +178,17 @@ func (s *Session) checkSize(key string, data []byte) error {
 }
 
 // Delete removes key, saved with the response. Deleting a missing key is no
-// error.
+// error. It does not read the session.
 func (s *Session) Delete(key string) error {
 	if s == nil {
 		return ErrNoSession
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.load(); err != nil {
-		return err
+	if !s.blind(true) {
+		if err := s.load(); err != nil {
+			return err
+		}
 	}
 	if s.del == nil {
 		s.del = map[string]bool{}
@@ -228,7 +249,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 		if err != nil {
 			return err
 		}
-		ver, err := s.apply(s.rec.ID, Delta{Set: map[string][]byte{key: sealed}, Expect: map[string]uint64{key: old.Version}, Idle: m.cfg.idle})
+		ver, err := s.apply(s.rec.ID, Delta{Set: map[string][]byte{key: sealed}, Expect: map[string]uint64{key: old.Version}, Idle: m.cfg.idle, MaxSize: m.maxSize()})
 		switch {
 		case err == nil:
 			s.rec.Values[key] = Value{Data: sealed, Version: ver}
@@ -357,7 +378,7 @@ func (s *Session) reload() error {
 	start := time.Now()
 	rec, found, err := s.m.store.Load(s.ctx, id, s.m.cfg.idle)
 	s.m.metrics.loads.Add(s.ctx, 1)
-	s.m.observe(s.ctx, "load", start, err)
+	s.m.observe(s.ctx, &s.m.metrics.load, start, err)
 	if err != nil {
 		return fmt.Errorf("session: load: %w", err)
 	}
@@ -369,8 +390,17 @@ func (s *Session) apply(id string, d Delta) (uint64, error) {
 	start := time.Now()
 	v, err := s.m.store.Apply(s.ctx, id, d)
 	s.m.metrics.applies.Add(s.ctx, 1)
-	s.m.observe(s.ctx, "apply", start, err)
+	s.m.observe(s.ctx, &s.m.metrics.apply, start, err)
 	return v, err
+}
+
+// maxSize is Delta.MaxSize for a change: the session limit, when the store
+// enforces it.
+func (m *Manager) maxSize() int {
+	if m.limits {
+		return m.cfg.maxSession
+	}
+	return 0
 }
 
 // create makes a new record holding the pending values (sealed) and issues
@@ -419,28 +449,41 @@ func (s *Session) sealAll(id string, values map[string][]byte) (map[string][]byt
 func (s *Session) save(h http.Header) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.loaded && !s.renew && !s.destroy {
+	changed := len(s.set) > 0 || len(s.del) > 0
+	if !s.loaded && !s.renew && !s.destroy && !changed {
 		return nil // untouched: no backend call
+	}
+	m := s.m
+	if s.destroy {
+		// No read needed: deleting an alias deletes its target too.
+		id := s.id
+		if s.found {
+			id = s.rec.ID
+		} else if s.loaded {
+			id = "" // read and found missing: nothing to delete
+		}
+		if id != "" {
+			start := time.Now()
+			err := m.store.Delete(s.ctx, id)
+			m.observe(s.ctx, &m.metrics.delete, start, err)
+			if err != nil {
+				return fmt.Errorf("session: destroy: %w", err)
+			}
+		}
+		h.Add("Vary", "Cookie")
+		if s.token != "" {
+			s.clearCookie(h)
+		}
+		return nil
+	}
+	if !s.renew && s.blind(true) {
+		return s.saveBlind(h)
 	}
 	if err := s.load(); err != nil {
 		return err
 	}
 	h.Add("Vary", "Cookie")
-	m := s.m
 	switch {
-	case s.destroy:
-		if s.found {
-			start := time.Now()
-			err := m.store.Delete(s.ctx, s.rec.ID)
-			m.observe(s.ctx, "delete", start, err)
-			if err != nil {
-				return fmt.Errorf("session: destroy: %w", err)
-			}
-		}
-		if s.token != "" {
-			s.clearCookie(h)
-		}
-		return nil
 	case !s.found:
 		if len(s.set) == 0 && !s.renew {
 			if s.token != "" {
@@ -462,7 +505,7 @@ func (s *Session) save(h http.Header) error {
 		for k := range s.del {
 			dels = append(dels, k)
 		}
-		if _, err := s.apply(s.rec.ID, Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle}); err != nil {
+		if _, err := s.apply(s.rec.ID, Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle, MaxSize: m.maxSize()}); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				// Ended since it was read (revoked, destroyed, expired):
 				// writing would resurrect it. The changes are dropped.
@@ -476,6 +519,41 @@ func (s *Session) save(h http.Header) error {
 	if s.issued {
 		s.setCookie(h, m.cfg.absolute)
 	}
+	return nil
+}
+
+// saveBlind writes the changes of a session that was not read in this
+// request: one Apply, to which the store adds the session size limit. A
+// session that no longer exists (expired, revoked, destroyed, never known)
+// is not resurrected: as for a new visitor, the values set go into a new
+// session with a new token. s.mu must be held.
+func (s *Session) saveBlind(h http.Header) error {
+	m := s.m
+	h.Add("Vary", "Cookie")
+	var dels []string
+	if len(s.del) > 0 {
+		dels = make([]string, 0, len(s.del))
+		for k := range s.del {
+			dels = append(dels, k)
+		}
+	}
+	// Without encryption (the only case with blind values) sealing is the
+	// identity, so s.set goes as it is.
+	_, err := s.apply(s.id, Delta{Set: s.set, Delete: dels, Idle: m.cfg.idle, MaxSize: m.maxSize()})
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("session: save: %w", err)
+	case len(s.set) == 0:
+		s.clearCookie(h) // stale: nothing to keep
+		return nil
+	}
+	s.loaded, s.found = true, false
+	if err := s.create(s.set); err != nil {
+		return err
+	}
+	s.setCookie(h, m.cfg.absolute)
 	return nil
 }
 
@@ -527,7 +605,7 @@ func (s *Session) rotate(h http.Header) error {
 		} else {
 			err = m.aliaser.Alias(s.ctx, s.rec.ID, nid, s.rec.Version, m.cfg.grace)
 		}
-		m.observe(s.ctx, "alias", start, err)
+		m.observe(s.ctx, &m.metrics.alias, start, err)
 		if err == nil {
 			s.token, s.id, s.issued = tok, nid, true
 			s.setCookie(h, min(time.Until(s.rec.AbsoluteDeadline), m.cfg.absolute))

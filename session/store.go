@@ -165,6 +165,22 @@ type Delta struct {
 	// current revocation epoch and adds it to the user's index. Stores that
 	// do not implement [UserIndex] keep the user in the record only.
 	User string
+	// MaxSize, when positive, bounds the record's size after the delta: the
+	// sum, over its keys, of the key's length and its data's length. A
+	// delta that sets a key and would leave the record larger changes
+	// nothing and fails with an error matching [ErrTooLarge] (a *[SizeError]
+	// with Session set). Only stores implementing [SizeLimiter] honour it;
+	// others ignore it.
+	MaxSize int
+}
+
+// SizeLimiter is implemented by stores whose Apply honours [Delta.MaxSize]
+// atomically with the write. The Manager then saves a session the handler
+// changed without reading it (one round trip instead of two), since the
+// store itself enforces the session size limit.
+type SizeLimiter interface {
+	// EnforcesMaxSize reports whether Apply honours Delta.MaxSize.
+	EnforcesMaxSize() bool
 }
 
 // Create says how to create a record.

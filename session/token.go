@@ -57,12 +57,18 @@ func TokenID(token string) (id string, ok bool) {
 	if strings.IndexByte("AEIMQUYcgkosw048", rnd[randLen-1]) < 0 {
 		return "", false
 	}
-	sum := sha256.Sum256([]byte(token))
-	id = b64.EncodeToString(sum[:])
+	// One allocation: hash a copy on the stack, encode into another.
+	var tb [MaxTokenLen]byte
+	sum := sha256.Sum256(tb[:copy(tb[:], token)])
+	var out [tagLen + 1 + randLen]byte
+	n := 0
 	if tag != "" {
-		id = tag + "." + id
+		n = copy(out[:], tag)
+		out[n] = '.'
+		n++
 	}
-	return id, true
+	b64.Encode(out[n:], sum[:])
+	return string(out[:n+randLen]), true
 }
 
 // HashTag returns the part of a store ID that a clustered store must use to

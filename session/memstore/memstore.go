@@ -11,9 +11,10 @@ import (
 
 // Compile-time checks.
 var (
-	_ session.Store     = (*Store)(nil)
-	_ session.Aliaser   = (*Store)(nil)
-	_ session.UserIndex = (*Store)(nil)
+	_ session.Store       = (*Store)(nil)
+	_ session.Aliaser     = (*Store)(nil)
+	_ session.UserIndex   = (*Store)(nil)
+	_ session.SizeLimiter = (*Store)(nil)
 )
 
 // Option configures a Store.
@@ -170,6 +171,11 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			return 0, &session.ConflictError{Key: k}
 		}
 	}
+	if d.MaxSize > 0 && len(d.Set) > 0 {
+		if n := sizeAfter(r.values, d); n > d.MaxSize {
+			return 0, &session.SizeError{Size: n, Limit: d.MaxSize, Session: true}
+		}
+	}
 	if d.Create != nil {
 		s.records[id] = r
 	}
@@ -192,6 +198,30 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	}
 	r.idle = minTime(now.Add(d.Idle), r.absolute)
 	return r.version, nil
+}
+
+// EnforcesMaxSize implements session.SizeLimiter.
+func (s *Store) EnforcesMaxSize() bool { return true }
+
+// sizeAfter returns the size of values once d is applied.
+func sizeAfter(values map[string]session.Value, d session.Delta) int {
+	n := 0
+	for k, v := range d.Set {
+		n += len(k) + len(v)
+	}
+	for k, v := range values {
+		if _, set := d.Set[k]; !set {
+			n += len(k) + len(v.Data)
+		}
+	}
+	gone := make(map[string]bool, len(d.Delete))
+	for _, k := range d.Delete {
+		if v, ok := values[k]; ok && !gone[k] {
+			gone[k] = true
+			n -= len(k) + len(v.Data)
+		}
+	}
+	return n
 }
 
 // Delete implements session.Store.

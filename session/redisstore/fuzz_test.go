@@ -12,19 +12,21 @@ func FuzzDecode(f *testing.F) {
 	f.Add("_c", "1700000000000", "k:", "1:")
 	f.Add("_a", "x", "k:b", "nocolon")
 	f.Add("k:c", "18446744073709551616:v", "_u", "alice")
+	f.Add("_s", "12", "k:d", ":empty version")
 	f.Fuzz(func(t *testing.T, f1, v1, f2, v2 string) {
-		rec, err := decode("id", []any{f1, v1, f2, v2})
+		h := map[string]string{f1: v1, f2: v2}
+		rec, err := decode("id", h)
 		if err != nil {
 			return
 		}
-		for _, fv := range [][2]string{{f1, v1}, {f2, v2}} {
-			if !strings.HasPrefix(fv[0], "k:") || (fv[0] == f1 && f1 == f2 && fv[1] == v1) {
+		for f, v := range h {
+			if !strings.HasPrefix(f, "k:") {
 				continue
 			}
-			ver, data, _ := strings.Cut(fv[1], ":")
-			got, ok := rec.Values[fv[0][2:]]
+			ver, data, _ := strings.Cut(v, ":")
+			got, ok := rec.Values[f[2:]]
 			if !ok || string(got.Data) != data || ver == "" {
-				t.Fatalf("field %q=%q decoded to %+v", fv[0], fv[1], got)
+				t.Fatalf("field %q=%q decoded to %+v", f, v, got)
 			}
 		}
 	})

@@ -15,9 +15,10 @@ import (
 
 // Compile-time checks.
 var (
-	_ session.Store     = (*Store)(nil)
-	_ session.Aliaser   = (*Store)(nil)
-	_ session.UserIndex = (*Store)(nil)
+	_ session.Store       = (*Store)(nil)
+	_ session.Aliaser     = (*Store)(nil)
+	_ session.UserIndex   = (*Store)(nil)
+	_ session.SizeLimiter = (*Store)(nil)
 )
 
 // DefaultPrefix starts every key the store writes unless WithPrefix says
@@ -152,66 +153,112 @@ func (s *Store) epochKey(tag string) string { return s.prefix + "e:{" + tag + "}
 func (s *Store) indexKey(tag, user string) string { return s.prefix + "u:{" + tag + "}" + user }
 
 // Load implements session.Store: one round trip (two while following an
-// alias left by a rotation).
+// alias left by a rotation): the load script, which checks the record and
+// moves its idle deadline, pipelined with an HGETALL of the hash.
 func (s *Store) Load(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return session.Record{}, false, err
 	}
+	keys := make([]string, 2)
+	args := []any{idle.Milliseconds()}
 	for range maxHops {
 		if !validID(id) {
 			return session.Record{}, false, nil
 		}
-		res, err := loadScript.Run(ctx, s.c, []string{s.sessionKey(id), s.epochKey(session.HashTag(id))}, idle.Milliseconds()).Slice()
+		keys[0], keys[1] = s.sessionKey(id), s.epochKey(session.HashTag(id))
+		script, hash, err := s.load(ctx, keys, args)
 		if errors.Is(err, redis.Nil) {
 			return session.Record{}, false, nil
 		}
 		if err != nil {
 			return session.Record{}, false, fmt.Errorf("redisstore: load: %w", err)
 		}
-		switch tag, _ := res[0].(string); {
-		case tag == "alias" && len(res) == 2:
-			id, _ = res[1].(string)
+		switch v := script.(type) {
+		case string: // an alias
+			id = v
 			continue
-		case tag == "ok" && len(res) == 3:
-			idleMs, _ := res[1].(int64)
-			flat, _ := res[2].([]any)
-			rec, err := decode(id, flat)
+		case int64:
+			// The hash was read just after the script; a write that came in
+			// between is simply a later state, but the record may have been
+			// deleted or turned into an alias meanwhile.
+			if len(hash) == 0 {
+				return session.Record{}, false, nil
+			}
+			if to, ok := hash["_to"]; ok {
+				id = to
+				continue
+			}
+			rec, err := decode(id, hash)
 			if err != nil {
 				return session.Record{}, false, err
 			}
-			rec.IdleDeadline = time.UnixMilli(idleMs)
+			rec.IdleDeadline = time.UnixMilli(v)
 			return rec, true, nil
 		default:
-			return session.Record{}, false, fmt.Errorf("redisstore: load: unexpected reply %v", res)
+			return session.Record{}, false, fmt.Errorf("redisstore: load: unexpected reply %v", script)
 		}
 	}
 	return session.Record{}, false, nil
 }
 
+// load runs the load script and HGETALL of keys[0] in one pipeline, and
+// again with EVAL when the server does not know the script yet.
+func (s *Store) load(ctx context.Context, keys []string, args []any) (any, map[string]string, error) {
+	run := func(eval func(redis.Pipeliner) *redis.Cmd) (*redis.Cmd, *redis.MapStringStringCmd) {
+		pipe := s.c.Pipeline()
+		cmd := eval(pipe)
+		hash := pipe.HGetAll(ctx, keys[0])
+		_, _ = pipe.Exec(ctx)
+		return cmd, hash
+	}
+	cmd, hash := run(func(p redis.Pipeliner) *redis.Cmd { return loadScript.EvalSha(ctx, p, keys, args...) })
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		cmd, hash = run(func(p redis.Pipeliner) *redis.Cmd { return loadScript.Eval(ctx, p, keys, args...) })
+	}
+	if err := cmd.Err(); err != nil {
+		return nil, nil, err
+	}
+	h, err := hash.Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	return cmd.Val(), h, nil
+}
+
 // decode turns an HGETALL reply into a record.
-func decode(id string, flat []any) (session.Record, error) {
-	rec := session.Record{ID: id, Values: make(map[string]session.Value, len(flat)/2)}
+func decode(id string, h map[string]string) (session.Record, error) {
+	rec := session.Record{ID: id, Values: make(map[string]session.Value, len(h))}
 	bad := func(field string) (session.Record, error) {
 		return session.Record{}, fmt.Errorf("redisstore: load %s: malformed field %q", id, field)
 	}
-	for i := 0; i+1 < len(flat); i += 2 {
-		f, _ := flat[i].(string)
-		v, _ := flat[i+1].(string)
-		switch {
-		case strings.HasPrefix(f, "k:"):
-			ver, data, ok := strings.Cut(v, ":")
-			n, err := strconv.ParseUint(ver, 10, 64)
-			if !ok || err != nil {
+	for f, v := range h {
+		if len(f) < 2 {
+			continue
+		}
+		switch f[:2] {
+		case "k:":
+			i := strings.IndexByte(v, ':')
+			if i <= 0 {
 				return bad(f)
 			}
-			rec.Values[f[2:]] = session.Value{Data: []byte(data), Version: n}
-		case f == "_v":
+			n, err := strconv.ParseUint(v[:i], 10, 64)
+			if err != nil {
+				return bad(f)
+			}
+			rec.Values[f[2:]] = session.Value{Data: []byte(v[i+1:]), Version: n}
+		case "_v":
+			if len(f) != 2 {
+				continue
+			}
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil {
 				return bad(f)
 			}
 			rec.Version = n
-		case f == "_c", f == "_a":
+		case "_c", "_a":
+			if len(f) != 2 {
+				continue
+			}
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
 				return bad(f)
@@ -221,12 +268,19 @@ func decode(id string, flat []any) (session.Record, error) {
 			} else {
 				rec.AbsoluteDeadline = time.UnixMilli(n)
 			}
-		case f == "_u":
-			rec.User = v
+		case "_u":
+			if len(f) == 2 {
+				rec.User = v
+			}
 		}
 	}
 	return rec, nil
 }
+
+// EnforcesMaxSize implements session.SizeLimiter: Apply keeps the total
+// size of each record's values in the hash and refuses a delta that takes it
+// past Delta.MaxSize, in the same script.
+func (s *Store) EnforcesMaxSize() bool { return true }
 
 // Apply implements session.Store: one round trip (two while following an
 // alias, plus one for WithWait).
@@ -237,8 +291,8 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	args := make([]any, 0, 10+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
-	args = append(args, "", "0", int64(0), int64(0), int64(0), d.Idle.Milliseconds(), d.User, len(d.Set), len(d.Delete), len(d.Expect))
+	args := make([]any, 0, 11+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
+	args = append(args, "", "0", int64(0), int64(0), int64(0), d.Idle.Milliseconds(), d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
 	if c := d.Create; c != nil {
 		args[1], args[2] = "1", c.Absolute.Milliseconds()
 		if !c.Deadline.IsZero() {
@@ -254,12 +308,14 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	for k, v := range d.Expect {
 		args = append(args, k, strconv.FormatUint(v, 10))
 	}
+	keys := make([]string, 3)
 	for range maxHops {
 		if !validID(id) {
 			return 0, ErrInvalidID
 		}
 		tag := session.HashTag(id)
-		keys := []string{s.sessionKey(id), s.epochKey(tag), s.sessionKey(id)}
+		keys[0], keys[1] = s.sessionKey(id), s.epochKey(tag)
+		keys[2] = keys[0]
 		if d.User != "" {
 			if tag != session.UserTag(d.User) {
 				return 0, ErrUserTag
@@ -282,6 +338,9 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		case status == "conflict" && len(res) == 2:
 			k, _ := res[1].(string)
 			return 0, &session.ConflictError{Key: k}
+		case status == "toolarge" && len(res) == 2:
+			n, _ := res[1].(int64)
+			return 0, &session.SizeError{Size: int(n), Limit: d.MaxSize, Session: true}
 		case status == "alias" && len(res) == 2 && d.Create == nil:
 			id, _ = res[1].(string)
 		default:

@@ -153,3 +153,35 @@ func TestRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// TestSizeOfOlderRecords: a record written before the store kept its size
+// (no _s field) is measured once, on its first limited write.
+func TestSizeOfOlderRecords(t *testing.T) {
+	c := testenv.Redis(t)
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, prefix)
+	s, err := redisstore.New(c, redisstore.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	id := sessiontest.NewID(t, "")
+	if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, Set: map[string][]byte{"a": []byte("1:2"), "bb": []byte("xyz")}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.HDel(ctx, prefix+"s:{"+id+"}", "_s").Result(); err != nil || n != 1 {
+		t.Fatalf("HDEL _s: %d %v", n, err)
+	}
+	// 4 + 5 bytes stored; c adds 2.
+	_, err = s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"c": []byte("x")}, Idle: time.Hour, MaxSize: 10})
+	var se *session.SizeError
+	if !errors.As(err, &se) || se.Size != 11 {
+		t.Fatalf("limited write on a record without _s: %v, want a SizeError of 11 bytes", err)
+	}
+	if _, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"c": []byte("x")}, Idle: time.Hour, MaxSize: 11}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.HGet(ctx, prefix+"s:{"+id+"}", "_s").Result(); err != nil || got != "11" {
+		t.Fatalf("_s = %q %v, want 11", got, err)
+	}
+}

@@ -4,22 +4,30 @@ import "github.com/redis/go-redis/v9"
 
 // Layout of a session hash:
 //
-//	_v   record version (HINCRBY)
+//	_v   record version
 //	_c   created, Unix ms on Redis's clock
 //	_a   absolute deadline, Unix ms
+//	_s   total size of the values: the sum of len(K) + len(data) over the keys
+//	     (absent in records written before it existed; counted once then)
 //	_u   bound user ("" or absent: none)
 //	_e   the user's revocation epoch when bound
 //	_to  present only in an alias: the target ID
 //	k:K  the value of key K, as "<version>:<data>"
 //
-// The idle deadline is the key's own expiry (PEXPIREAT), so Redis drops an
-// idle session by itself. Every script takes the time from Redis (TIME), so
-// all instances share one clock.
+// The idle deadline is the key's own expiry (PEXPIREAT), never past the
+// absolute deadline, so Redis drops an idle or ended session by itself. Every
+// script takes the time from Redis (TIME), so all instances share one clock.
+//
+// The hot scripts (load, apply) read the fields they need with one HMGET and
+// write with one HSET: in Redis every call from Lua costs about as much as a
+// command from a client, and moving a whole hash into Lua and back costs
+// several times more than HGETALL itself, so the load script returns only
+// the idle deadline and the hash travels in a plain HGETALL pipelined after
+// it.
 
-// prelude gives every script: now (ms), tostr(n), and live(m) which checks
-// the absolute deadline and the user's epoch of a hash read into table m,
-// deleting KEYS[1] when it is dead. KEYS[2] is always the epochs hash of the
-// session's hash tag.
+// prelude gives the cold scripts (alias, sessions): now (ms), tostr(n), and
+// live(a, u, e), which checks the absolute deadline a and the epoch e of user
+// u against the epochs hash KEYS[2].
 const prelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -35,41 +43,61 @@ end
 `
 
 // loadScript: KEYS = session, epochs; ARGV = idle ms (0: no refresh).
-// Returns nil, {'alias', target} or {'ok', idleDeadlineMs, flat hash}.
-var loadScript = redis.NewScript(prelude + `
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return false end
-local m = {}
-for i = 1, #h, 2 do m[h[i]] = h[i + 1] end
-if m['_to'] then return {'alias', m['_to']} end
-if not live(m['_a'], m['_u'], m['_e']) then
+// Checks that the record is live (deleting it if its absolute deadline has
+// passed or its user's epoch moved), moves the idle deadline to
+// min(now+idle, absolute) but never backwards, and returns the idle deadline
+// (ms); nil when there is no live record; the target ID (a string) for an
+// alias. The caller pipelines HGETALL of KEYS[1] after it.
+var loadScript = redis.NewScript(`
+local m = redis.call('HMGET', KEYS[1], '_a', '_to', '_u', '_e')
+if not m[1] then
+  if m[2] then return m[2] end
+  return false
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local abs = tonumber(m[1])
+if now >= abs or (m[3] and m[3] ~= '' and (redis.call('HGET', KEYS[2], m[3]) or '0') ~= m[4]) then
   redis.call('DEL', KEYS[1])
   return false
 end
-local abs = tonumber(m['_a'])
-local pttl = redis.call('PTTL', KEYS[1])
 local idle = abs
+local pttl = redis.call('PTTL', KEYS[1])
 if pttl >= 0 then idle = now + pttl end
 local want = tonumber(ARGV[1])
 if want > 0 then
   local ni = now + want
   if ni > abs then ni = abs end
   if ni > idle then
-    redis.call('PEXPIREAT', KEYS[1], tostr(ni))
+    redis.call('PEXPIREAT', KEYS[1], string.format('%d', ni))
     idle = ni
   end
 end
-return {'ok', idle, h}
+return idle
 `)
 
 // applyScript: KEYS = session, epochs, user index (or the session again);
 // ARGV = id, create (0/1), absolute ms, deadline ms, created ms, idle ms,
-// user, nset, ndel, nexpect, then nset key/value pairs, ndel keys, nexpect
-// key/version pairs. Returns {'ok', version}, {'notfound'},
-// {'conflict', key} or {'alias', target}.
-var applyScript = redis.NewScript(prelude + `
+// user, nset, ndel, nexpect, max size (0: none), then nset key/value pairs,
+// ndel keys, nexpect key/version pairs. Returns {'ok', version},
+// {'notfound'}, {'conflict', key}, {'alias', target} or {'toolarge', size}.
+//
+// One HMGET reads the record's fields and the old values of every key the
+// delta names (for the compare-and-set and the size), one HSET writes.
+var applyScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function tostr(n) return string.format('%d', n) end
+local function datalen(v) return #v - string.find(v, ':', 1, true) end
+local chunk = 1000
+local nset, ndel, nexp = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local maxsize = tonumber(ARGV[11])
+local base = 11
+local dbase = base + 2 * nset
+local ebase = dbase + ndel
 local create = ARGV[2] == '1'
-local abs, created
+local abs, created, ver, size, olduser
+local old = {}
 if create then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {'conflict', ''} end
   if tonumber(ARGV[4]) > 0 then
@@ -80,38 +108,89 @@ if create then
     created = now
   end
   if now >= abs then return {'notfound'} end
+  ver, size = 1, 0
 else
-  local m = redis.call('HMGET', KEYS[1], '_to', '_a', '_u', '_e')
-  if m[1] then return {'alias', m[1]} end
-  if not m[2] then return {'notfound'} end
-  if not live(m[2], m[3], m[4]) then
+  local f = {'_a', '_to', '_u', '_e', '_v', '_s'}
+  for i = 1, nset do f[#f + 1] = 'k:' .. ARGV[base + 2 * i - 1] end
+  for i = 1, ndel do f[#f + 1] = 'k:' .. ARGV[dbase + i] end
+  for i = 1, nexp do f[#f + 1] = 'k:' .. ARGV[ebase + 2 * i - 1] end
+  if #f <= chunk then
+    old = redis.call('HMGET', KEYS[1], unpack(f))
+  else
+    for i = 1, #f, chunk do
+      local part = redis.call('HMGET', KEYS[1], unpack(f, i, math.min(i + chunk - 1, #f)))
+      for j = 1, #part do old[i + j - 1] = part[j] end
+    end
+  end
+  if not old[1] then
+    if old[2] then return {'alias', old[2]} end
+    return {'notfound'}
+  end
+  abs = tonumber(old[1])
+  olduser = old[3]
+  if now >= abs or (olduser and olduser ~= '' and (redis.call('HGET', KEYS[2], olduser) or '0') ~= old[4]) then
     redis.call('DEL', KEYS[1])
     return {'notfound'}
   end
-  abs = tonumber(m[2])
+  ver = tonumber(old[5] or '0') + 1
+  size = tonumber(old[6])
+  if not size then
+    size = 0
+    local h = redis.call('HGETALL', KEYS[1])
+    for i = 1, #h, 2 do
+      if string.sub(h[i], 1, 2) == 'k:' then size = size + #h[i] - 2 + datalen(h[i + 1]) end
+    end
+  end
 end
-local nset, ndel, nexp = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local base = 10
-local ebase = base + 2 * nset + ndel
+local ooff = 6
 for i = 1, nexp do
-  local k = ARGV[ebase + 2 * i - 1]
-  local cur = redis.call('HGET', KEYS[1], 'k:' .. k)
+  local cur = old[ooff + nset + ndel + i]
   local v = 0
   if cur then v = tonumber(string.sub(cur, 1, string.find(cur, ':', 1, true) - 1)) end
-  if v ~= tonumber(ARGV[ebase + 2 * i]) then return {'conflict', k} end
+  if v ~= tonumber(ARGV[ebase + 2 * i]) then return {'conflict', ARGV[ebase + 2 * i - 1]} end
 end
-local ver = redis.call('HINCRBY', KEYS[1], '_v', 1)
 for i = 1, nset do
-  redis.call('HSET', KEYS[1], 'k:' .. ARGV[base + 2 * i - 1], tostr(ver) .. ':' .. ARGV[base + 2 * i])
+  local o = old[ooff + i]
+  if o then size = size - #ARGV[base + 2 * i - 1] - datalen(o) end
+  size = size + #ARGV[base + 2 * i - 1] + #ARGV[base + 2 * i]
 end
-for i = 1, ndel do
-  redis.call('HDEL', KEYS[1], 'k:' .. ARGV[base + 2 * nset + i])
+if ndel > 0 then
+  local gone = {}
+  for i = 1, ndel do
+    local k, o = ARGV[dbase + i], old[ooff + nset + i]
+    if o and not gone[k] then
+      gone[k] = true
+      size = size - #k - datalen(o)
+    end
+  end
 end
+if maxsize > 0 and nset > 0 and size > maxsize then return {'toolarge', size} end
+local prefix = tostr(ver) .. ':'
+local w = {'_v', tostr(ver), '_s', tostr(size)}
 if create then
-  redis.call('HSET', KEYS[1], '_a', tostr(abs), '_c', tostr(created))
+  w[5], w[6], w[7], w[8] = '_a', tostr(abs), '_c', tostr(created)
+end
+for i = 1, nset do
+  w[#w + 1] = 'k:' .. ARGV[base + 2 * i - 1]
+  w[#w + 1] = prefix .. ARGV[base + 2 * i]
+  if #w >= chunk then
+    redis.call('HSET', KEYS[1], unpack(w))
+    w = {}
+  end
+end
+if #w > 0 then redis.call('HSET', KEYS[1], unpack(w)) end
+if ndel > 0 then
+  local d = {}
+  for i = 1, ndel do
+    d[#d + 1] = 'k:' .. ARGV[dbase + i]
+    if #d >= chunk or i == ndel then
+      redis.call('HDEL', KEYS[1], unpack(d))
+      d = {}
+    end
+  end
 end
 local user = ARGV[7]
-if user ~= '' and redis.call('HGET', KEYS[1], '_u') ~= user then
+if user ~= '' and olduser ~= user then
   local e = redis.call('HGET', KEYS[2], user) or '0'
   redis.call('HSET', KEYS[1], '_u', user, '_e', e)
   redis.call('SADD', KEYS[3], ARGV[1])

@@ -18,8 +18,8 @@ import (
 // subtest calls newStore once, with its own *testing.T, so a store backed by
 // a shared server should use a key prefix unique to that test (such as
 // testenv.Name(t)) and remove its keys in t.Cleanup. The optional
-// interfaces (session.Aliaser, session.UserIndex) are tested when the store
-// implements them.
+// interfaces (session.Aliaser, session.UserIndex, session.SizeLimiter) are
+// tested when the store implements them.
 //
 // Expiry is tested in real time with timeouts of a few hundred milliseconds,
 // polling the store, so a store must keep time to about 50ms.
@@ -49,6 +49,8 @@ func Run(t *testing.T, newStore func(t *testing.T) session.Store) {
 		{"Alias", testAlias},
 		{"AliasGrace", testAliasGrace},
 		{"UserIndex", testUserIndex},
+		{"MaxSize", testMaxSize},
+		{"ConcurrentMaxSize", testConcurrentMaxSize},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -740,5 +742,112 @@ func testUserIndex(t *testing.T, s session.Store) {
 	// DestroyUser of a user without sessions is no error.
 	if err := u.DestroyUser(ctx, "nobody"); err != nil {
 		t.Fatalf("DestroyUser(nobody): %v", err)
+	}
+}
+
+// sizeLimiter returns whether s enforces Delta.MaxSize, skipping t if not.
+func sizeLimiter(t *testing.T, s session.Store) {
+	t.Helper()
+	if sl, ok := s.(session.SizeLimiter); !ok || !sl.EnforcesMaxSize() {
+		t.Skip("the store does not enforce Delta.MaxSize")
+	}
+}
+
+func wantTooLarge(t *testing.T, what string, err error, size, limit int) {
+	t.Helper()
+	var se *session.SizeError
+	if !errors.Is(err, session.ErrTooLarge) || !errors.As(err, &se) || !se.Session || se.Limit != limit || se.Size != size {
+		t.Fatalf("%s: %v, want a session *SizeError of %d bytes, limit %d", what, err, size, limit)
+	}
+}
+
+func testMaxSize(t *testing.T, s session.Store) {
+	sizeLimiter(t, s)
+	ctx := ctxT(t)
+	apply := func(id string, d session.Delta) error {
+		d.Idle = hour
+		_, err := s.Apply(ctx, id, d)
+		return err
+	}
+	// A create over the limit creates nothing.
+	id := NewID(t, "")
+	err := apply(id, session.Delta{Create: &session.Create{Absolute: hour}, Set: map[string][]byte{"a": []byte("0123456789")}, MaxSize: 10})
+	wantTooLarge(t, "create over the limit", err, 11, 10)
+	wantMissing(t, s, id)
+
+	create(t, s, id, map[string][]byte{"a": []byte("12345")}) // 6 bytes
+	err = apply(id, session.Delta{Set: map[string][]byte{"b": []byte("0123456789")}, MaxSize: 16})
+	wantTooLarge(t, "a key that takes the session over", err, 17, 16)
+	rec := mustLoad(t, s, id)
+	wantValues(t, rec, map[string]string{"a": "12345"})
+	if rec.Version != 1 {
+		t.Errorf("version %d after a refused delta, want 1", rec.Version)
+	}
+	if err := apply(id, session.Delta{Set: map[string][]byte{"b": []byte("123456789")}, MaxSize: 16}); err != nil {
+		t.Fatalf("a key that fills the session exactly: %v", err)
+	}
+	// Replacing a value counts the new one only; still over is refused.
+	err = apply(id, session.Delta{Set: map[string][]byte{"a": []byte("1")}, MaxSize: 11})
+	wantTooLarge(t, "a smaller value, still over the limit", err, 12, 11)
+	if err := apply(id, session.Delta{Set: map[string][]byte{"a": []byte("1")}, MaxSize: 12}); err != nil {
+		t.Fatalf("a smaller value within the limit: %v", err)
+	}
+	// Deleting is always allowed, and frees the space: b was 10 bytes.
+	if err := apply(id, session.Delta{Delete: []string{"b", "b", "never-set"}, MaxSize: 1}); err != nil {
+		t.Fatalf("delete over the limit: %v", err)
+	}
+	// A delta that deletes and sets is measured after both: a=2 bytes, c=4.
+	if err := apply(id, session.Delta{Set: map[string][]byte{"c": []byte("xyz")}, Delete: []string{"a"}, MaxSize: 4}); err != nil {
+		t.Fatalf("delete and set within the limit: %v", err)
+	}
+	err = apply(id, session.Delta{Set: map[string][]byte{"d": []byte("x")}, MaxSize: 5})
+	wantTooLarge(t, "one byte over after deletions", err, 6, 5)
+	// A delta without MaxSize is not limited, and is counted.
+	if err := apply(id, session.Delta{Set: map[string][]byte{"big": bytes.Repeat([]byte("x"), 100)}}); err != nil {
+		t.Fatalf("no limit: %v", err)
+	}
+	err = apply(id, session.Delta{Set: map[string][]byte{"e": nil}, MaxSize: 100})
+	wantTooLarge(t, "after an unlimited delta", err, 4+103+1, 100)
+	// Sizes are in bytes, values binary.
+	id2 := NewID(t, "")
+	create(t, s, id2, map[string][]byte{"é": {0, 0xff, ':'}})
+	err = apply(id2, session.Delta{Set: map[string][]byte{"x": nil}, MaxSize: 5})
+	wantTooLarge(t, "binary values", err, 6, 5)
+}
+
+func testConcurrentMaxSize(t *testing.T, s session.Store) {
+	sizeLimiter(t, s)
+	ctx := ctxT(t)
+	id := NewID(t, "")
+	create(t, s, id, nil)
+	// 20 writers each add a key of 13 bytes to a session limited to 100:
+	// exactly 7 fit, however the writes interleave.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, tooLarge := 0, 0
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			k := fmt.Sprintf("k%02d", i)
+			_, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{k: []byte("0123456789")}, Idle: hour, MaxSize: 100})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, session.ErrTooLarge):
+				tooLarge++
+			default:
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if rec := mustLoad(t, s, id); ok != 7 || tooLarge != 13 || len(rec.Values) != 7 {
+		t.Fatalf("%d writes accepted, %d refused, %d keys stored; want 7, 13, 7", ok, tooLarge, len(rec.Values))
 	}
 }
