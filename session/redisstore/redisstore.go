@@ -212,7 +212,7 @@ func (s *Store) load(ctx context.Context, keys []string, args []any) (any, map[s
 		return cmd, hash
 	}
 	cmd, hash := run(func(p redis.Pipeliner) *redis.Cmd { return loadScript.EvalSha(ctx, p, keys, args...) })
-	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd, hash = run(func(p redis.Pipeliner) *redis.Cmd { return loadScript.Eval(ctx, p, keys, args...) })
 	}
 	if err := cmd.Err(); err != nil {
@@ -468,7 +468,12 @@ func (s *Store) members(ctx context.Context, user string) ([]string, []string, e
 // pair costs one round trip.
 func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, args ...any) (*redis.Cmd, error) {
 	if s.waitReplicas == 0 {
-		return script.Run(ctx, s.c, keys, args...), nil
+		// script.Run, without its allocation when there is no error.
+		cmd := script.EvalSha(ctx, s.c, keys, args...)
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			cmd = script.Eval(ctx, s.c, keys, args...)
+		}
+		return cmd, nil
 	}
 	send := func(eval func(redis.Pipeliner) *redis.Cmd) (*redis.Cmd, *redis.Cmd) {
 		pipe := s.c.Pipeline()
@@ -478,7 +483,7 @@ func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, 
 		return cmd, wait
 	}
 	cmd, wait := send(func(p redis.Pipeliner) *redis.Cmd { return script.EvalSha(ctx, p, keys, args...) })
-	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd, wait = send(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, p, keys, args...) })
 	}
 	if cmd.Err() != nil {

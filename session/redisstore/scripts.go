@@ -61,13 +61,23 @@ if now >= abs or (m[3] and m[3] ~= '' and (redis.call('HGET', KEYS[2], m[3]) or 
   redis.call('DEL', KEYS[1])
   return false
 end
+local want = tonumber(ARGV[1])
+local ni = now + want
+if ni > abs then ni = abs end
+if redis.REDIS_VERSION_NUM then
+  -- Redis 7 and later (REDIS_VERSION_NUM is nil before): GT moves the
+  -- deadline only forward, so the current one need not be read first.
+  if want > 0 and redis.call('PEXPIREAT', KEYS[1], string.format('%d', ni), 'GT') == 1 then
+    return ni
+  end
+  local e = redis.call('PEXPIRETIME', KEYS[1])
+  if e < 0 then return abs end
+  return e
+end
 local idle = abs
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl >= 0 then idle = now + pttl end
-local want = tonumber(ARGV[1])
 if want > 0 then
-  local ni = now + want
-  if ni > abs then ni = abs end
   if ni > idle then
     redis.call('PEXPIREAT', KEYS[1], string.format('%d', ni))
     idle = ni
