@@ -18,9 +18,13 @@
 // # Cost
 //
 // A handler that never touches its session costs no store call. A read costs
-// one round trip (the load also refreshes the idle timeout); a change costs
-// two (the load and one atomic apply), saved once, just before the response
-// headers go out. A new visitor who only reads costs nothing.
+// one round trip (the load also refreshes the idle timeout). A change is
+// saved once, just before the response headers go out, in one atomic apply:
+// a handler that only writes (Put, Delete) costs that one round trip when the
+// store enforces the session size limit itself (SizeLimiter: redisstore and
+// memstore do) and values are not encrypted; otherwise, and for Update (a
+// compare-and-set needs the current version), the session is read first:
+// two round trips. A new visitor who only reads costs nothing.
 //
 // # Security
 //

@@ -30,9 +30,12 @@ type Manager struct {
 	// to the ID of the record it lands in, which a write through an alias
 	// left by a rotation would not know).
 	limits, blind bool
-	cfg           config
-	aeads         map[string]cipher.AEAD
-	metrics       metrics
+	// sealExtra: how many bytes sealing adds to a value (0 without
+	// encryption); the session limit counts values as stored.
+	sealExtra int
+	cfg       config
+	aeads     map[string]cipher.AEAD
+	metrics   metrics
 }
 
 type metrics struct {
@@ -73,6 +76,10 @@ func NewManager(store Store, opts ...Option) (*Manager, error) {
 		return nil, err
 	}
 	m.aeads = aeads
+	if aeads != nil {
+		name := m.cfg.keys[0].Name
+		m.sealExtra = 2 + len(name) + aeads[name].NonceSize() + aeads[name].Overhead()
+	}
 	m.aliaser, _ = store.(Aliaser)
 	m.users, _ = store.(UserIndex)
 	if sl, ok := store.(SizeLimiter); ok && sl.EnforcesMaxSize() {

@@ -840,3 +840,31 @@ func TestBlindWrites(t *testing.T) {
 		}
 	})
 }
+
+// TestLimitsCountSealedValues: with encryption, Put counts values as the
+// store holds them (sealed), so a store enforcing the limit never refuses
+// what Put accepted.
+func TestLimitsCountSealedValues(t *testing.T) {
+	store, _ := newMem(t)
+	store.sizes = true
+	m := newManager(t, store, session.WithLimits(100, 160),
+		session.WithEncryption(session.EncryptionKey{Name: "k", Secret: bytes.Repeat([]byte{1}, 32)}))
+	var errs []error
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// 60 bytes of JSON, 91 sealed (+2+len("k")+12+16), 92 with the key.
+		errs = append(errs, session.FromContext(r.Context()).Put(r.URL.Path[1:], strings.Repeat("x", 58)))
+	}))
+	c := &client{h: h}
+	if w := c.do(t, "GET", "/a"); w.Code != http.StatusOK || errs[0] != nil {
+		t.Fatalf("first value: %d %v", w.Code, errs[0])
+	}
+	// 92 + 92 > 160, though 92 + 61 would fit.
+	w := c.do(t, "GET", "/b")
+	var se *session.SizeError
+	if !errors.As(errs[1], &se) || !se.Session || se.Size != 184 {
+		t.Fatalf("second value: %v, want a session SizeError of 184 bytes", errs[1])
+	}
+	if w.Code != http.StatusOK {
+		t.Fatalf("the handler's request failed at save: %d", w.Code)
+	}
+}

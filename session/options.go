@@ -122,8 +122,11 @@ func WithCodec(codec Codec) Option {
 }
 
 // WithLimits bounds the encoded size of one value and of a whole session
-// (DefaultMaxValueSize, DefaultMaxSessionSize). A Put beyond either fails
-// with an error matching ErrTooLarge.
+// (DefaultMaxValueSize, DefaultMaxSessionSize): a session's size is the sum
+// of its keys' lengths and its values' lengths as stored (with
+// WithEncryption, sealed). A Put beyond either fails with an error matching
+// ErrTooLarge; when the session was not read in the request, the store may
+// refuse it at save instead (see Session.Put).
 func WithLimits(maxValue, maxSession int) Option {
 	return optionFunc(func(c *config) { c.maxValue, c.maxSession = maxValue, maxSession })
 }

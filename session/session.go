@@ -158,10 +158,13 @@ func (s *Session) checkSize(key string, data []byte) error {
 	if len(data) > lim.maxValue {
 		return &SizeError{Key: key, Size: len(data), Limit: lim.maxValue}
 	}
-	total := len(key) + len(data)
+	// Pending values count as they will be stored (sealed), like the
+	// stored ones and like a store enforcing Delta.MaxSize.
+	extra := s.m.sealExtra
+	total := len(key) + len(data) + extra
 	for k, v := range s.set {
 		if k != key {
-			total += len(k) + len(v)
+			total += len(k) + len(v) + extra
 		}
 	}
 	if s.found {

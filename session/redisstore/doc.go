@@ -8,9 +8,13 @@
 // session as a Redis hash with a field per key, and applies a change as one
 // Lua script that refuses to resurrect a destroyed session, checks expected
 // per-key versions (compare-and-set), sets and deletes only the changed
-// fields, bumps the version and moves the expiry: two instances changing
-// different keys never conflict, and a compare-and-set on one key is exact.
-// A read and the idle-timeout refresh are one script too.
+// fields, bumps the version, keeps the total size of the values in the hash
+// (so the session size limit is enforced by the same script, without reading
+// the session first) and moves the expiry: two instances changing different
+// keys never conflict, and a compare-and-set on one key is exact. A read is
+// one round trip too: a short script that checks the record (alias, absolute
+// deadline, the user's revocation epoch) and moves the idle deadline
+// (PEXPIREAT GT on Redis 7 and later), pipelined with an HGETALL of the hash.
 //
 // Every key of one session, and of one user's index and revocation epoch,
 // carries the same hash tag, so every script touches one Cluster slot:

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -183,5 +184,53 @@ func TestSizeOfOlderRecords(t *testing.T) {
 	}
 	if got, err := c.HGet(ctx, prefix+"s:{"+id+"}", "_s").Result(); err != nil || got != "11" {
 		t.Fatalf("_s = %q %v, want 11", got, err)
+	}
+}
+
+// TestLargeDelta: a delta naming thousands of keys is read and written in
+// chunks (Lua's unpack has a limit), and counted exactly.
+func TestLargeDelta(t *testing.T) {
+	for name, c := range map[string]redis.UniversalClient{"standalone": testenv.Redis(t), "cluster": testenv.RedisCluster(t)} {
+		t.Run(name, func(t *testing.T) {
+			s := newStore(t, c)
+			ctx := t.Context()
+			id := sessiontest.NewID(t, "")
+			const n = 2500
+			set, expect, dels := map[string][]byte{}, map[string]uint64{}, []string{}
+			size := 0
+			for i := range n {
+				k := fmt.Sprintf("key%04d", i)
+				set[k] = []byte(k)
+				expect[k] = 0
+				dels = append(dels, k)
+				size += 2 * len(k)
+			}
+			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, Idle: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Apply(ctx, id, session.Delta{Set: set, Expect: expect, Idle: time.Hour, MaxSize: size - 1})
+			var se *session.SizeError
+			if !errors.As(err, &se) || se.Size != size {
+				t.Fatalf("%d keys one byte over the limit: %v, want a SizeError of %d bytes", n, err, size)
+			}
+			if _, err := s.Apply(ctx, id, session.Delta{Set: set, Expect: expect, Idle: time.Hour, MaxSize: size}); err != nil {
+				t.Fatal(err)
+			}
+			expect["key1234"] = 1
+			if _, err := s.Apply(ctx, id, session.Delta{Set: set, Expect: expect, Idle: time.Hour}); !errors.Is(err, session.ErrConflict) {
+				t.Fatalf("stale expectations on %d keys: %v, want a conflict", n, err)
+			}
+			rec, found, err := s.Load(ctx, id, time.Hour)
+			if err != nil || !found || len(rec.Values) != n || rec.Version != 2 {
+				t.Fatalf("after the large delta: %d keys, version %d, %v %v", len(rec.Values), rec.Version, found, err)
+			}
+			if _, err := s.Apply(ctx, id, session.Delta{Delete: dels, Set: map[string][]byte{"a": nil}, Idle: time.Hour, MaxSize: 1}); err != nil {
+				t.Fatalf("delete %d keys: %v", n, err)
+			}
+			rec, _, _ = s.Load(ctx, id, time.Hour)
+			if len(rec.Values) != 1 {
+				t.Fatalf("%d keys left, want 1", len(rec.Values))
+			}
+		})
 	}
 }
