@@ -392,10 +392,18 @@ type pusher struct {
 	initial map[string]any
 	ch      chan map[string]any
 	errs    chan error
+	handled chan struct{} // one token per change, once the store has taken it
+}
+
+// push hands m to the store and returns once the store has recorded it, so
+// that a test's next step never races the store's intake of this change.
+func (p *pusher) push(m map[string]any) {
+	p.ch <- m
+	<-p.handled
 }
 
 func newPusher(initial map[string]any) *pusher {
-	return &pusher{initial: initial, ch: make(chan map[string]any), errs: make(chan error)}
+	return &pusher{initial: initial, ch: make(chan map[string]any), errs: make(chan error), handled: make(chan struct{}, 1)}
 }
 
 func (p *pusher) Name() string                                 { return "pusher" }
@@ -407,6 +415,7 @@ func (p *pusher) Watch(ctx context.Context, update func(map[string]any, error)) 
 			return ctx.Err()
 		case m := <-p.ch:
 			update(m, nil)
+			p.handled <- struct{}{}
 		case err := <-p.errs:
 			update(nil, err)
 		}
@@ -452,7 +461,7 @@ func TestWatchCoalescesAndNotifiesInOrder(t *testing.T) {
 	})
 	watch(t, s)
 	const n = 50
-	p.ch <- map[string]any{"a": 1, "b": 1}
+	p.push(map[string]any{"a": 1, "b": 1})
 	if v := <-seen; v != 1 {
 		t.Fatalf("first notification %d", v)
 	}
@@ -462,7 +471,7 @@ func TestWatchCoalescesAndNotifiesInOrder(t *testing.T) {
 	}
 	// While the subscriber blocks, push the rest: they coalesce.
 	for i := 2; i <= n; i++ {
-		p.ch <- map[string]any{"a": i, "b": i}
+		p.push(map[string]any{"a": i, "b": i})
 	}
 	close(release)
 	calls := 1
@@ -496,7 +505,7 @@ func TestWatchSourceErrorIsVisible(t *testing.T) {
 	if !errors.Is(s.LastError(), ErrSource) || s.Status(context.Background()).Level != LevelWarn || s.Load().Level != "debug" {
 		t.Errorf("err %v status %+v", s.LastError(), s.Status(context.Background()))
 	}
-	p.ch <- map[string]any{"level": "debug"}
+	p.push(map[string]any{"level": "debug"})
 	waitFor(t, func() bool { return s.LastError() == nil })
 }
 
@@ -531,7 +540,7 @@ func (t manualTimer) Stop() bool          { return true }
 
 func TestDebounceAppliesBurstOnce(t *testing.T) {
 	p := newPusher(map[string]any{})
-	clock := &manualClock{timers: make(chan chan time.Time)}
+	clock := &manualClock{timers: make(chan chan time.Time, 16)} // buffered: a stray window must not wedge Watch
 	s, err := New(context.Background(), Options[testConfig]{Defaults: defaults(), Sources: []Source{p}, Debounce: time.Second, Clock: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -540,10 +549,10 @@ func TestDebounceAppliesBurstOnce(t *testing.T) {
 	got := make(chan testConfig, 10)
 	s.Subscribe(func(_, n testConfig) { got <- n })
 	watch(t, s)
-	p.ch <- map[string]any{"a": 1, "b": 1}
+	p.push(map[string]any{"a": 1, "b": 1})
 	timer := <-clock.timers // the debounce window opened
 	for i := 2; i <= 5; i++ {
-		p.ch <- map[string]any{"a": i, "b": i}
+		p.push(map[string]any{"a": i, "b": i})
 	}
 	if s.Version() != 1 {
 		t.Fatal("applied before the debounce window closed")
@@ -606,7 +615,7 @@ func TestReadersDuringSwaps(t *testing.T) {
 	}
 	const n = 500
 	for i := 1; i <= n; i++ {
-		p.ch <- map[string]any{"a": i, "b": i, "features": map[string]any{fmt.Sprint("f", i%7): true}}
+		p.push(map[string]any{"a": i, "b": i, "features": map[string]any{fmt.Sprint("f", i%7): true}})
 	}
 	waitFor(t, func() bool { return s.Load().A == n })
 	close(stop)
