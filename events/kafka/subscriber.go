@@ -369,7 +369,7 @@ func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, a
 	}
 	d := DeadLetterRecord(c.dlq, c.s.cfg.Group, r, cause, attempts)
 	err := retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
-		err := c.cl.ProduceSync(ctx, d).FirstErr()
+		err := produce(ctx, c.cl, d)
 		if err != nil {
 			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: dead-lettering failed; retrying",
 				slog.String("dlq", c.dlq), slog.Any("error", err))
@@ -383,4 +383,26 @@ func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, a
 		slog.String("topic", r.Topic), slog.Int("partition", int(r.Partition)), slog.Int64("offset", r.Offset),
 		slog.String("dlq", c.dlq), slog.Int("attempts", attempts), slog.Any("reason", cause))
 	return true
+}
+
+// produce produces r and waits for the broker's answer or for ctx to end,
+// whichever comes first. Unlike ProduceSync it returns when ctx ends even if
+// r is in flight (the idempotent producer does not give up a record it sent
+// until the broker answers, which a broker that holds the request never
+// does); the record's outcome then stays unknown, and the client's Close
+// resolves it.
+func produce(ctx context.Context, cl *kgo.Client, r *kgo.Record) error {
+	res := make(chan error, 1) // the promise never blocks, even after we stop waiting
+	cl.Produce(ctx, r, func(_ *kgo.Record, err error) { res <- err })
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-res: // answered as ctx ended: the answer is known
+			return err
+		default:
+			return fmt.Errorf("dead letter not acknowledged when the context ended: %w", context.Cause(ctx))
+		}
+	}
 }

@@ -1,0 +1,73 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// TestSubscribeReturnsWhileDeadLetterHeld: the handler fails for good and
+// the dead-letter produce reaches a broker that holds it without answering.
+// When ctx ends, Subscribe returns promptly (it does not wait for the
+// broker), and the record is not committed: it was neither handled nor
+// dead-lettered for sure.
+func TestSubscribeReturnsWhileDeadLetterHeld(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	group := topic + "-g"
+	c.topics(t, topic)
+	p := c.publisher(t, topic)
+	if err := p.Publish(context.Background(), batch(1, "k")...); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	held := make(chan struct{}, 1)
+	c.c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		c.c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	s := c.subscriber(t, group)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Subscribe(ctx, topic, func(context.Context, events.Event) error {
+			return events.Permanent(errors.New("refused"))
+		})
+	}()
+	select {
+	case <-held:
+	case <-time.After(wait):
+		t.Fatal("the dead letter was never produced")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Subscribe: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Subscribe did not return within 10s of ctx ending while the dead-letter produce was held")
+	}
+	octx, ocancel := context.WithTimeout(context.Background(), wait)
+	defer ocancel()
+	offs, err := c.adm.FetchOffsets(octx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range offs.Offsets()[topic] {
+		if o.At >= 0 {
+			t.Fatalf("partition %d committed at %d although its record was not dead-lettered", o.Partition, o.At)
+		}
+	}
+}
