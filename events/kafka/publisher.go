@@ -143,7 +143,8 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // with an error matching events.ErrUncertain and the context's error: the
 // events still unacknowledged may be in the log or not (the client keeps
 // trying to deliver those it has sent). Events the client failed without
-// sending are reported as not published. An event that carries no
+// sending are reported as not published, and so are all of them when ctx
+// had ended before Publish was called (its error, never ErrUncertain). An event that carries no
 // traceparent gets the trace context of ctx.
 func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	for i := range evs {
@@ -153,6 +154,10 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	}
 	if len(evs) == 0 {
 		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		// Nothing was handed to the client: certainly not published.
+		return fmt.Errorf("kafka: %d events not published: %w", len(evs), context.Cause(ctx))
 	}
 	records := make([]*kgo.Record, len(evs))
 	for i := range evs {
@@ -179,13 +184,22 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 		defer p.inflight.Done()
 		done <- p.cl.ProduceSync(ctx, records...)
 	}()
-	var results kgo.ProduceResults
 	select {
-	case results = <-done:
+	case results := <-done:
+		return outcome(len(evs), results)
 	case <-ctx.Done():
+		select {
+		case results := <-done: // resolved as ctx ended: the outcome is known
+			return outcome(len(evs), results)
+		default:
+		}
 		return fmt.Errorf("kafka: %d events not all acknowledged when the context ended: %w",
 			len(evs), errors.Join(events.ErrUncertain, context.Cause(ctx)))
 	}
+}
+
+// outcome turns the results of one Publish call's records into its error.
+func outcome(n int, results kgo.ProduceResults) error {
 	var failed, uncertain int
 	var first error
 	for _, r := range results {
@@ -204,9 +218,9 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	}
 	switch {
 	case uncertain > 0:
-		return fmt.Errorf("kafka: %d of %d events unacknowledged when the client closed: %w", uncertain, len(evs), errors.Join(events.ErrUncertain, kgo.ErrClientClosed))
+		return fmt.Errorf("kafka: %d of %d events unacknowledged when the client closed: %w", uncertain, n, errors.Join(events.ErrUncertain, kgo.ErrClientClosed))
 	case failed > 0:
-		return fmt.Errorf("kafka: %d of %d events not published: %w", failed, len(evs), first)
+		return fmt.Errorf("kafka: %d of %d events not published: %w", failed, n, first)
 	}
 	return nil
 }

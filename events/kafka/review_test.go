@@ -71,3 +71,29 @@ func TestSubscribeReturnsWhileDeadLetterHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishCancelledBeforehand: with ctx already ended nothing is sent,
+// so Publish says the events were not published (the context's error),
+// never ErrUncertain, and the log stays empty.
+func TestPublishCancelledBeforehand(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	p := c.publisher(t, topic)
+	// A first publish makes the client ready (metadata, producer ID), so
+	// that what follows is decided by ctx alone.
+	if err := p.Publish(context.Background(), batch(1, "warm")...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 20 {
+		err := p.Publish(ctx, batch(3, "k")...)
+		if !errors.Is(err, context.Canceled) || errors.Is(err, events.ErrUncertain) {
+			t.Fatalf("Publish %d with ctx ended beforehand: %v, want context.Canceled and not ErrUncertain", i, err)
+		}
+	}
+	if n := len(c.readAll(t, topic)); n != 1 {
+		t.Fatalf("log holds %d records, want only the first publish's 1", n)
+	}
+}
