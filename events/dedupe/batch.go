@@ -35,6 +35,9 @@ const (
 //     claims do; and hands an event another claimer holds (Busy) to the
 //     per-event path, which waits for that claim to end, after recording
 //     as done what already succeeded.
+//   - An event whose ID an earlier event of the batch has (a republished
+//     copy) is not claimed by the batch: it takes the per-event path, which
+//     finds the first copy's effect recorded, so the effect runs once.
 //   - A handler error releases the event's claim at once, so that the
 //     subscriber's retries (and a redelivery) go through the per-event path.
 //   - Once half the lease has passed since the claims were taken, the next
@@ -60,6 +63,20 @@ const (
 // if another claimer took it over in between may its effect run twice.
 func (d *Deduper) Begin(ctx context.Context, es []events.Event) (events.Batch, error) {
 	b := &batch{d: d, es: es, claims: make([]Claim, len(es)), st: make([]state, len(es))}
+	seen := make(map[string]bool, len(es))
+	for i, e := range es {
+		if seen[e.ID] {
+			// A copy of an earlier event of the batch (a republication):
+			// never claimed by the batch, so Handle takes the per-event
+			// path, which finds the first copy's effect recorded (or
+			// runs it, as for a redelivery, when that copy failed).
+			if b.dup == nil {
+				b.dup = make([]bool, len(es))
+			}
+			b.dup[i] = true
+		}
+		seen[e.ID] = true
+	}
 	if err := b.claim(ctx, 0); err != nil {
 		return nil, err
 	}
@@ -74,6 +91,7 @@ type batch struct {
 	st      []state
 	at      time.Time // when the batch's live claims were taken
 	pending []int     // stSucceeded events, in order
+	dup     []bool    // events whose ID an earlier event of the batch has; nil when none
 }
 
 // claim claims, in one round trip, every event from index from on that is
@@ -82,6 +100,9 @@ func (b *batch) claim(ctx context.Context, from int) error {
 	var idx []int
 	var ids []string
 	for i := from; i < len(b.es); i++ {
+		if b.dup != nil && b.dup[i] {
+			continue
+		}
 		if b.st[i] == stUnclaimed || b.st[i] == stBusy || b.st[i] == stReleased {
 			idx = append(idx, i)
 			ids = append(ids, b.es[i].ID)

@@ -19,8 +19,8 @@ type RedisConfig struct {
 	Retention time.Duration
 }
 
-// RedisStore is a Store in Redis (standalone, Sentinel or Cluster, through
-// redis.UniversalClient). A claim is one key, {prefix}{group}:{id} with the
+// RedisStore is a Store in Redis (standalone, Sentinel, Cluster or Ring,
+// through redis.UniversalClient). A claim is one key, {prefix}{group}:{id} with the
 // group and ID in a hash tag so that a handler's own keys can share its
 // Cluster slot, holding "c:<token>" with the lease as its expiry, or "d" with
 // the retention as its expiry. Claim, Done and Release are each one Lua
@@ -117,9 +117,9 @@ func claimResult(c Claim, res []int64) (Claim, error) {
 	return c, nil
 }
 
-// Scripts over many keys, for the batch methods on a client that is not a
-// Cluster client (standalone, Sentinel): one call, one round trip, for a
-// whole batch.
+// Scripts over many keys, for the batch methods on a *redis.Client
+// (standalone, Sentinel), where every key is on one server: one call, one
+// round trip, for a whole batch.
 //
 // claimManyScript: KEYS the claim keys; ARGV[1] the new value, ARGV[2] the
 // lease in ms. Returns {status, pttl} for each key, flattened.
@@ -174,23 +174,66 @@ return n
 // does not hold the server for long.
 const maxBatchKeys = 1000
 
-// cluster reports whether keys of different events may live on different
-// nodes, so that one script cannot take them all.
-func (s *RedisStore) cluster() bool {
-	_, ok := s.c.(*redis.ClusterClient)
-	return ok
+// sharded reports whether keys of different events may live on different
+// nodes, so that one script cannot take them all. Only a *redis.Client
+// (standalone, or Sentinel's failover client) sends every key to one
+// server; a Cluster or a Ring shards by key, and any other UniversalClient
+// (an AutoPipeliner over either, a wrapper) is treated as sharded, since a
+// script over keys of several shards would run on the first key's shard and
+// write the others where the single-key methods never look.
+func (s *RedisStore) sharded() bool {
+	_, ok := s.c.(*redis.Client)
+	return !ok
 }
 
 var _ BatchStore = (*RedisStore)(nil)
 
 // ClaimBatch claims many events of one group in one round trip, each as
 // Claim would, all with one token: on standalone and Sentinel one script
-// call over all the keys (per 1000 keys), on Cluster a pipeline of the claim
-// script (the keys are in different slots). The claims are in the order of
-// ids.
+// call over all the keys (per 1000 keys), on Cluster, Ring or any other
+// client a pipeline of the claim script (the keys may be on different
+// nodes). The claims are in the order of ids; an ID repeated in ids is busy
+// after its first claim, as a second Claim would report.
 func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
 	if lease < time.Millisecond {
 		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+	}
+	// A repeated ID is answered as a second Claim would be: not claimed
+	// twice (the scripts would take it again, since it holds this batch's
+	// token), but busy while the first is held.
+	var first map[string]int
+	for i, id := range ids {
+		if first == nil {
+			first = make(map[string]int, len(ids))
+		}
+		if _, dup := first[id]; !dup {
+			first[id] = i
+		}
+	}
+	if len(first) < len(ids) {
+		uniq := make([]string, 0, len(first))
+		for i, id := range ids {
+			if first[id] == i {
+				uniq = append(uniq, id)
+			}
+		}
+		cs, err := s.ClaimBatch(ctx, group, uniq, lease)
+		if err != nil {
+			return nil, err
+		}
+		byID := make(map[string]Claim, len(cs))
+		for _, c := range cs {
+			byID[c.ID] = c
+		}
+		claims := make([]Claim, len(ids))
+		for i, id := range ids {
+			c := byID[id]
+			if first[id] != i && c.Status == Claimed {
+				c = Claim{Group: group, ID: id, Status: Busy, Remaining: lease}
+			}
+			claims[i] = c
+		}
+		return claims, nil
 	}
 	token := NewToken()
 	value := claimValue(token)
@@ -201,7 +244,7 @@ func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string,
 	if len(ids) == 0 {
 		return claims, nil
 	}
-	if s.cluster() {
+	if s.sharded() {
 		cmds, err := s.pipeScript(ctx, claimScript, len(ids), func(i int) ([]string, []any) {
 			return []string{s.Key(group, ids[i])}, []any{value, lease.Milliseconds()}
 		})
@@ -242,7 +285,7 @@ func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string,
 }
 
 // DoneBatch marks many claims done in one round trip (one script call on
-// standalone and Sentinel, a pipeline of SET ... GET on Cluster). Unlike
+// standalone and Sentinel, a pipeline of SET ... GET on Cluster or Ring). Unlike
 // Done, it marks a claim done even when its lease had ended, since the
 // caller says the effect happened, and reports ErrLeaseLost for it: another
 // claimer may have taken it over, and its DoneWith will then refuse to
@@ -253,7 +296,7 @@ func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error)
 		return res, nil
 	}
 	ret := s.retention.Milliseconds()
-	if s.cluster() {
+	if s.sharded() {
 		pipe := s.c.Pipeline()
 		cmds := make([]*redis.Cmd, len(cs))
 		for i, c := range cs {
@@ -310,7 +353,7 @@ func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
 	if len(held) == 0 {
 		return nil
 	}
-	if s.cluster() {
+	if s.sharded() {
 		_, err := s.pipeScript(ctx, releaseScript, len(held), func(i int) ([]string, []any) {
 			return []string{s.Key(held[i].Group, held[i].ID)}, []any{claimValue(held[i].Token)}
 		})
@@ -332,21 +375,24 @@ func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
 }
 
 // pipeScript runs script n times in one pipeline, with the keys and
-// arguments of each call from args, loading the script once when the
-// server's cache lacks it (a NOSCRIPT reply ran nothing).
+// arguments of each call from args. When a node's cache lacks the script (a
+// NOSCRIPT reply ran nothing), it runs the pipeline again sending the
+// script's source (EVAL), which works on every node whatever it has cached
+// (a SCRIPT LOAD would reach only one node of a Ring) and caches it there.
 func (s *RedisStore) pipeScript(ctx context.Context, script *redis.Script, n int, args func(i int) ([]string, []any)) ([]*redis.Cmd, error) {
 	for attempt := 0; ; attempt++ {
 		pipe := s.c.Pipeline()
 		cmds := make([]*redis.Cmd, n)
 		for i := range n {
 			keys, argv := args(i)
-			cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+			if attempt == 0 {
+				cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+			} else {
+				cmds[i] = script.Eval(ctx, pipe, keys, argv...)
+			}
 		}
 		_, err := pipe.Exec(ctx)
 		if err != nil && attempt == 0 && isNoScript(err) {
-			if err := script.Load(ctx, s.c).Err(); err != nil {
-				return nil, err
-			}
 			continue
 		}
 		if err != nil {

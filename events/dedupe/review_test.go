@@ -1,0 +1,138 @@
+package dedupe_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/events/dedupe"
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestBatchDuplicateIDs: one batch holds the same event twice, as a
+// publisher's republication after ErrUncertain puts the copy right after the
+// original on the partition. The effect runs once, on every store, the
+// batch path's and the per-event one alike.
+func TestBatchDuplicateIDs(t *testing.T) {
+	for name, f := range stores {
+		t.Run(name, func(t *testing.T) {
+			s, _ := f(t)
+			ctx := context.Background()
+			d, err := dedupe.New(s, dedupe.Config{Group: "g", Lease: 10 * time.Second, MaxWait: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := events.New("/t", "t", nil), events.New("/t", "t", nil)
+			es := []events.Event{a, b, a, a, b}
+			runs := map[string]int{}
+			h := func(_ context.Context, e events.Event) error { runs[e.ID]++; return nil }
+			bt, err := d.Begin(ctx, es)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range es {
+				if err := bt.Handle(ctx, i, h); err != nil {
+					t.Fatalf("Handle(%d): %v", i, err)
+				}
+			}
+			if err := bt.End(ctx); err != nil {
+				t.Fatalf("End: %v", err)
+			}
+			if runs[a.ID] != 1 || runs[b.ID] != 1 {
+				t.Fatalf("effects %v, want each event once", runs)
+			}
+		})
+	}
+}
+
+// TestRedisClaimBatchDuplicateIDs: ClaimBatch answers each ID as Claim
+// would, so a repeated ID is not claimed twice.
+func TestRedisClaimBatchDuplicateIDs(t *testing.T) {
+	for _, name := range []string{"redis", "rediscluster"} {
+		t.Run(name, func(t *testing.T) {
+			var c redis.UniversalClient
+			if name == "redis" {
+				c = testenv.Redis(t)
+			} else {
+				c = testenv.RedisCluster(t)
+			}
+			s, _ := redisStore(t, c)
+			cs, err := s.ClaimBatch(context.Background(), "g", []string{"x", "y", "x"}, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cs[0].Status != dedupe.Claimed || cs[1].Status != dedupe.Claimed || cs[2].Status != dedupe.Busy {
+				t.Fatalf("statuses %v %v %v, want claimed claimed busy", cs[0].Status, cs[1].Status, cs[2].Status)
+			}
+		})
+	}
+}
+
+// TestRedisRingBatch: a Ring spreads keys over shards by key, like a
+// Cluster, so one script over many keys would write them all on the first
+// key's shard, where Claim on the others never looks. The batch methods must
+// put each key where the single-key methods find it.
+func TestRedisRingBatch(t *testing.T) {
+	addr := testenv.RedisAddr(t)
+	// Two shards on one server, told apart by database: two key spaces,
+	// as two servers would be.
+	var mu sync.Mutex
+	n := 0
+	ring := redis.NewRing(&redis.RingOptions{
+		Addrs: map[string]string{"a": addr, "b": addr},
+		NewClient: func(o *redis.Options) *redis.Client {
+			mu.Lock()
+			defer mu.Unlock()
+			o.DB = n % 2
+			n++
+			return redis.NewClient(o)
+		},
+	})
+	t.Cleanup(func() { _ = ring.Close() })
+	prefix := testenv.Name(t) + ":"
+	for db := range 2 {
+		c := redis.NewClient(&redis.Options{Addr: addr, DB: db})
+		t.Cleanup(func() { _ = c.Close() })
+		testenv.CleanupRedisPrefix(t, c, prefix)
+	}
+	s, err := dedupe.NewRedisStore(ring, dedupe.RedisConfig{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ids := make([]string, 40)
+	for i := range ids {
+		ids[i] = events.NewID()
+	}
+	cs, err := s.ClaimBatch(ctx, "g", ids, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cs {
+		if c.Status != dedupe.Claimed {
+			t.Fatalf("ClaimBatch %d: %v", i, c.Status)
+		}
+	}
+	for _, id := range ids {
+		if c, err := s.Claim(ctx, "g", id, time.Minute); err != nil || c.Status != dedupe.Busy {
+			t.Fatalf("Claim %s after ClaimBatch: %v, %v; want busy (claimed by the batch)", id, c.Status, err)
+		}
+	}
+	res, err := s.DoneBatch(ctx, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range res {
+		if e != nil {
+			t.Fatalf("DoneBatch %d: %v", i, e)
+		}
+	}
+	for _, id := range ids {
+		if c, err := s.Claim(ctx, "g", id, time.Minute); err != nil || c.Status != dedupe.Done {
+			t.Fatalf("Claim %s after DoneBatch: %v, %v; want done", id, c.Status, err)
+		}
+	}
+}
