@@ -190,7 +190,11 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // exactly-once effect when the handler's effect is idempotent per event ID,
 // or is recorded in the store atomically with the claim (DoneWith): the one
 // gap otherwise is an instance dying after the effect and before Done, which
-// the lease turns into a second run after the lease ends.
+// the lease turns into a second run after the lease ends. When the handler
+// succeeds after its claim ran out, the event is claimed again and marked
+// done without running it (its effect happened); only if another instance
+// took it over in between does the effect run twice. A handler that records
+// its effect with DoneWith must therefore return DoneWith's error.
 //
 // Store errors are returned (so the subscriber retries or redelivers).
 // Middleware(s, cfg) is New(s, cfg) followed by the Deduper's Middleware.
@@ -227,11 +231,13 @@ func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handle
 			}
 			continue
 		}
-		return run(ctx, s, cfg, c, next, e)
+		return d.run(ctx, c, next, e)
 	}
 }
 
-func run(ctx context.Context, s Store, cfg Config, c Claim, next events.Handler, e events.Event) error {
+// run runs next under claim c, then marks the event done or releases it.
+func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e events.Event) error {
+	s, cfg := d.s, d.cfg
 	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), cfg.Lease-cfg.Lease/10)
 	err := next(hctx, e)
 	cancel()
@@ -252,6 +258,12 @@ func run(ctx context.Context, s Store, cfg Config, c Claim, next events.Handler,
 		}
 		return err
 	})
+	if errors.Is(derr, ErrLeaseLost) {
+		// The effect happened but the claim ran out first (the handler
+		// overran its ctx). Failing would make the subscriber run it
+		// again; record it as done instead, as the batch path does.
+		derr = d.recordLost(fctx, c)
+	}
 	if derr != nil {
 		return fmt.Errorf("dedupe: done %s: %w", e.ID, derr)
 	}

@@ -136,3 +136,32 @@ func TestRedisRingBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestMiddlewareLeaseLostAfterEffect: the handler's effect is done but its
+// claim ran out before Done, and nobody took the event over. The effect
+// happened, so the per-event path records it as done (as the batch path
+// does) instead of failing, which would make the subscriber run it again.
+func TestMiddlewareLeaseLostAfterEffect(t *testing.T) {
+	c := testenv.Redis(t)
+	s, prefix := redisStore(t, c)
+	mw, err := dedupe.Middleware(s, dedupe.Config{Group: "g", Lease: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	h := mw(func(context.Context, events.Event) error {
+		runs++
+		expireRedis(t, c, prefix)() // the lease runs out after the effect
+		return nil
+	})
+	e := events.New("/t", "t", nil)
+	if err := h(context.Background(), e); err != nil {
+		t.Fatalf("first delivery: %v, want nil (the effect happened)", err)
+	}
+	if err := h(context.Background(), e); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	if runs != 1 {
+		t.Fatalf("the effect ran %d times, want 1", runs)
+	}
+}
