@@ -136,9 +136,29 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	return s, nil
 }
 
-// deadLetterRetry is the policy for publishing a dead letter: until it
-// succeeds or ctx ends.
-var deadLetterRetry = retry.Policy{MaxAttempts: -1, MaxElapsedTime: -1, MaxInterval: 5 * time.Second}
+// untilDone calls fn until it succeeds or ctx ends, backing off up to 5s
+// between attempts, whatever fn's error: what the subscriber retries this
+// way (a dead letter, a batch's Begin and End) must not be given up while
+// the consumer goes on, or the consumer would move past records it never
+// handled, and later commits would skip them for good. So neither the retry
+// package's classifier (which calls a wrapped context.DeadlineExceeded from
+// a per-call timeout, or an inner loop's *retry.Error, final) nor an error
+// marked Permanent stops it; only ctx does.
+func untilDone(ctx context.Context, fn func(context.Context) error) error {
+	p := retry.Policy{MaxAttempts: -1, MaxElapsedTime: -1, MaxInterval: 5 * time.Second, Retryable: func(error) bool { return true }}
+	return retry.Do(ctx, p, func(ctx context.Context) error {
+		if err := fn(ctx); err != nil {
+			return retryAlways{err}
+		}
+		return nil
+	})
+}
+
+// retryAlways hides its error's chain (Permanent markers, context errors)
+// from the retry loop.
+type retryAlways struct{ err error }
+
+func (e retryAlways) Error() string { return e.err.Error() }
 
 // Subscribe consumes topic in the group until ctx ends, then commits what was
 // handled, leaves the group and returns nil. It returns an error when the
@@ -281,7 +301,7 @@ func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Recor
 	}
 	var b events.Batch
 	if len(es) > 0 {
-		err := retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+		err := untilDone(ctx, func(ctx context.Context) error {
 			var err error
 			if b, err = c.s.cfg.Batch.Begin(ctx, es); err != nil {
 				c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: beginning a batch failed; retrying", slog.Any("error", err))
@@ -313,7 +333,7 @@ func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Recor
 	}
 	err := b.End(ctx)
 	if err != nil && ctx.Err() == nil {
-		err = retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+		err = untilDone(ctx, func(ctx context.Context) error {
 			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: ending a batch failed; retrying", slog.Any("error", err))
 			err = b.End(ctx)
 			return err
@@ -368,7 +388,7 @@ func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, a
 		cause = fmt.Errorf("malformed: %w", cause)
 	}
 	d := DeadLetterRecord(c.dlq, c.s.cfg.Group, r, cause, attempts)
-	err := retry.Do(ctx, deadLetterRetry, func(ctx context.Context) error {
+	err := untilDone(ctx, func(ctx context.Context) error {
 		err := produce(ctx, c.cl, d)
 		if err != nil {
 			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: dead-lettering failed; retrying",
