@@ -112,6 +112,14 @@ func TestValidate(t *testing.T) {
 		{"datacontenttype with parameter", func(e *events.Event) { e.DataContentType = "text/plain; charset=us-ascii" }, ""},
 		// time: RFC 3339 has four-digit years.
 		{"time year 10000", func(e *events.Event) { e.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "time"},
+		// Bindings write time in UTC, so its year there must have four digits too.
+		{"time year 9999 west of UTC", func(e *events.Event) {
+			e.Time = time.Date(9999, 12, 31, 23, 0, 0, 0, time.FixedZone("", -5*3600))
+		}, "time"},
+		{"time year 0 east of UTC", func(e *events.Event) { e.Time = time.Date(0, 1, 1, 0, 30, 0, 0, time.FixedZone("", 3600)) }, "time"},
+		{"time year 9999 east of UTC", func(e *events.Event) {
+			e.Time = time.Date(9999, 12, 31, 23, 0, 0, 0, time.FixedZone("", 5*3600))
+		}, ""},
 		// String type: no control characters, surrogates or noncharacters.
 		{"control character in type", func(e *events.Event) { e.Type = "a\nb" }, "type"},
 		{"C1 control character in subject", func(e *events.Event) { e.Subject = "a\u0085b" }, "subject"},

@@ -40,7 +40,7 @@ var reserved = map[string]bool{
 // Validate checks e against the CloudEvents 1.0 rules: id, source, type and
 // specversion are present, specversion is "1.0", source is a URI-reference,
 // dataschema (when present) an absolute URI, datacontenttype (when present) a
-// media type per RFC 2046, time (when present) representable in RFC 3339, and
+// media type per RFC 2046, time (when present) representable in RFC 3339 in UTC, and
 // every string value is a sequence of allowable Unicode characters (valid
 // UTF-8, no control characters, surrogates or noncharacters). Extension
 // names must be lowercase ASCII letters and digits, at most 20 characters,
@@ -69,8 +69,10 @@ func (e Event) Validate() error {
 		return invalid("subject", why)
 	}
 	if !e.Time.IsZero() {
-		if y := e.Time.Year(); y < 0 || y > 9999 {
-			return invalid("time", "year is outside RFC 3339's 0000-9999")
+		// Bindings write time in UTC, where the year may differ from
+		// the one in e.Time's own zone.
+		if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
+			return invalid("time", "year in UTC is outside RFC 3339's 0000-9999")
 		}
 	}
 	if e.DataContentType != "" {

@@ -75,6 +75,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add("ce_specversion=1.0\nce_id=1\nce_source=/s\nce_type=t\nce_time=2026-01-01T00:00:00Z\ncontent-type=application/json\nce_ext=v", []byte(`{}`), []byte(nil))
 	f.Add("content-type=application/cloudevents+json", []byte(`{"specversion":"1.0"}`), []byte(nil))
 	f.Add("ce_specversion=1.0\nce_specversion=1.0", []byte(nil), []byte("k"))
+	f.Add("ce_specversion=1.0\nce_id=1\nce_source=/s\nce_type=t\nce_time=9999-12-31T23:59:59-05:00", []byte(nil), []byte(nil))
 	f.Add("ce_specversion=1.0\nce_id=\xff\nce_source=a b\nce_type=t\nce_X=1", []byte(nil), []byte(nil))
 	f.Fuzz(func(t *testing.T, headers string, value, key []byte) {
 		r := &kgo.Record{Key: key, Value: value}
