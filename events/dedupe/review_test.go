@@ -165,3 +165,106 @@ func TestMiddlewareLeaseLostAfterEffect(t *testing.T) {
 		t.Fatalf("the effect ran %d times, want 1", runs)
 	}
 }
+
+// naiveStore is an in-memory BatchStore whose ClaimBatch, like RedisStore's
+// did, claims a repeated ID again under the batch's token. The batch path
+// must not rely on a store to catch repeats.
+type naiveStore struct {
+	mu   sync.Mutex
+	held map[string]string // ID -> token, or "d" when done
+}
+
+func (s *naiveStore) Claim(_ context.Context, g, id string, _ time.Duration) (dedupe.Claim, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch v := s.held[id]; {
+	case v == "d":
+		return dedupe.Claim{Group: g, ID: id, Status: dedupe.Done}, nil
+	case v != "":
+		return dedupe.Claim{Group: g, ID: id, Status: dedupe.Busy}, nil
+	}
+	tok := dedupe.NewToken()
+	s.held[id] = tok
+	return dedupe.Claim{Group: g, ID: id, Status: dedupe.Claimed, Token: tok}, nil
+}
+
+func (s *naiveStore) Done(_ context.Context, c dedupe.Claim) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v := s.held[c.ID]; v != c.Token && v != "d" {
+		return dedupe.ErrLeaseLost
+	}
+	s.held[c.ID] = "d"
+	return nil
+}
+
+func (s *naiveStore) Release(_ context.Context, c dedupe.Claim) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[c.ID] == c.Token {
+		delete(s.held, c.ID)
+	}
+	return nil
+}
+
+func (s *naiveStore) ClaimBatch(_ context.Context, g string, ids []string, _ time.Duration) ([]dedupe.Claim, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tok := dedupe.NewToken()
+	cs := make([]dedupe.Claim, len(ids))
+	for i, id := range ids {
+		switch v := s.held[id]; {
+		case v == "d":
+			cs[i] = dedupe.Claim{Group: g, ID: id, Status: dedupe.Done}
+		case v == "" || v == tok:
+			s.held[id] = tok
+			cs[i] = dedupe.Claim{Group: g, ID: id, Status: dedupe.Claimed, Token: tok}
+		default:
+			cs[i] = dedupe.Claim{Group: g, ID: id, Status: dedupe.Busy}
+		}
+	}
+	return cs, nil
+}
+
+func (s *naiveStore) DoneBatch(ctx context.Context, cs []dedupe.Claim) ([]error, error) {
+	res := make([]error, len(cs))
+	for i, c := range cs {
+		res[i] = s.Done(ctx, c)
+	}
+	return res, nil
+}
+
+func (s *naiveStore) ReleaseBatch(ctx context.Context, cs []dedupe.Claim) error {
+	for _, c := range cs {
+		_ = s.Release(ctx, c)
+	}
+	return nil
+}
+
+// TestBatchDuplicateIDsNaiveStore: the batch path runs a repeated event once
+// even on a store that would claim the repeat again.
+func TestBatchDuplicateIDsNaiveStore(t *testing.T) {
+	d, err := dedupe.New(&naiveStore{held: map[string]string{}}, dedupe.Config{Group: "g", MaxWait: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := events.New("/t", "t", nil)
+	es := []events.Event{a, a}
+	b, err := d.Begin(ctx, es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	for i := range es {
+		if err := b.Handle(ctx, i, func(context.Context, events.Event) error { runs++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.End(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if runs != 1 {
+		t.Fatalf("the effect ran %d times, want 1", runs)
+	}
+}
