@@ -868,3 +868,39 @@ func TestLimitsCountSealedValues(t *testing.T) {
 		t.Fatalf("the handler's request failed at save: %d", w.Code)
 	}
 }
+
+// TestCookieHeader: the Manager finds its cookie in a Cookie header exactly
+// as http.Request.Cookie does.
+func TestCookieHeader(t *testing.T) {
+	store, _ := newMem(t)
+	m := newManager(t, store)
+	c := &client{h: m.Middleware(app(t))}
+	c.do(t, "GET", "/put?a=1")
+	tok := c.cookie.Value
+	for _, lines := range [][]string{
+		{"session=" + tok},
+		{"a=1; session=" + tok + "; b=2"},
+		{`session="` + tok + `"`},
+		{`session=bad"; session=` + tok},
+		{"session=bad value; session=" + tok},
+		{"a=1", "session=" + tok},
+		{"  session = " + tok + " "},
+		{"session =" + tok},
+		{"Session=" + tok},
+		{"session=" + tok + "x"},
+		{";;session=" + tok + ";"},
+	} {
+		r := httptest.NewRequest("GET", "/get?k=a", nil)
+		r.Header["Cookie"] = lines
+		ck, err := r.Cookie("session")
+		want := "false:"
+		if err == nil && ck.Value == tok {
+			want = "true:1"
+		}
+		w := httptest.NewRecorder()
+		m.Middleware(app(t)).ServeHTTP(w, r)
+		if got := body(w); got != want {
+			t.Errorf("Cookie %q: %q, want %q (as net/http reads it)", lines, got, want)
+		}
+	}
+}
