@@ -349,7 +349,12 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 					return
 				default:
 				}
-				for i, o := range []outcome{fc.put(ctx), fc.read(ctx)} {
+				// Count each outcome as soon as its call returns: a put
+				// acknowledged just before the kill must not be counted
+				// only after the read that follows it, which may wait out
+				// the whole failover.
+				for i, call := range []func(context.Context) outcome{fc.put, fc.read} {
+					o := call(ctx)
 					if o.err != nil {
 						errs <- o.err
 						return
