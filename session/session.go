@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/activekit/activekit/retry"
 )
 
 // Errors of a Session.
@@ -225,6 +227,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 			return err
 		}
 	}
+	var bo *retry.Backoff
 	for range m.cfg.updateAttempts {
 		var cur T
 		old, ok := s.rec.Values[key]
@@ -259,6 +262,16 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 			s.rec.Version = ver
 			return nil
 		case errors.Is(err, ErrConflict):
+			// Back off before reading again (full jitter, 1 ms doubling
+			// to 32 ms), so that requests racing on one key from many
+			// instances spread out instead of colliding again in
+			// lockstep until one of them runs out of attempts.
+			if bo == nil {
+				bo = conflictBackoff()
+			}
+			if err := sleepCtx(s.ctx, bo.NextBackOff()); err != nil {
+				return err
+			}
 			if err := s.reload(); err != nil {
 				return err
 			}
@@ -270,6 +283,33 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 		}
 	}
 	return &ConflictError{Key: key}
+}
+
+// conflictBackoff spaces Update's attempts after a conflict.
+func conflictBackoff() *retry.Backoff {
+	b, _ := retry.NewBackoff(retry.Policy{
+		InitialInterval: time.Millisecond,
+		Multiplier:      2,
+		MaxInterval:     32 * time.Millisecond,
+		MaxAttempts:     -1, // Update counts its own attempts
+		MaxElapsedTime:  -1,
+	}, nil)
+	return b
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // Keys returns the session's keys, in no particular order.
