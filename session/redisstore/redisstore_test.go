@@ -133,6 +133,17 @@ func TestRoundTrips(t *testing.T) {
 			if _, _, err := s.Load(ctx, id, time.Hour); err != nil {
 				t.Fatal(err)
 			}
+			// An anonymous ID lands on any master of a Cluster: load
+			// enough of them that every master has the script cached
+			// (each misses one with probability (2/3)^60).
+			for range 60 {
+				if _, _, err := s.Load(ctx, sessiontest.NewID(t, ""), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"w": []byte("1")}, Expect: map[string]uint64{"w": 0}, Idle: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
 			cnt := &counter{}
 			c.AddHook(cnt)
 			measure := func(what string, want int64, fn func() error) {
