@@ -45,10 +45,9 @@ func sessionPrefix(t *testing.T, env ...map[string]string) {
 // One user, two instances: the count goes on whichever instance serves the
 // request, and concurrent requests on both lose no visit.
 //
-// Two clients hammering one session in lockstep can make one of them lose
-// the compare-and-set of session.Update every time (it retries at once,
-// without backoff): such a visit gets a 503 after DefaultUpdateAttempts,
-// which this test tolerates and counts; a visit answered 200 must count.
+// A visit that lost every compare-and-set attempt would get a 503 (an error
+// the client sees, never a silent loss); session.Update backs off between
+// attempts, so with two clients hammering one session none should give up.
 func TestVisitsAcrossInstances(t *testing.T) {
 	envA, envB := baseEnv(t, "svc-a"), baseEnv(t, "svc-b")
 	sessionPrefix(t, envA, envB)
@@ -115,8 +114,8 @@ func TestVisitsAcrossInstances(t *testing.T) {
 	if conflicts != gaveUp {
 		t.Errorf("%d visits answered 503, %d logged a compare-and-set conflict", gaveUp, conflicts)
 	}
-	if ok < perInstance {
-		t.Errorf("only %d of %d concurrent visits counted", ok, 2*perInstance)
+	if gaveUp != 0 {
+		t.Errorf("%d of %d concurrent visits ran out of compare-and-set attempts", gaveUp, 2*perInstance)
 	}
 	t.Logf("concurrent visits on one session: %d counted, %d gave up after the compare-and-set attempts", ok, gaveUp)
 	want := 10 + ok + 1
