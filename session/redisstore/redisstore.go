@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -355,24 +356,26 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// A replica shortfall (WithWait) on one hop is reported at the end: the
+	// target of an alias is deleted all the same, or a Destroy through an
+	// old token would leave the session alive under its new one.
+	var werrs error
 	for range maxHops {
 		if !validID(id) {
-			return nil
+			return werrs
 		}
 		cmd, werr := s.write(ctx, deleteScript, []string{s.sessionKey(id)})
 		to, err := cmd.Text()
 		if errors.Is(err, redis.Nil) {
-			return werr
+			return cmp.Or(werrs, werr)
 		}
 		if err != nil {
 			return fmt.Errorf("redisstore: delete: %w", err)
 		}
-		if werr != nil {
-			return werr
-		}
+		werrs = cmp.Or(werrs, werr)
 		id = to
 	}
-	return nil
+	return werrs
 }
 
 // Alias implements session.Aliaser. The grace period is rounded up to a

@@ -245,3 +245,32 @@ func TestLargeDelta(t *testing.T) {
 		})
 	}
 }
+
+// TestDeleteAliasNotReplicated: deleting an alias deletes its target even
+// when WAIT reports too few replicas for the alias's deletion (the error is
+// still reported); otherwise a Destroy through the old token during the grace
+// period would leave the session alive under its new token.
+func TestDeleteAliasNotReplicated(t *testing.T) {
+	// The standalone server has no replica: every WAIT 1 falls short.
+	c := testenv.Redis(t)
+	s := newStore(t, c, redisstore.WithWait(1, 20*time.Millisecond))
+	ctx := t.Context()
+	oldID, newID := sessiontest.NewID(t, ""), sessiontest.NewID(t, "")
+	create := session.Delta{Create: &session.Create{Absolute: time.Hour}, Set: map[string][]byte{"k": []byte("v")}, Idle: time.Hour}
+	for _, id := range []string{oldID, newID} {
+		if _, err := s.Apply(ctx, id, create); !errors.Is(err, redisstore.ErrNotReplicated) {
+			t.Fatalf("create: %v, want ErrNotReplicated", err)
+		}
+	}
+	if err := s.Alias(ctx, oldID, newID, 1, time.Minute); !errors.Is(err, redisstore.ErrNotReplicated) {
+		t.Fatalf("alias: %v, want ErrNotReplicated", err)
+	}
+	if err := s.Delete(ctx, oldID); !errors.Is(err, redisstore.ErrNotReplicated) {
+		t.Fatalf("delete through the alias: %v, want ErrNotReplicated", err)
+	}
+	for _, id := range []string{oldID, newID} {
+		if _, found, err := s.Load(ctx, id, time.Hour); err != nil || found {
+			t.Fatalf("Load(%s) after deleting the alias: found=%v %v, want gone", id, found, err)
+		}
+	}
+}
