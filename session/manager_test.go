@@ -904,3 +904,42 @@ func TestCookieHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestBlindPutThenRenewKeepsLimit: a Put that skipped the read (so checked
+// only the pending values) followed by Renew or SetUser, which copy the
+// session to a new token, still cannot take the session past its limit.
+func TestBlindPutThenRenewKeepsLimit(t *testing.T) {
+	for _, renew := range []string{"Renew", "SetUser"} {
+		t.Run(renew, func(t *testing.T) {
+			store, _ := newMem(t)
+			store.sizes = true
+			m := newManager(t, store, session.WithLimits(16, 25))
+			c := &client{h: m.Middleware(app(t))}
+			c.do(t, "GET", "/put?a=0123456789") // 13 bytes with its key and quotes
+			var putErr error
+			h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				s := session.FromContext(r.Context())
+				putErr = s.Put("b", "0123456789") // 13 more: 26 > 25
+				if renew == "Renew" {
+					_ = s.Renew()
+				} else {
+					_ = s.SetUser("alice")
+				}
+				io.WriteString(w, "handler")
+			}))
+			w := (&client{h: h, cookie: c.cookie}).do(t, "GET", "/")
+			if putErr != nil {
+				t.Fatalf("blind Put within the value limit: %v", putErr)
+			}
+			if w.Code != http.StatusInternalServerError || strings.Contains(body(w), "handler") || len(w.Result().Cookies()) != 0 {
+				t.Fatalf("Put then %s over the session limit: %d %q, cookies %v", renew, w.Code, body(w), w.Result().Cookies())
+			}
+			if got := body(c.do(t, "GET", "/get?k=b")); got != "false:" {
+				t.Fatalf("a value over the session limit was stored: %q", got)
+			}
+			if got := body(c.do(t, "GET", "/get?k=a")); got != "true:0123456789" {
+				t.Fatalf("the session was lost: %q", got)
+			}
+		})
+	}
+}

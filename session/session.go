@@ -632,6 +632,18 @@ func (s *Session) rotate(h http.Header) error {
 		if err != nil {
 			return err
 		}
+		if len(s.set) > 0 {
+			// A Put that skipped the read checked only the pending values
+			// (the store would check the rest at save, but a copy is a
+			// create): check the whole copy, as stored.
+			size := 0
+			for k, v := range sealed {
+				size += len(k) + len(v)
+			}
+			if size > m.cfg.maxSession {
+				return &SizeError{Size: size, Limit: m.cfg.maxSession, Session: true}
+			}
+		}
 		if _, err := s.apply(nid, Delta{
 			Create: &Create{Deadline: s.rec.AbsoluteDeadline, Created: s.rec.Created},
 			Set:    sealed, User: user, Idle: m.cfg.idle,
