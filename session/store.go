@@ -77,7 +77,12 @@ type Store interface {
 	Load(ctx context.Context, id string, idle time.Duration) (rec Record, found bool, err error)
 
 	// Apply applies d to the record of id atomically and returns the record's
-	// new version. When id is an alias, the delta is applied to its target.
+	// new version. When id is an alias, the delta is applied to its target,
+	// unless it has expectations ([Delta.Expect]): those versions were read
+	// from the record before it was copied to the target, where versions
+	// start again (a stale one could match), so the delta changes nothing
+	// and fails with a *[ConflictError] whose Key is ""; the caller reads
+	// again (Load follows the alias) and retries on the target's ID.
 	Apply(ctx context.Context, id string, d Delta) (version uint64, err error)
 
 	// Delete removes the record of id (and, for an alias, its target). A

@@ -274,3 +274,50 @@ func TestDeleteAliasNotReplicated(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleCASThroughAlias: a compare-and-set whose versions were read from
+// a record that has since been renewed (copied to a new ID, whose versions
+// start again at 1, and aliased) is refused with a conflict instead of being
+// checked against the copy's versions, where a stale version could match
+// and overwrite a later value.
+func TestStaleCASThroughAlias(t *testing.T) {
+	c := testenv.Redis(t)
+	s := newStore(t, c)
+	ctx := t.Context()
+	oldID, newID := sessiontest.NewID(t, ""), sessiontest.NewID(t, "")
+	if _, err := s.Apply(ctx, oldID, session.Delta{Create: &session.Create{Absolute: time.Hour}, Set: map[string][]byte{"k": []byte("read")}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	// A reads k at version 1; then k is set again (version 2).
+	if _, err := s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"k": []byte("later")}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	// A renewal copies the record (k at version 1 in the copy) and aliases.
+	rec, _, err := s.Load(ctx, oldID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(ctx, newID, session.Delta{Create: &session.Create{Deadline: rec.AbsoluteDeadline, Created: rec.Created}, Set: map[string][]byte{"k": rec.Values["k"].Data}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Alias(ctx, oldID, newID, rec.Version, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A's compare-and-set, with the version it read, through the old ID.
+	_, err = s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"k": []byte("stale")}, Expect: map[string]uint64{"k": 1}, Idle: time.Hour})
+	if !errors.Is(err, session.ErrConflict) {
+		t.Fatalf("stale compare-and-set through an alias: %v, want ErrConflict", err)
+	}
+	got, _, err := s.Load(ctx, oldID, time.Hour)
+	if err != nil || got.ID != newID || string(got.Values["k"].Data) != "later" {
+		t.Fatalf("after the stale compare-and-set: %s k=%q %v, want %s k=later", got.ID, got.Values["k"].Data, err, newID)
+	}
+	// Read again (through the alias), the compare-and-set goes through.
+	if _, err := s.Apply(ctx, got.ID, session.Delta{Set: map[string][]byte{"k": []byte("next")}, Expect: map[string]uint64{"k": got.Values["k"].Version}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	// A write without expectations still follows the alias.
+	if _, err := s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"b": []byte("1")}, Idle: time.Hour}); err != nil {
+		t.Fatalf("plain write through the alias: %v", err)
+	}
+}

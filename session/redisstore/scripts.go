@@ -90,7 +90,8 @@ return idle
 // ARGV = id, create (0/1), absolute ms, deadline ms, created ms, idle ms,
 // user, nset, ndel, nexpect, max size (0: none), then nset key/value pairs,
 // ndel keys, nexpect key/version pairs. Returns {'ok', version},
-// {'notfound'}, {'conflict', key}, {'alias', target} or {'toolarge', size}.
+// {'notfound'}, {'conflict', key}, {'alias', target} or {'toolarge', size};
+// a conflict with an empty key for a delta with expectations on an alias.
 //
 // One HMGET reads the record's fields and the old values of every key the
 // delta names (for the compare-and-set and the size), one HSET writes.
@@ -133,7 +134,13 @@ else
     end
   end
   if not old[1] then
-    if old[2] then return {'alias', old[2]} end
+    if old[2] then
+      -- Expected versions were read from the record before it was copied
+      -- to the target, whose versions start again: checked there, a stale
+      -- one could match. The caller reads again, through the alias.
+      if nexp > 0 then return {'conflict', ''} end
+      return {'alias', old[2]}
+    end
     return {'notfound'}
   end
   abs = tonumber(old[1])
