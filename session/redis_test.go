@@ -1,9 +1,11 @@
 package session_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -244,5 +246,64 @@ func TestRenewAndDestroyUserRedisCluster(t *testing.T) {
 		if got := body(c.do(t, "GET", "/user")); got != "" {
 			t.Errorf("%s still logged in as %q", name, got)
 		}
+	}
+}
+
+// TestEncryptedPutRacingRenewRedis: with encryption, a request that read
+// the session before another request renewed it writes its values, sealed
+// to the ID they land in (the new one), not to the old ID it read, whose
+// alias the store follows: such values never decrypted again, and every
+// later renewal (login) of the session failed.
+func TestEncryptedPutRacingRenewRedis(t *testing.T) {
+	c := testenv.Redis(t)
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, prefix)
+	store, err := redisstore.New(c, redisstore.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, store, session.WithEncryption(session.EncryptionKey{Name: "k", Secret: bytes.Repeat([]byte{1}, 32)}))
+	cl := &client{h: m.Middleware(app(t))}
+	cl.do(t, "GET", "/put?a=1")
+	old := cl.cookie
+	read, resume := make(chan struct{}), make(chan struct{})
+	slow := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := session.FromContext(r.Context())
+		if _, _, err := session.Get[string](s, "a"); err != nil {
+			t.Error(err)
+		}
+		close(read)
+		<-resume
+		if err := s.Put("x", "late"); err != nil {
+			t.Error(err)
+		}
+	}))
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.AddCookie(old)
+		w := httptest.NewRecorder()
+		slow.ServeHTTP(w, r)
+		done <- w
+	}()
+	<-read
+	cl.do(t, "GET", "/renew")
+	if cl.cookie == nil || cl.cookie.Value == old.Value {
+		t.Fatalf("renew issued no new token: %v", cl.cookie)
+	}
+	close(resume)
+	if w := <-done; w.Code != http.StatusOK || len(w.Result().Cookies()) != 0 {
+		t.Fatalf("the slow request: %d %q, cookies %v", w.Code, body(w), w.Result().Cookies())
+	}
+	for k, want := range map[string]string{"a": "true:1", "x": "true:late"} {
+		if w := cl.do(t, "GET", "/get?k="+k); body(w) != want {
+			t.Fatalf("%s under the new token: %d %q, want %q", k, w.Code, body(w), want)
+		}
+	}
+	if w := cl.do(t, "GET", "/renew"); w.Code != http.StatusOK {
+		t.Fatalf("renew after the race: %d %q", w.Code, body(w))
+	}
+	if got := body(cl.do(t, "GET", "/get?k=x")); got != "true:late" {
+		t.Fatalf("x after another renew: %q", got)
 	}
 }

@@ -540,15 +540,11 @@ func (s *Session) save(h http.Header) error {
 	case s.renew:
 		return s.rotate(h)
 	case len(s.set) > 0 || len(s.del) > 0:
-		sealed, err := s.sealAll(s.rec.ID, s.set)
-		if err != nil {
-			return err
-		}
 		var dels []string
 		for k := range s.del {
 			dels = append(dels, k)
 		}
-		if _, err := s.apply(s.rec.ID, Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle, MaxSize: m.maxSize()}); err != nil {
+		if err := s.write(dels); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				// Ended since it was read (revoked, destroyed, expired):
 				// writing would resurrect it. The changes are dropped.
@@ -563,6 +559,50 @@ func (s *Session) save(h http.Header) error {
 		s.setCookie(h, m.cfg.absolute)
 	}
 	return nil
+}
+
+// write applies the pending changes to the record read. With encryption,
+// values are sealed to the ID of the record they are meant for, so they
+// must not land in the copy a concurrent renewal made under a new ID (the
+// store follows the alias it leaves, and they would never decrypt there):
+// the write then states the versions read of the keys it sets, which a store
+// refuses on an alias (see Store.Apply) and the session is read again,
+// through the alias, and the values sealed to the new ID. A key changed
+// meanwhile is a conflict too, and is overwritten likewise, as a Put does.
+// s.mu must be held.
+func (s *Session) write(dels []string) error {
+	m := s.m
+	var bo *retry.Backoff
+	for range m.cfg.updateAttempts {
+		sealed, err := s.sealAll(s.rec.ID, s.set)
+		if err != nil {
+			return err
+		}
+		d := Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle, MaxSize: m.maxSize()}
+		if m.aeads != nil && len(sealed) > 0 {
+			d.Expect = make(map[string]uint64, len(sealed))
+			for k := range sealed {
+				d.Expect[k] = s.rec.Values[k].Version
+			}
+		}
+		_, err = s.apply(s.rec.ID, d)
+		if d.Expect == nil || !errors.Is(err, ErrConflict) {
+			return err
+		}
+		if bo == nil {
+			bo = conflictBackoff()
+		}
+		if err := sleepCtx(s.ctx, bo.NextBackOff()); err != nil {
+			return err
+		}
+		if err := s.reload(); err != nil {
+			return err
+		}
+		if !s.found {
+			return ErrNotFound
+		}
+	}
+	return &ConflictError{}
 }
 
 // saveBlind writes the changes of a session that was not read in this
