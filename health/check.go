@@ -94,6 +94,14 @@ func (e *entry) start(parent context.Context) *call {
 
 	go func() {
 		res := e.run(ctx)
+		if ctx.Err() != nil {
+			// Only the run's own deadline ends ctx (it is detached from
+			// the callers'): whatever the function returned on its way
+			// out, such as ctx.Err(), the run timed out. Without this, a
+			// function quick to return on cancellation could beat the
+			// timer's result and report "context canceled".
+			res = Result{Status: StatusFail, Output: fmt.Sprintf("timed out after %v", timeout)}
+		}
 		timer.Stop()
 		cancel()
 		e.deliver(c, res)
