@@ -32,34 +32,7 @@ func memcachedFleet(t *testing.T) *fleet {
 			t.Fatal(err)
 		}
 		m := newManager(t, s, session.WithUpdateAttempts(1000))
-		mux := http.NewServeMux()
-		mux.Handle("/", app(t))
-		mux.HandleFunc("/logout-all", func(w http.ResponseWriter, r *http.Request) {
-			u, err := session.FromContext(r.Context()).User()
-			if err == nil {
-				err = m.DestroyUser(r.Context(), u)
-			}
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-			}
-		})
-		mux.HandleFunc("/getint", func(w http.ResponseWriter, r *http.Request) {
-			n, _, err := session.Get[int](session.FromContext(r.Context()), r.URL.Query().Get("k"))
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			fmt.Fprint(w, n)
-		})
-		mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
-			keys, err := session.FromContext(r.Context()).Keys()
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			fmt.Fprint(w, len(keys))
-		})
-		f.handlers = append(f.handlers, m.Middleware(mux))
+		f.handlers = append(f.handlers, m.Middleware(fleetApp(t, m)))
 	}
 	return f
 }

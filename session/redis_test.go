@@ -40,48 +40,54 @@ func newFleet(t *testing.T, clients ...redis.UniversalClient) *fleet {
 			t.Fatal(err)
 		}
 		m := newManager(t, s, session.WithUpdateAttempts(1000))
-		mux := http.NewServeMux()
-		mux.Handle("/", app(t))
-		mux.HandleFunc("/logout-all", func(w http.ResponseWriter, r *http.Request) {
-			u, err := session.FromContext(r.Context()).User()
-			if err == nil {
-				err = m.DestroyUser(r.Context(), u)
-			}
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-			}
-		})
-		mux.HandleFunc("/getint", func(w http.ResponseWriter, r *http.Request) {
-			n, _, err := session.Get[int](session.FromContext(r.Context()), r.URL.Query().Get("k"))
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			fmt.Fprint(w, n)
-		})
-		mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
-			keys, err := session.FromContext(r.Context()).Keys()
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			fmt.Fprint(w, len(keys))
-		})
-		mux.HandleFunc("/clear", func(w http.ResponseWriter, r *http.Request) {
-			s := session.FromContext(r.Context())
-			keys, err := s.Keys()
-			for _, k := range keys {
-				if err == nil {
-					err = s.Delete(k)
-				}
-			}
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-			}
-		})
-		f.handlers = append(f.handlers, m.Middleware(mux))
+		f.handlers = append(f.handlers, m.Middleware(fleetApp(t, m)))
 	}
 	return f
+}
+
+// fleetApp is one instance's application: app(t) plus the endpoints the
+// two-instance tests use.
+func fleetApp(t *testing.T, m *session.Manager) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", app(t))
+	mux.HandleFunc("/logout-all", func(w http.ResponseWriter, r *http.Request) {
+		u, err := session.FromContext(r.Context()).User()
+		if err == nil {
+			err = m.DestroyUser(r.Context(), u)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	mux.HandleFunc("/getint", func(w http.ResponseWriter, r *http.Request) {
+		n, _, err := session.Get[int](session.FromContext(r.Context()), r.URL.Query().Get("k"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, n)
+	})
+	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
+		keys, err := session.FromContext(r.Context()).Keys()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, len(keys))
+	})
+	mux.HandleFunc("/clear", func(w http.ResponseWriter, r *http.Request) {
+		s := session.FromContext(r.Context())
+		keys, err := s.Keys()
+		for _, k := range keys {
+			if err == nil {
+				err = s.Delete(k)
+			}
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	return mux
 }
 
 func TestNoLostUpdatesRedis(t *testing.T) {
