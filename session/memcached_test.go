@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,31 +48,7 @@ func TestNoLostUpdatesMemcached(t *testing.T) {
 	c.do(t, "GET", "/login?u=alice")
 	cookie := c.cookie
 	run := func(workers, n int, path func(i int) string) time.Duration {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var failed atomic.Int64
-		work := make(chan int)
-		for range workers {
-			wg.Go(func() {
-				cc := &client{h: f, cookie: cookie}
-				for i := range work {
-					if w := cc.do(t, "GET", path(i)); w.Code != http.StatusOK {
-						if failed.Add(1) == 1 {
-							t.Errorf("%s: %d %s", path(i), w.Code, body(w))
-						}
-					}
-				}
-			})
-		}
-		for i := range n {
-			work <- i
-		}
-		close(work)
-		wg.Wait()
-		if failed.Load() > 0 {
-			t.Fatalf("%d requests failed", failed.Load())
-		}
-		return time.Since(start)
+		return hammer(t, f, cookie, workers, n, path)
 	}
 	putTime := run(16, puts, func(i int) string { return fmt.Sprintf("/put?k%d=%d", i, i) })
 	check := &client{h: f, cookie: cookie}

@@ -45,6 +45,38 @@ func newFleet(t *testing.T, clients ...redis.UniversalClient) *fleet {
 	return f
 }
 
+// hammer sends n requests, path(0) to path(n-1), from workers concurrent
+// clients sharing one session cookie, and fails the test if any is not
+// answered 200. It returns how long they took.
+func hammer(t *testing.T, h http.Handler, cookie *http.Cookie, workers, n int, path func(i int) string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	work := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			cc := &client{h: h, cookie: cookie}
+			for i := range work {
+				if w := cc.do(t, "GET", path(i)); w.Code != http.StatusOK {
+					if failed.Add(1) == 1 {
+						t.Errorf("%s: %d %s", path(i), w.Code, body(w))
+					}
+				}
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d requests failed", failed.Load())
+	}
+	return time.Since(start)
+}
+
 // fleetApp is one instance's application: app(t) plus the endpoints the
 // two-instance tests use.
 func fleetApp(t *testing.T, m *session.Manager) http.Handler {
@@ -110,31 +142,7 @@ func TestNoLostUpdatesRedis(t *testing.T) {
 			c := &client{h: f}
 			c.do(t, "GET", "/login?u=alice")
 			cookie := c.cookie
-			run := func(workers, n int, path func(i int) string) {
-				var wg sync.WaitGroup
-				var failed atomic.Int64
-				work := make(chan int)
-				for range workers {
-					wg.Go(func() {
-						cc := &client{h: f, cookie: cookie}
-						for i := range work {
-							if w := cc.do(t, "GET", path(i)); w.Code != http.StatusOK {
-								if failed.Add(1) == 1 {
-									t.Errorf("%s: %d %s", path(i), w.Code, body(w))
-								}
-							}
-						}
-					})
-				}
-				for i := range n {
-					work <- i
-				}
-				close(work)
-				wg.Wait()
-				if failed.Load() > 0 {
-					t.Fatalf("%d requests failed", failed.Load())
-				}
-			}
+			run := func(workers, n int, path func(i int) string) { hammer(t, f, cookie, workers, n, path) }
 			check := &client{h: f, cookie: cookie}
 			start := time.Now()
 			lost := 0
