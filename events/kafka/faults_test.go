@@ -556,16 +556,7 @@ func TestKilledAfterEffectBeforeCommit(t *testing.T) {
 }
 
 func testKilledAfterEffectBeforeCommit(t *testing.T, mode string) {
-	c := newCluster(t)
-	rdb := testenv.Redis(t)
-	topic := testenv.Name(t)
-	group := topic + "-g"
-	testenv.CleanupRedisPrefix(t, rdb, topic)
-	c.topics(t, topic)
-	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: topic + ":"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, rdb, topic, group, store := dedupeFixture(t)
 	es := batch(50, "k")
 	if err := c.publisher(t, topic).Publish(context.Background(), es...); err != nil {
 		t.Fatal(err)
@@ -665,16 +656,7 @@ func testExactlyOnceUnderChaos(t *testing.T, mode string) {
 	if testing.Short() {
 		n = 1000
 	}
-	c := newCluster(t)
-	rdb := testenv.Redis(t)
-	topic := testenv.Name(t)
-	group := topic + "-g"
-	testenv.CleanupRedisPrefix(t, rdb, topic)
-	c.topics(t, topic)
-	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: topic + ":"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, rdb, topic, group, store := dedupeFixture(t)
 	effectKey := func(id string) string { return store.Key(group, id) + ":effect" }
 
 	var mu sync.Mutex
@@ -833,16 +815,7 @@ chaos:
 // partition's order holds; every event handled is recorded as done, so a
 // second group member replaying the topic runs nothing again.
 func TestBatchDedupeRetryAndDeadLetter(t *testing.T) {
-	c := newCluster(t)
-	rdb := testenv.Redis(t)
-	topic := testenv.Name(t)
-	group := topic + "-g"
-	testenv.CleanupRedisPrefix(t, rdb, topic)
-	c.topics(t, topic)
-	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: topic + ":"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _, topic, group, store := dedupeFixture(t)
 	d, err := dedupe.New(store, dedupe.Config{Group: group})
 	if err != nil {
 		t.Fatal(err)
@@ -910,4 +883,22 @@ func TestBatchDedupeRetryAndDeadLetter(t *testing.T) {
 			t.Errorf("es[%d]: %v, %v; want %v", i, cl.Status, err, want)
 		}
 	}
+}
+
+// dedupeFixture is what the dedupe fault tests share: a kfake cluster with a
+// topic of its own, a consumer group name, and a Redis dedupe store under
+// the topic's prefix, whose keys are removed at the end of the test.
+func dedupeFixture(t *testing.T) (c *cluster, rdb *redis.Client, topic, group string, store *dedupe.RedisStore) {
+	t.Helper()
+	c = newCluster(t)
+	rdb = testenv.Redis(t)
+	topic = testenv.Name(t)
+	group = topic + "-g"
+	testenv.CleanupRedisPrefix(t, rdb, topic)
+	c.topics(t, topic)
+	store, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: topic + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, rdb, topic, group, store
 }
