@@ -793,3 +793,20 @@ func TestConcurrentRegisterReportAndState(t *testing.T) {
 		t.Fatalf("liveness has %d checks, status %s", len(resp.Checks), resp.Status)
 	}
 }
+
+// The description defaults to the identity's service name; WithDescription
+// replaces it.
+func TestDescription(t *testing.T) {
+	clock := health.NewFakeClock(t0)
+	id := testIdentity(t)
+	r := newRegistry(t, clock, health.WithIdentity(id))
+	r.MarkStarted()
+	if got := r.Report(context.Background(), health.Liveness).Description; got != id.ServiceName() {
+		t.Fatalf("default description %q, want the service name %q", got, id.ServiceName())
+	}
+	r = newRegistry(t, clock, health.WithIdentity(id), health.WithDescription("orders API, zone b"))
+	r.MarkStarted()
+	if got := r.Report(context.Background(), health.Liveness).Description; got != "orders API, zone b" {
+		t.Fatalf("description %q, want the one given", got)
+	}
+}
