@@ -316,3 +316,33 @@ func TestConsulRestartRecovers(t *testing.T) {
 	}
 	sameHash(t, fleet)
 }
+
+// WithQueryOptions reaches every query: the same key read through an
+// unknown datacenter fails, through the agent's own it loads.
+func TestWithQueryOptions(t *testing.T) {
+	client := testenv.Consul(t)
+	key := testenv.Name(t) + "/config.yaml"
+	testenv.CleanupConsulKV(t, client, key)
+	put(t, client, key, "version: 5\n")
+	self, err := client.Agent().Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, _ := self["Config"]["Datacenter"].(string)
+	if dc == "" {
+		t.Fatalf("agent reports no datacenter: %v", self["Config"])
+	}
+	src := Key(client, key, config.YAML, WithQueryOptions(api.QueryOptions{Datacenter: "no-such-dc"}))
+	if _, err := config.New(context.Background(), config.Options[fleetConfig]{Sources: []config.Source{src}}); err == nil {
+		t.Fatal("a query to an unknown datacenter succeeded: the option was not used")
+	}
+	src = Key(client, key, config.YAML, WithQueryOptions(api.QueryOptions{Datacenter: dc, RequireConsistent: true}))
+	s, err := config.New(context.Background(), config.Options[fleetConfig]{Sources: []config.Source{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if c := s.Load(); c.Version != 5 {
+		t.Fatalf("loaded %+v", c)
+	}
+}
