@@ -469,6 +469,11 @@ func (s *Store) applyOnce(ctx context.Context, id string, d *session.Delta) (uin
 		var r *record
 		switch {
 		case v.state == aliased && d.Create == nil:
+			if len(d.Expect) > 0 {
+				// The versions were read from the record before it was
+				// copied to the target, whose versions start again.
+				return 0, &session.ConflictError{}
+			}
 			id = v.target
 			continue
 		case v.state == aliased || v.state == live:

@@ -161,6 +161,11 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			return 0, session.ErrNotFound
 		}
 	} else {
+		if a := s.live(id, now); a != nil && a.alias != "" && len(d.Expect) > 0 {
+			// The versions were read from the record before it was
+			// copied to the target, whose versions start again.
+			return 0, &session.ConflictError{}
+		}
 		id, r = s.resolve(id, now)
 		if r == nil {
 			return 0, session.ErrNotFound

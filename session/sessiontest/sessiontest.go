@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) session.Store) {
 		{"LoadRefreshesIdle", testLoadRefreshesIdle},
 		{"Alias", testAlias},
 		{"AliasGrace", testAliasGrace},
+		{"AliasRefusesExpectations", testAliasExpect},
 		{"UserIndex", testUserIndex},
 		{"MaxSize", testMaxSize},
 		{"ConcurrentMaxSize", testConcurrentMaxSize},
@@ -670,6 +671,63 @@ func testAliasGrace(t *testing.T, s session.Store) {
 	if _, err := s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"b": []byte("2")}, Idle: hour}); !errors.Is(err, session.ErrNotFound) {
 		t.Fatalf("Apply to an ended alias: %v, want ErrNotFound", err)
 	}
+}
+
+// testAliasExpect: a delta with expected versions on an alias changes
+// nothing and fails with a *ConflictError whose Key is "": its versions
+// were read from the record before it was copied to the target, whose
+// versions start again, so a stale one could match there (A-B-A across a
+// renewal). Read again through the alias, it applies to the target's ID.
+func testAliasExpect(t *testing.T, s session.Store) {
+	a, ok := s.(session.Aliaser)
+	if !ok {
+		t.Skip("store does not implement session.Aliaser")
+	}
+	ctx := ctxT(t)
+	oldID, newID := NewID(t, ""), NewID(t, "")
+	create(t, s, oldID, map[string][]byte{"k": []byte("read")}) // read at version 1
+	if _, err := s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"k": []byte("later")}, Idle: hour}); err != nil {
+		t.Fatal(err)
+	}
+	// The renewal copies k, which is at version 1 again in the copy.
+	rec := mustLoad(t, s, oldID)
+	if _, err := s.Apply(ctx, newID, session.Delta{
+		Create: &session.Create{Deadline: rec.AbsoluteDeadline, Created: rec.Created},
+		Set:    map[string][]byte{"k": rec.Values["k"].Data},
+		Idle:   hour,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Alias(ctx, oldID, newID, rec.Version, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range map[string]session.Delta{
+		"set":          {Set: map[string][]byte{"k": []byte("stale")}, Expect: map[string]uint64{"k": 1}},
+		"delete":       {Delete: []string{"k"}, Expect: map[string]uint64{"k": 1}},
+		"absent":       {Set: map[string][]byte{"n": []byte("1")}, Expect: map[string]uint64{"n": 0}},
+		"precondition": {Set: map[string][]byte{"other": []byte("x")}, Expect: map[string]uint64{"k": 1}},
+	} {
+		d.Idle = hour
+		_, err := s.Apply(ctx, oldID, d)
+		var ce *session.ConflictError
+		if !errors.As(err, &ce) || ce.Key != "" || !errors.Is(err, session.ErrConflict) {
+			t.Errorf("%s with expected versions through an alias: %v, want a *ConflictError with Key \"\"", name, err)
+		}
+	}
+	got := mustLoad(t, s, oldID)
+	if got.ID != newID || got.Version != 1 {
+		t.Errorf("after refused deltas: Load(old) = %s at version %d, want %s at version 1", got.ID, got.Version, newID)
+	}
+	wantValues(t, got, map[string]string{"k": "later"})
+	// Read again through the alias, the compare-and-set goes to the
+	// target's ID; a delta without expectations still follows the alias.
+	if _, err := s.Apply(ctx, got.ID, session.Delta{Set: map[string][]byte{"k": []byte("next")}, Expect: map[string]uint64{"k": got.Values["k"].Version}, Idle: hour}); err != nil {
+		t.Fatalf("compare-and-set on the target: %v", err)
+	}
+	if _, err := s.Apply(ctx, oldID, session.Delta{Set: map[string][]byte{"b": []byte("1")}, Idle: hour}); err != nil {
+		t.Fatalf("a delta without expectations through the alias: %v", err)
+	}
+	wantValues(t, mustLoad(t, s, newID), map[string]string{"k": "next", "b": "1"})
 }
 
 func testUserIndex(t *testing.T, s session.Store) {
