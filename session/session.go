@@ -377,6 +377,12 @@ func (s *Session) SetUser(user string) error {
 // level): a token an attacker planted before (session fixation) is then
 // worthless. The old token keeps resolving to the session for the grace
 // period (WithRenewGrace), for requests already in flight.
+//
+// When requests of one session renew it at once, on any instances, one of
+// them issues the new token; the others save their changes to the session
+// under that token and set no cookie. A SetUser among them that the winner
+// did not make as well (same user) fails with an error matching ErrConflict
+// and changes nothing: a retry logs in on the renewed session.
 func (s *Session) Renew() error {
 	if s == nil {
 		return ErrNoSession
@@ -644,11 +650,18 @@ func (s *Session) saveBlind(h http.Header) error {
 // alias, retrying if the old record changed meanwhile. s.mu must be held.
 func (s *Session) rotate(h http.Header) error {
 	m := s.m
-	user := s.user
-	if user == "" {
-		user = s.rec.User
-	}
+	from := s.rec.ID
 	for range 4 {
+		if !s.found {
+			return nil // ended since it was read
+		}
+		if s.rec.ID != from {
+			return s.renewedMeanwhile(h)
+		}
+		user := s.user
+		if user == "" {
+			user = s.rec.User
+		}
 		plain := make(map[string][]byte, len(s.rec.Values)+len(s.set))
 		for k, v := range s.rec.Values {
 			if s.del[k] {
@@ -707,23 +720,46 @@ func (s *Session) rotate(h http.Header) error {
 			return nil
 		}
 		_ = m.store.Delete(s.ctx, nid)
-		switch {
-		case errors.Is(err, ErrConflict):
-			// The old record changed since we read it: read it and copy again.
-			if err := s.reload(); err != nil {
-				return err
-			}
-			if !s.found {
-				return nil
-			}
-		case errors.Is(err, ErrNotFound):
-			// Ended, or renewed by a concurrent request whose cookie wins.
-			return nil
-		default:
+		if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("session: renew: %w", err)
+		}
+		// The old record changed since it was read (conflict), or it
+		// ended or a concurrent request renewed it first (not found):
+		// read it again, through the alias the winner left, and see.
+		if err := s.reload(); err != nil {
+			return err
 		}
 	}
 	return fmt.Errorf("session: renew: %w", ErrConflict)
+}
+
+// renewedMeanwhile saves the changes of a request whose renewal lost to a
+// concurrent one: s.rec is the session under the winner's ID, read through
+// the alias it left, and the winner's response carries its token. The
+// pending changes are written there, and this response sets no cookie (the
+// old token reaches the session through the alias until the winner's cookie
+// replaces it). A user binding that the winner's copy lacks is not made on
+// it (its token was not issued for that login): the renewal fails with
+// ErrConflict and the request can be retried. s.mu must be held.
+func (s *Session) renewedMeanwhile(h http.Header) error {
+	if s.user != "" && s.user != s.rec.User {
+		return fmt.Errorf("session: renew: renewed by a concurrent request without this login: %w", ErrConflict)
+	}
+	if len(s.set) == 0 && len(s.del) == 0 {
+		return nil
+	}
+	dels := make([]string, 0, len(s.del))
+	for k := range s.del {
+		dels = append(dels, k)
+	}
+	if err := s.write(dels); err != nil {
+		if errors.Is(err, ErrNotFound) { // ended meanwhile
+			s.clearCookie(h)
+			return nil
+		}
+		return fmt.Errorf("session: renew: %w", err)
+	}
+	return nil
 }
 
 func (s *Session) cookie() *http.Cookie {
