@@ -528,6 +528,7 @@ func (s *Session) save(h http.Header) error {
 	if !s.renew && s.blind(true) {
 		return s.saveBlind(h)
 	}
+	readEarlier := s.loaded
 	if err := s.load(); err != nil {
 		return err
 	}
@@ -544,7 +545,7 @@ func (s *Session) save(h http.Header) error {
 			return err
 		}
 	case s.renew:
-		return s.rotate(h)
+		return s.rotate(h, readEarlier)
 	case len(s.set) > 0 || len(s.del) > 0:
 		var dels []string
 		for k := range s.del {
@@ -647,13 +648,26 @@ func (s *Session) saveBlind(h http.Header) error {
 }
 
 // rotate copies the session to a new token and leaves the old ID as an
-// alias, retrying if the old record changed meanwhile. s.mu must be held.
-func (s *Session) rotate(h http.Header) error {
+// alias, retrying if the old record changed meanwhile. A record read
+// earlier in the request (stale) is read again first: a session revoked or
+// ended since then is not copied, since the copy, bound to the user at
+// the current revocation epoch, would be in the user's index until deleted.
+// s.mu must be held.
+func (s *Session) rotate(h http.Header, stale bool) error {
 	m := s.m
 	from := s.rec.ID
+	if stale {
+		if err := s.reload(); err != nil {
+			return err
+		}
+	}
 	for range 4 {
 		if !s.found {
-			return nil // ended since it was read
+			// Ended since it was read (revoked, destroyed, expired): a copy
+			// would resurrect it. The changes are dropped.
+			m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended before it was renewed")
+			s.clearCookie(h)
+			return nil
 		}
 		if s.rec.ID != from {
 			return s.renewedMeanwhile(h)
@@ -705,6 +719,9 @@ func (s *Session) rotate(h http.Header) error {
 				s.clearCookie(h)
 				return nil
 			}
+			if !errors.Is(err, ErrConflict) {
+				s.discard(nid) // it may have been made all the same
+			}
 			return fmt.Errorf("session: renew: %w", err)
 		}
 		start := time.Now()
@@ -719,7 +736,7 @@ func (s *Session) rotate(h http.Header) error {
 			s.setCookie(h, min(time.Until(s.rec.AbsoluteDeadline), m.cfg.absolute))
 			return nil
 		}
-		_ = m.store.Delete(s.ctx, nid)
+		s.discard(nid)
 		if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("session: renew: %w", err)
 		}
@@ -731,6 +748,26 @@ func (s *Session) rotate(h http.Header) error {
 		}
 	}
 	return fmt.Errorf("session: renew: %w", ErrConflict)
+}
+
+// discardTimeout bounds the deletion of a failed renewal's copy.
+const discardTimeout = 5 * time.Second
+
+// discard deletes nid, the copy made by a renewal that failed. Its token
+// was never issued, but a copy bound to a user is in the user's index, and
+// live, until deleted: so it is deleted even when the request's context has
+// ended (a client that went away is what most often fails a renewal
+// half-way), within discardTimeout.
+func (s *Session) discard(nid string) {
+	m := s.m
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), discardTimeout)
+	defer cancel()
+	start := time.Now()
+	err := m.store.Delete(ctx, nid)
+	m.observe(ctx, &m.metrics.delete, start, err)
+	if err != nil {
+		m.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "session copy of a failed renewal not deleted; it expires unused", slog.Any("error", err))
+	}
 }
 
 // renewedMeanwhile saves the changes of a request whose renewal lost to a
