@@ -71,13 +71,13 @@ func renewing(t *testing.T, read chan<- struct{}, proceed <-chan struct{}, key, 
 // cookieAfter returns the cookie a browser holds after response w to a
 // request that sent old.
 func cookieAfter(w *httptest.ResponseRecorder, old *http.Cookie) *http.Cookie {
+	c := old
 	for _, ck := range w.Result().Cookies() {
-		if ck.MaxAge < 0 {
-			return nil
+		if c = nil; ck.MaxAge >= 0 {
+			c = &http.Cookie{Name: ck.Name, Value: ck.Value}
 		}
-		return &http.Cookie{Name: ck.Name, Value: ck.Value}
 	}
-	return old
+	return c
 }
 
 // wantKeys fails t unless the session of cookie holds each key of want
