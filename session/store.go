@@ -28,7 +28,10 @@ import (
 // forward by Load and Apply, and an absolute deadline fixed at creation; the
 // idle deadline never passes the absolute one. Once either has passed, the
 // record is gone for every method: the store enforces it itself (a key
-// expiry, a check at load), not the cookie.
+// expiry, a check at load), not the cookie. The idle deadline never moves
+// backwards: a Load or Apply with a shorter idle timeout than an earlier
+// one (instances configured differently, as during a rollout) leaves it
+// where it is.
 //
 // # Versions
 //
@@ -164,7 +167,7 @@ type Delta struct {
 	// to apply; 0 means "absent".
 	Expect map[string]uint64
 	// Idle moves the idle deadline to now+Idle (capped at the absolute
-	// deadline). It must be positive.
+	// deadline), never backwards. It must be positive.
 	Idle time.Duration
 	// User, when not empty, binds the record to that user at the user's
 	// current revocation epoch and adds it to the user's index. Stores that

@@ -536,7 +536,7 @@ func (r *record) get(key string) value {
 }
 
 // merge applies the sets and deletions of d as a new version, and moves the
-// idle deadline. r.values stays sorted by key.
+// idle deadline forward (never backwards). r.values stays sorted by key.
 func (r *record) merge(d *session.Delta, now int64) {
 	r.version++
 	for k, data := range d.Set {
@@ -552,7 +552,7 @@ func (r *record) merge(d *session.Delta, now int64) {
 			r.values = slices.Delete(r.values, i, i+1)
 		}
 	}
-	r.idle = min(now+d.Idle.Milliseconds(), r.absolute)
+	r.idle = max(r.idle, min(now+d.Idle.Milliseconds(), r.absolute))
 }
 
 func (r *record) find(key string) (int, bool) {

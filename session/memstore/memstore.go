@@ -201,7 +201,9 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		}
 		s.users[d.User][id] = true
 	}
-	r.idle = minTime(now.Add(d.Idle), r.absolute)
+	if idle := minTime(now.Add(d.Idle), r.absolute); idle.After(r.idle) {
+		r.idle = idle // never backwards
+	}
 	return r.version, nil
 }
 
