@@ -92,6 +92,28 @@ type batch struct {
 	at      time.Time // when the batch's live claims were taken
 	pending []int     // stSucceeded events, in order
 	dup     []bool    // events whose ID an earlier event of the batch has; nil when none
+
+	// The handlers' ctx, ending a tenth of the lease before the claims
+	// taken at lat: made once for a parent ctx (the subscriber passes the
+	// same one for every event) rather than a timer per event.
+	lctx, lparent context.Context
+	lat           time.Time
+	lcancel       context.CancelFunc
+}
+
+// leaseCtx returns a ctx under parent that ends a tenth of the lease before
+// the batch's claims do.
+func (b *batch) leaseCtx(parent context.Context) context.Context {
+	if b.lctx == nil || parent != b.lparent || !b.lat.Equal(b.at) {
+		if b.lcancel != nil {
+			b.lcancel()
+		}
+		cfg := &b.d.cfg
+		left := cfg.Lease - cfg.Lease/10 - cfg.Now().Sub(b.at)
+		b.lctx, b.lcancel = context.WithTimeout(parent, left)
+		b.lparent, b.lat = parent, b.at
+	}
+	return b.lctx
 }
 
 // claim claims, in one round trip, every event from index from on that is
@@ -178,10 +200,7 @@ func (b *batch) holds(i int) bool {
 func (b *batch) run(ctx context.Context, i int, next events.Handler) error {
 	cfg := &b.d.cfg
 	c := b.claims[i]
-	left := cfg.Lease - cfg.Lease/10 - cfg.Now().Sub(b.at)
-	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), left)
-	err := next(hctx, b.es[i])
-	cancel()
+	err := next(context.WithValue(b.leaseCtx(ctx), claimKey{}, c), b.es[i])
 	if err == nil {
 		b.st[i] = stSucceeded
 		b.pending = append(b.pending, i)
@@ -262,6 +281,9 @@ func (b *batch) flush(ctx context.Context) error {
 
 // End implements events.Batch.
 func (b *batch) End(ctx context.Context) error {
+	if b.lcancel != nil {
+		b.lcancel()
+	}
 	if err := b.flush(ctx); err != nil {
 		return err
 	}

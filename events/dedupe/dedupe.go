@@ -50,6 +50,10 @@ type Claim struct {
 	// Remaining is, for Busy, how long the other claim's lease has left
 	// (0 when unknown).
 	Remaining time.Duration
+
+	// held is, for a claim a RedisStore made, the local time before which
+	// its lease surely holds (zero: unknown).
+	held time.Time
 }
 
 var (

@@ -11,8 +11,8 @@ import (
 )
 
 // ExampleMiddleware makes a handler's effect exactly-once: the effect (a
-// counter) and the done mark are written in one Redis transaction, guarded by
-// the claim, so redeliveries and instance deaths at any point count once.
+// counter) and the done mark are written in one atomic Redis script, guarded
+// by the claim, so redeliveries and instance deaths at any point count once.
 func ExampleMiddleware() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer rdb.Close()
@@ -27,7 +27,7 @@ func ExampleMiddleware() {
 	handler := events.Chain(func(ctx context.Context, e events.Event) error {
 		claim, _ := dedupe.FromContext(ctx)
 		return store.DoneWith(ctx, claim, func(ctx context.Context, tx redis.Pipeliner) error {
-			// Keys sharing the claim's hash tag stay in its Cluster slot.
+			// Keys named with store.Key stay in the record's Cluster slot.
 			tx.IncrBy(ctx, store.Key("billing", e.ID)+":charged", 42)
 			return nil
 		})

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -14,22 +17,66 @@ import (
 type RedisConfig struct {
 	// Prefix starts every key; zero means "dedupe:".
 	Prefix string
-	// Retention is how long a done event is remembered; redeliveries
-	// later than that run again. Zero means 7 days.
+	// Retention is how long a done event is remembered at least;
+	// redeliveries later than that run again. Records are kept for up to
+	// three times as long (they expire by generation, see RedisStore). Zero
+	// means 7 days; at least 1ms.
 	Retention time.Duration
+	// Shards is how many hashes a group's records are spread over (on a
+	// Redis Cluster, how many hash slots). More shards make each hash
+	// smaller, so that a generation expiring frees less at once, and spread
+	// a busy group over a Cluster's nodes; fewer make a batch cheaper. Zero
+	// means 16; at most 1024.
+	Shards int
 }
 
+// generations is how many generations of a shard a lookup reads: a
+// generation lasts the retention, so a record written at t is in
+// generation g = t/L and still read at t+Retention, in generation g+1.
+const generations = 2
+
 // RedisStore is a Store in Redis (standalone, Sentinel, Cluster or Ring,
-// through redis.UniversalClient). A claim is one key, {prefix}{group}:{id} with the
-// group and ID in a hash tag so that a handler's own keys can share its
-// Cluster slot, holding "c:<token>" with the lease as its expiry, or "d" with
-// the retention as its expiry. Claim, Done and Release are each one Lua
-// script, one round trip; ClaimBatch, DoneBatch and ReleaseBatch do many in
-// one round trip (a BatchStore).
+// through redis.UniversalClient), and a BatchStore.
+//
+// # Layout
+//
+// A group's records are fields of a few hashes rather than a key each, so
+// that a batch of claims or done marks is a handful of commands over many
+// fields (an HMGET, an HSET) instead of one command per event: per event that
+// costs Redis a tenth of a key write. The field is the event ID; its value
+// is "d" once done, or "c:<token>:<deadline>" while claimed, the deadline
+// in Unix milliseconds on Redis's clock (TIME). An event's hash is chosen
+// by its shard (an FNV-1a hash of the ID, modulo Shards) and by time: each
+// shard has one hash per generation, as long as the retention,
+//
+//	<prefix>{<group>:<shard>}:g:<generation>
+//
+// written only while its generation is current and expiring a generation
+// after the next one ends. Every call reads the field from the current
+// generation and the one before it (the newest value wins), so a done mark
+// is seen for at least the retention, and memory is reclaimed a whole
+// generation at a time. Expiring a big hash takes Redis time: with
+// lazyfree-lazy-expire off (Redis's default before 8.0) it blocks the
+// server while it frees the fields, so size Shards to keep each generation
+// of a shard to a few hundred thousand events, or turn lazy freeing on.
+//
+// # Round trips
+//
+// Claim, Done and Release are each one Lua script, one round trip.
+// ClaimBatch, DoneBatch and ReleaseBatch are one script call for a whole
+// batch (up to 1000 events) on standalone and Sentinel, and on Cluster or
+// Ring one pipeline of a call per shard. The scripts take the time from
+// Redis; the store learns the offset of Redis's clock from their replies to
+// name the current generation, and a call made across a generation's
+// boundary by a skewed clock is refused by the script and made again (one
+// more round trip, rarely).
 type RedisStore struct {
 	c         redis.UniversalClient
 	prefix    string
 	retention time.Duration
+	gen       int64 // generation length, ms
+	shards    uint32
+	offset    atomic.Int64 // Redis's clock minus ours, ms, from the last reply
 }
 
 var _ Store = (*RedisStore)(nil)
@@ -42,336 +89,345 @@ func NewRedisStore(c redis.UniversalClient, cfg RedisConfig) (*RedisStore, error
 	if cfg.Retention < 0 {
 		return nil, fmt.Errorf("%w: negative Retention", ErrConfig)
 	}
+	if cfg.Shards < 0 || cfg.Shards > 1024 {
+		return nil, fmt.Errorf("%w: Shards %d out of [1,1024]", ErrConfig, cfg.Shards)
+	}
+	if strings.ContainsAny(cfg.Prefix, "{}") {
+		return nil, fmt.Errorf("%w: Prefix %q contains a brace", ErrConfig, cfg.Prefix)
+	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "dedupe:"
 	}
 	if cfg.Retention == 0 {
 		cfg.Retention = 7 * 24 * time.Hour
 	}
-	return &RedisStore{c: c, prefix: cfg.Prefix, retention: cfg.Retention}, nil
+	if cfg.Retention < time.Millisecond {
+		return nil, fmt.Errorf("%w: Retention %v under 1ms", ErrConfig, cfg.Retention)
+	}
+	if cfg.Shards == 0 {
+		cfg.Shards = 16
+	}
+	return &RedisStore{c: c, prefix: cfg.Prefix, retention: cfg.Retention,
+		gen: cfg.Retention.Milliseconds(), shards: uint32(cfg.Shards)}, nil
 }
 
-// Key returns the Redis key of (group, id). Its hash tag is {group:id}.
+func (s *RedisStore) shard(id string) uint32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum32() % s.shards
+}
+
+// tag is the hash tag of a group's shard, braces included.
+func (s *RedisStore) tag(group string, shard uint32) string {
+	return "{" + group + ":" + strconv.FormatUint(uint64(shard), 10) + "}"
+}
+
+// Key returns a key of (group, id) in the Cluster slot where the event's
+// record lives: a handler that records its effect with DoneWith names the
+// effect's keys with it (Key(group, id) + ":count", say), so that they share
+// the record's slot. The store itself writes no key of that name.
 func (s *RedisStore) Key(group, id string) string {
-	return s.prefix + "{" + group + ":" + id + "}"
+	return s.prefix + s.tag(group, s.shard(id)) + ":k:" + id
 }
 
-// claimScript: KEYS[1] the claim key; ARGV[1] the new value, ARGV[2] the
-// lease in ms. Returns {status, pttl}. A key that already holds ARGV[1] is
-// claimed again (a retried pipeline that partly ran), so a claim with a
-// given token is idempotent.
-var claimScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if not v or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {1, 0}
-end
-if v == 'd' then return {2, 0} end
-return {3, redis.call('PTTL', KEYS[1])}
-`)
-
-// doneScript: KEYS[1]; ARGV[1] the claim value, ARGV[2] retention in ms.
-// Returns 1 when marked, 2 when already done, 0 when the claim is lost.
-var doneScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('SET', KEYS[1], 'd', 'PX', ARGV[2])
-  return 1
-end
-if v == 'd' then return 2 end
-return 0
-`)
-
-// releaseScript: KEYS[1]; ARGV[1] the claim value.
-var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`)
-
-func claimValue(token string) string { return "c:" + token }
-
-// Claim implements Store.
-func (s *RedisStore) Claim(ctx context.Context, group, id string, lease time.Duration) (Claim, error) {
-	if lease < time.Millisecond {
-		return Claim{}, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+// genKeys returns the hashes of a shard that a call in generation g reads,
+// newest first.
+func (s *RedisStore) genKeys(group string, shard uint32, g int64) []string {
+	base := s.prefix + s.tag(group, shard) + ":g:"
+	keys := make([]string, generations)
+	for i := range keys {
+		keys[i] = base + strconv.FormatInt(g-int64(i), 10)
 	}
-	c := Claim{Group: group, ID: id, Token: NewToken()}
-	res, err := claimScript.Run(ctx, s.c, []string{s.Key(group, id)}, claimValue(c.Token), lease.Milliseconds()).Int64Slice()
-	if err != nil {
-		return Claim{}, err
-	}
-	return claimResult(c, res)
+	return keys
 }
 
-func claimResult(c Claim, res []int64) (Claim, error) {
-	if len(res) != 2 {
-		return Claim{}, fmt.Errorf("dedupe: unexpected claim reply %v", res)
-	}
-	c.Status = Status(res[0])
-	if c.Status != Claimed {
-		c.Token = ""
-	}
-	if c.Status == Busy && res[1] > 0 {
-		c.Remaining = time.Duration(res[1]) * time.Millisecond
-	}
-	return c, nil
+// generation returns the current generation by our estimate of Redis's
+// clock.
+func (s *RedisStore) generation() int64 {
+	return (time.Now().UnixMilli() + s.offset.Load()) / s.gen
 }
 
-// Scripts over many keys, for the batch methods on a *redis.Client
-// (standalone, Sentinel), where every key is on one server: one call, one
-// round trip, for a whole batch.
+// learn records Redis's clock from a reply.
+func (s *RedisStore) learn(redisNow int64) {
+	s.offset.Store(redisNow - time.Now().UnixMilli())
+}
+
+// The scripts share a prologue: the time from Redis, the refusal of a call
+// made for another generation ({-1, now}: the caller learns the clock and
+// calls again), newest, and write.
 //
-// claimManyScript: KEYS the claim keys; ARGV[1] the new value, ARGV[2] the
-// lease in ms. Returns {status, pttl} for each key, flattened.
-var claimManyScript = redis.NewScript(`
-local out = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('SET', k, ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
-  if not v then
-    out[2*i-1] = 1; out[2*i] = 0
-  elseif v == ARGV[1] then
-    redis.call('PEXPIRE', k, ARGV[2])
-    out[2*i-1] = 1; out[2*i] = 0
-  elseif v == 'd' then
-    out[2*i-1] = 2; out[2*i] = 0
-  else
-    out[2*i-1] = 3; out[2*i] = redis.call('PTTL', k)
+// ARGV[1] is the generation the caller named the keys for, ARGV[2] the
+// generation length in ms. KEYS holds, for each shard of the call, its
+// generations newest first. Every script then takes ARGV[3] as the number
+// of shards and, from ARGV[4 + its own head], for each shard n and its n
+// IDs, then whatever per-ID values it takes (n of each).
+//
+// The scripts do as little per ID as they can: in Redis each ID passed to
+// or returned from a command inside a script is converted between Lua and
+// Redis, and that, not the hash operations, is most of their cost.
+const prologue = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local L = tonumber(ARGV[2])
+local gen = tonumber(ARGV[1])
+if math.floor(now / L) ~= gen then return {-1, now} end
+local G = 2
+local exp = string.format('%d', (gen + G + 1) * L)
+-- newest(k, a, n): the newest value of each of the n IDs ARGV[a+1..a+n]
+-- in shard k; the previous generation is read only for IDs the current
+-- one lacks.
+local function newest(k, a, n)
+  local v = redis.call('HMGET', KEYS[k * G + 1], unpack(ARGV, a + 1, a + n))
+  local miss, pos = {}, {}
+  for i = 1, n do
+    if not v[i] then miss[#miss + 1] = ARGV[a + i]; pos[#pos + 1] = i end
   end
+  if #miss == n then
+    return redis.call('HMGET', KEYS[k * G + 2], unpack(ARGV, a + 1, a + n))
+  end
+  if #miss > 0 then
+    local o = redis.call('HMGET', KEYS[k * G + 2], unpack(miss))
+    for j = 1, #miss do v[pos[j]] = o[j] end
+  end
+  return v
+end
+local function deadline(x) return tonumber(string.match(x, ':(%d+)$')) or 0 end
+local function write(k, w)
+  if #w > 0 then
+    redis.call('HSET', KEYS[k * G + 1], unpack(w))
+    redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
+  end
+end
+`
+
+// claimScript: ARGV[4] the token, ARGV[5] the lease in ms; per shard n and
+// n IDs. Returns {0, now}, then for each ID its status, and for a busy one
+// also the lease it has left (ms): 1 claimed (also when the ID already
+// holds this token: a retried call that partly ran), 2 done, 3 busy.
+var claimScript = redis.NewScript(prologue + `
+local mine = 'c:' .. ARGV[4] .. ':'
+local val = mine .. string.format('%d', now + tonumber(ARGV[5]))
+local out = {0, now}
+local a = 6
+for k = 0, tonumber(ARGV[3]) - 1 do
+  local n = tonumber(ARGV[a])
+  local v = newest(k, a, n)
+  local w = {}
+  for i = 1, n do
+    local x = v[i]
+    if not x then
+      w[#w + 1] = ARGV[a + i]; w[#w + 1] = val; out[#out + 1] = 1
+    elseif x == 'd' then
+      out[#out + 1] = 2
+    else
+      local dl = deadline(x)
+      if dl > now and string.sub(x, 1, #mine) ~= mine then
+        out[#out + 1] = 3; out[#out + 1] = dl - now
+      else
+        w[#w + 1] = ARGV[a + i]; w[#w + 1] = val; out[#out + 1] = 1
+      end
+    end
+  end
+  write(k, w)
+  a = a + n + 1
 end
 return out
 `)
 
-// doneManyScript: KEYS the claim keys; ARGV[1] the retention in ms,
-// ARGV[i+1] the claim value of KEYS[i]. It marks every key done, held or
-// not (the caller's effects happened), and returns for each 1 when the
-// claim was held, 2 when the key was already done, 0 when the claim had
-// been lost.
-var doneManyScript = redis.NewScript(`
-local out = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('SET', k, 'd', 'GET', 'PX', ARGV[1])
-  if v == ARGV[i+1] then
-    out[i] = 1
-  elseif v == 'd' then
-    out[i] = 2
-  else
-    out[i] = 0
+// doneScript: ARGV[4] "1" to mark every ID done, held or not (DoneBatch:
+// the effects happened); per shard n, n IDs and their n tokens. Returns {0,
+// now}, then for each ID 1 when the claim was held and is now done, 2 when
+// it was done already, 0 when the claim had been lost (marked done only
+// with ARGV[4] "1").
+var doneScript = redis.NewScript(prologue + `
+local force = ARGV[4] == '1'
+local out = {0, now}
+local a = 5
+for k = 0, tonumber(ARGV[3]) - 1 do
+  local n = tonumber(ARGV[a])
+  local v = newest(k, a, n)
+  local w = {}
+  for i = 1, n do
+    local x, r = v[i], 0
+    if x == 'd' then
+      r = 2
+    elseif x then
+      local mine = 'c:' .. ARGV[a + n + i] .. ':'
+      if string.sub(x, 1, #mine) == mine and deadline(x) > now then r = 1 end
+    end
+    if r == 1 or (r == 0 and force) then w[#w + 1] = ARGV[a + i]; w[#w + 1] = 'd' end
+    out[#out + 1] = r
   end
+  write(k, w)
+  a = a + 2 * n + 1
 end
 return out
 `)
 
-// releaseManyScript: KEYS the claim keys; ARGV[i] the claim value of KEYS[i].
-var releaseManyScript = redis.NewScript(`
-local n = 0
-for i, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[i] then n = n + redis.call('DEL', k) end
+// markScript: per shard n and n pairs of ID and "d". Marks every ID done,
+// unread: for claims the caller knows are held (their leases have not
+// ended, and nobody else can take a claim before then). Returns {0, now}.
+var markScript = redis.NewScript(prologue + `
+local a = 4
+for k = 0, tonumber(ARGV[3]) - 1 do
+  local n = tonumber(ARGV[a])
+  redis.call('HSET', KEYS[k * G + 1], unpack(ARGV, a + 1, a + 2 * n))
+  redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
+  a = a + 2 * n + 1
 end
-return n
+return {0, now}
 `)
 
-// maxBatchKeys bounds the keys of one many-key script call, so one call
-// does not hold the server for long.
+// releaseScript: per shard n, n IDs and their n tokens. Deletes each ID's
+// claim where it holds the token, in every generation. Returns {0, now}.
+var releaseScript = redis.NewScript(prologue + `
+local a = 4
+for k = 0, tonumber(ARGV[3]) - 1 do
+  local n = tonumber(ARGV[a])
+  for g = 1, G do
+    local v = redis.call('HMGET', KEYS[k * G + g], unpack(ARGV, a + 1, a + n))
+    local d = {}
+    for i = 1, n do
+      local mine = 'c:' .. ARGV[a + n + i] .. ':'
+      if v[i] and string.sub(v[i], 1, #mine) == mine then d[#d + 1] = ARGV[a + i] end
+    end
+    if #d > 0 then redis.call('HDEL', KEYS[k * G + g], unpack(d)) end
+  end
+  a = a + 2 * n + 1
+end
+return {0, now}
+`)
+
+// maxBatchKeys bounds the IDs of one script call, so one call does not hold
+// the server for long.
 const maxBatchKeys = 1000
 
-// sharded reports whether keys of different events may live on different
+// sharded reports whether keys of different shards may live on different
 // nodes, so that one script cannot take them all. Only a *redis.Client
 // (standalone, or Sentinel's failover client) sends every key to one
 // server; a Cluster or a Ring shards by key, and any other UniversalClient
 // (an AutoPipeliner over either, a wrapper) is treated as sharded, since a
-// script over keys of several shards would run on the first key's shard and
-// write the others where the single-key methods never look.
+// script over keys of several shards would run on the first key's node and
+// write the others where the other calls never look.
 func (s *RedisStore) sharded() bool {
 	_, ok := s.c.(*redis.Client)
 	return !ok
 }
 
-var _ BatchStore = (*RedisStore)(nil)
+// item is one event of a call: its place in the caller's slice, its ID and
+// (for done and release) its token.
+type item struct {
+	at        int
+	id, token string
+}
 
-// ClaimBatch claims many events of one group in one round trip, each as
-// Claim would, all with one token: on standalone and Sentinel one script
-// call over all the keys (per 1000 keys), on Cluster, Ring or any other
-// client a pipeline of the claim script (the keys may be on different
-// nodes). The claims are in the order of ids; an ID repeated in ids is busy
-// after its first claim, as a second Claim would report.
-func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
-	if lease < time.Millisecond {
-		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+// call is one script call over some shards of a group.
+type call struct {
+	shards []uint32
+	items  [][]item // per shard
+}
+
+// plan groups items by shard into script calls: one call per shard on a
+// sharded client, else as few calls as fit maxBatchKeys.
+func (s *RedisStore) plan(group string, items []item) []call {
+	by := make(map[uint32][]item)
+	var order []uint32
+	for _, it := range items {
+		k := s.shard(it.id)
+		if _, ok := by[k]; !ok {
+			order = append(order, k)
+		}
+		by[k] = append(by[k], it)
 	}
-	// A repeated ID is answered as a second Claim would be: not claimed
-	// twice (the scripts would take it again, since it holds this batch's
-	// token), but busy while the first is held.
-	var first map[string]int
-	for i, id := range ids {
-		if first == nil {
-			first = make(map[string]int, len(ids))
-		}
-		if _, dup := first[id]; !dup {
-			first[id] = i
-		}
-	}
-	if len(first) < len(ids) {
-		uniq := make([]string, 0, len(first))
-		for i, id := range ids {
-			if first[id] == i {
-				uniq = append(uniq, id)
-			}
-		}
-		cs, err := s.ClaimBatch(ctx, group, uniq, lease)
-		if err != nil {
-			return nil, err
-		}
-		byID := make(map[string]Claim, len(cs))
-		for _, c := range cs {
-			byID[c.ID] = c
-		}
-		claims := make([]Claim, len(ids))
-		for i, id := range ids {
-			c := byID[id]
-			if first[id] != i && c.Status == Claimed {
-				c = Claim{Group: group, ID: id, Status: Busy, Remaining: lease}
-			}
-			claims[i] = c
-		}
-		return claims, nil
-	}
-	token := NewToken()
-	value := claimValue(token)
-	claims := make([]Claim, len(ids))
-	for i, id := range ids {
-		claims[i] = Claim{Group: group, ID: id, Token: token}
-	}
-	if len(ids) == 0 {
-		return claims, nil
-	}
+	var calls []call
 	if s.sharded() {
-		cmds, err := s.pipeScript(ctx, claimScript, len(ids), func(i int) ([]string, []any) {
-			return []string{s.Key(group, ids[i])}, []any{value, lease.Milliseconds()}
-		})
-		if err != nil {
-			return nil, err
+		for _, k := range order {
+			for its := by[k]; len(its) > 0; {
+				n := min(len(its), maxBatchKeys)
+				calls = append(calls, call{shards: []uint32{k}, items: [][]item{its[:n]}})
+				its = its[n:]
+			}
 		}
-		for i, cmd := range cmds {
+		return calls
+	}
+	var cur call
+	size := 0
+	for _, k := range order {
+		for its := by[k]; len(its) > 0; {
+			n := min(len(its), maxBatchKeys-size)
+			cur.shards = append(cur.shards, k)
+			cur.items = append(cur.items, its[:n])
+			its = its[n:]
+			if size += n; size == maxBatchKeys {
+				calls = append(calls, cur)
+				cur, size = call{}, 0
+			}
+		}
+	}
+	if size > 0 {
+		calls = append(calls, cur)
+	}
+	return calls
+}
+
+// run runs script over the calls, with head the script's own arguments and
+// args(its) those of each shard after its count, and returns
+// each call's reply after the {0, now} head. A call refused for another
+// generation is made again with the clock its reply gave.
+func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string, calls []call, head []any, args func(its []item) []any) ([][]int64, error) {
+	out := make([][]int64, len(calls))
+	todo := make([]int, len(calls))
+	for i := range todo {
+		todo[i] = i
+	}
+	for attempt := 0; len(todo) > 0; attempt++ {
+		if attempt == 3 {
+			return nil, errors.New("dedupe: Redis's clock keeps moving across a generation boundary")
+		}
+		g := s.generation()
+		cmdArgs := func(i int) ([]string, []any) {
+			c := calls[i]
+			keys := make([]string, 0, generations*len(c.shards))
+			argv := make([]any, 0, 3+len(head)+len(c.shards))
+			argv = append(argv, g, s.gen, len(c.shards))
+			argv = append(argv, head...)
+			for j, k := range c.shards {
+				keys = append(keys, s.genKeys(group, k, g)...)
+				argv = append(argv, len(c.items[j]))
+				argv = append(argv, args(c.items[j])...)
+			}
+			return keys, argv
+		}
+		var replies []*redis.Cmd
+		if len(todo) == 1 {
+			keys, argv := cmdArgs(todo[0])
+			replies = []*redis.Cmd{script.Run(ctx, s.c, keys, argv...)}
+		} else {
+			var err error
+			replies, err = s.pipeScript(ctx, script, len(todo), func(i int) ([]string, []any) { return cmdArgs(todo[i]) })
+			if err != nil {
+				return nil, err
+			}
+		}
+		var again []int
+		for j, cmd := range replies {
 			res, err := cmd.Int64Slice()
 			if err != nil {
 				return nil, err
 			}
-			if claims[i], err = claimResult(claims[i], res); err != nil {
-				return nil, err
+			if len(res) < 2 {
+				return nil, fmt.Errorf("dedupe: unexpected reply %v", res)
 			}
-		}
-		return claims, nil
-	}
-	for lo := 0; lo < len(ids); lo += maxBatchKeys {
-		hi := min(lo+maxBatchKeys, len(ids))
-		keys := make([]string, hi-lo)
-		for i := range keys {
-			keys[i] = s.Key(group, ids[lo+i])
-		}
-		res, err := claimManyScript.Run(ctx, s.c, keys, value, lease.Milliseconds()).Int64Slice()
-		if err != nil {
-			return nil, err
-		}
-		if len(res) != 2*len(keys) {
-			return nil, fmt.Errorf("dedupe: unexpected claim batch reply of %d values for %d keys", len(res), len(keys))
-		}
-		for i := range keys {
-			if claims[lo+i], err = claimResult(claims[lo+i], res[2*i:2*i+2]); err != nil {
-				return nil, err
+			s.learn(res[1])
+			if res[0] == -1 {
+				again = append(again, todo[j])
+				continue
 			}
+			out[todo[j]] = res[2:]
 		}
+		todo = again
 	}
-	return claims, nil
-}
-
-// DoneBatch marks many claims done in one round trip (one script call on
-// standalone and Sentinel, a pipeline of SET ... GET on Cluster or Ring). Unlike
-// Done, it marks a claim done even when its lease had ended, since the
-// caller says the effect happened, and reports ErrLeaseLost for it: another
-// claimer may have taken it over, and its DoneWith will then refuse to
-// record a second effect.
-func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
-	res := make([]error, len(cs))
-	if len(cs) == 0 {
-		return res, nil
-	}
-	ret := s.retention.Milliseconds()
-	if s.sharded() {
-		pipe := s.c.Pipeline()
-		cmds := make([]*redis.Cmd, len(cs))
-		for i, c := range cs {
-			cmds[i] = pipe.Do(ctx, "SET", s.Key(c.Group, c.ID), "d", "GET", "PX", ret)
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, err
-		}
-		for i, cmd := range cmds {
-			v, err := cmd.Text()
-			if err != nil && !errors.Is(err, redis.Nil) {
-				return nil, err
-			}
-			if v != "d" && v != claimValue(cs[i].Token) {
-				res[i] = ErrLeaseLost
-			}
-		}
-		return res, nil
-	}
-	for lo := 0; lo < len(cs); lo += maxBatchKeys {
-		hi := min(lo+maxBatchKeys, len(cs))
-		keys := make([]string, hi-lo)
-		args := make([]any, 1, 1+hi-lo)
-		args[0] = ret
-		for i, c := range cs[lo:hi] {
-			keys[i] = s.Key(c.Group, c.ID)
-			args = append(args, claimValue(c.Token))
-		}
-		ns, err := doneManyScript.Run(ctx, s.c, keys, args...).Int64Slice()
-		if err != nil {
-			return nil, err
-		}
-		if len(ns) != len(keys) {
-			return nil, fmt.Errorf("dedupe: unexpected done batch reply of %d values for %d keys", len(ns), len(keys))
-		}
-		for i, n := range ns {
-			if n == 0 {
-				res[lo+i] = ErrLeaseLost
-			}
-		}
-	}
-	return res, nil
-}
-
-// ReleaseBatch releases many claims in one round trip, each as Release
-// would. Claims that are not Claimed are ignored.
-func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
-	held := make([]Claim, 0, len(cs))
-	for _, c := range cs {
-		if c.Status == Claimed && c.Token != "" {
-			held = append(held, c)
-		}
-	}
-	if len(held) == 0 {
-		return nil
-	}
-	if s.sharded() {
-		_, err := s.pipeScript(ctx, releaseScript, len(held), func(i int) ([]string, []any) {
-			return []string{s.Key(held[i].Group, held[i].ID)}, []any{claimValue(held[i].Token)}
-		})
-		return err
-	}
-	for lo := 0; lo < len(held); lo += maxBatchKeys {
-		hi := min(lo+maxBatchKeys, len(held))
-		keys := make([]string, hi-lo)
-		args := make([]any, hi-lo)
-		for i, c := range held[lo:hi] {
-			keys[i] = s.Key(c.Group, c.ID)
-			args[i] = claimValue(c.Token)
-		}
-		if err := releaseManyScript.Run(ctx, s.c, keys, args...).Err(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return out, nil
 }
 
 // pipeScript runs script n times in one pipeline, with the keys and
@@ -406,52 +462,397 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
+// idArgs is the per-shard arguments of the claim script: the IDs.
+func idArgs(its []item) []any {
+	a := make([]any, len(its))
+	for i, it := range its {
+		a[i] = it.id
+	}
+	return a
+}
+
+// tokenArgs is those of the done and release scripts: the IDs, then their
+// tokens.
+func tokenArgs(its []item) []any {
+	a := make([]any, 2*len(its))
+	for i, it := range its {
+		a[i], a[len(its)+i] = it.id, it.token
+	}
+	return a
+}
+
+// markArgs is those of the mark script: pairs of ID and "d".
+func markArgs(its []item) []any {
+	a := make([]any, 0, 2*len(its))
+	for _, it := range its {
+		a = append(a, it.id, "d")
+	}
+	return a
+}
+
+// claims runs the claim script for ids (no repeats) with one new token.
+func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
+	if lease < time.Millisecond {
+		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+	}
+	token := NewToken()
+	claims := make([]Claim, len(ids))
+	items := make([]item, len(ids))
+	for i, id := range ids {
+		claims[i] = Claim{Group: group, ID: id, Token: token}
+		items[i] = item{at: i, id: id}
+	}
+	if len(ids) == 0 {
+		return claims, nil
+	}
+	calls := s.plan(group, items)
+	sent := time.Now()
+	res, err := s.run(ctx, claimScript, group, calls, []any{token, lease.Milliseconds()}, idArgs)
+	if err != nil {
+		return nil, err
+	}
+	for ci, c := range calls {
+		r, p := res[ci], 0
+		for _, its := range c.items {
+			for _, it := range its {
+				if p >= len(r) {
+					return nil, fmt.Errorf("dedupe: unexpected claim reply of %d values", len(r))
+				}
+				cl := &claims[it.at]
+				cl.Status = Status(r[p])
+				p++
+				switch cl.Status {
+				case Claimed:
+					cl.held = sent.Add(lease - lease/10)
+				case Busy:
+					if p >= len(r) {
+						return nil, fmt.Errorf("dedupe: unexpected claim reply of %d values", len(r))
+					}
+					cl.Remaining = time.Duration(r[p]) * time.Millisecond
+					p++
+				}
+				if cl.Status != Claimed {
+					cl.Token = ""
+				}
+			}
+		}
+	}
+	return claims, nil
+}
+
+// Claim implements Store.
+func (s *RedisStore) Claim(ctx context.Context, group, id string, lease time.Duration) (Claim, error) {
+	cs, err := s.claims(ctx, group, []string{id}, lease)
+	if err != nil {
+		return Claim{}, err
+	}
+	return cs[0], nil
+}
+
+var _ BatchStore = (*RedisStore)(nil)
+
+// ClaimBatch claims many events of one group in one round trip, each as
+// Claim would, all with one token. The claims are in the order of ids; an
+// ID repeated in ids is busy after its first claim, as a second Claim would
+// report.
+func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
+	first := make(map[string]int, len(ids))
+	for i, id := range ids {
+		if _, dup := first[id]; !dup {
+			first[id] = i
+		}
+	}
+	if len(first) == len(ids) {
+		return s.claims(ctx, group, ids, lease)
+	}
+	// A repeated ID is answered as a second Claim would be: not claimed
+	// twice (the script would take it again, since it holds this batch's
+	// token), but busy while the first is held.
+	uniq := make([]string, 0, len(first))
+	for i, id := range ids {
+		if first[id] == i {
+			uniq = append(uniq, id)
+		}
+	}
+	cs, err := s.claims(ctx, group, uniq, lease)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[string]Claim, len(cs))
+	for _, c := range cs {
+		byID[c.ID] = c
+	}
+	claims := make([]Claim, len(ids))
+	for i, id := range ids {
+		c := byID[id]
+		if first[id] != i && c.Status == Claimed {
+			c = Claim{Group: group, ID: id, Status: Busy, Remaining: lease}
+		}
+		claims[i] = c
+	}
+	return claims, nil
+}
+
+// done runs the done script over cs, which must all be of one group.
+func (s *RedisStore) done(ctx context.Context, group string, cs []Claim, force bool) ([]int64, error) {
+	items := make([]item, len(cs))
+	for i, c := range cs {
+		items[i] = item{at: i, id: c.ID, token: c.Token}
+	}
+	calls := s.plan(group, items)
+	f := "0"
+	if force {
+		f = "1"
+	}
+	res, err := s.run(ctx, doneScript, group, calls, []any{f}, tokenArgs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(cs))
+	for ci, c := range calls {
+		r, p := res[ci], 0
+		for _, its := range c.items {
+			for _, it := range its {
+				if p >= len(r) {
+					return nil, fmt.Errorf("dedupe: unexpected done reply of %d values", len(r))
+				}
+				out[it.at] = r[p]
+				p++
+			}
+		}
+	}
+	return out, nil
+}
+
+// byGroup calls fn for the claims of each group in cs, with their places.
+func byGroup(cs []Claim, fn func(group string, at []int, cs []Claim) error) error {
+	groups := make(map[string][]int)
+	var order []string
+	for i, c := range cs {
+		if _, ok := groups[c.Group]; !ok {
+			order = append(order, c.Group)
+		}
+		groups[c.Group] = append(groups[c.Group], i)
+	}
+	for _, g := range order {
+		at := groups[g]
+		sub := make([]Claim, len(at))
+		for j, i := range at {
+			sub[j] = cs[i]
+		}
+		if err := fn(g, at, sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Done implements Store.
 func (s *RedisStore) Done(ctx context.Context, c Claim) error {
-	n, err := doneScript.Run(ctx, s.c, []string{s.Key(c.Group, c.ID)}, claimValue(c.Token), s.retention.Milliseconds()).Int64()
+	r, err := s.done(ctx, c.Group, []Claim{c}, false)
 	if err != nil {
 		return err
 	}
-	if n == 0 {
+	if r[0] == 0 {
 		return ErrLeaseLost
 	}
 	return nil
 }
 
-// Release implements Store.
-func (s *RedisStore) Release(ctx context.Context, c Claim) error {
-	return releaseScript.Run(ctx, s.c, []string{s.Key(c.Group, c.ID)}, claimValue(c.Token)).Err()
+// DoneBatch marks many claims done in one round trip. Unlike Done, it marks
+// a claim done even when its lease had ended, since the caller says the
+// effect happened, and reports ErrLeaseLost for it: another claimer may have
+// taken it over, and its DoneWith will then refuse to record a second
+// effect.
+//
+// Claims this store made whose leases are sure not to have ended (a tenth
+// of the lease before its end, measured from before the claim was sent) are
+// marked without being read: nobody else can have taken them. The others
+// are checked.
+func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
+	res := make([]error, len(cs))
+	now := time.Now()
+	trusted := true
+	for _, c := range cs {
+		if c.Status != Claimed || !now.Before(c.held) {
+			trusted = false
+			break
+		}
+	}
+	err := byGroup(cs, func(group string, at []int, sub []Claim) error {
+		if trusted {
+			items := make([]item, len(sub))
+			for i, c := range sub {
+				items[i] = item{at: i, id: c.ID}
+			}
+			_, err := s.run(ctx, markScript, group, s.plan(group, items), nil, markArgs)
+			return err
+		}
+		r, err := s.done(ctx, group, sub, true)
+		if err != nil {
+			return err
+		}
+		for j, i := range at {
+			if r[j] == 0 {
+				res[i] = ErrLeaseLost
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
-// DoneWith records the effect and marks the claim done in one MULTI/EXEC
-// transaction, only while the claim is still held (WATCH): the commands fn
-// queues on the pipeliner run exactly when the mark does, so an instance
-// that dies at any point leaves either both or neither. On Redis Cluster the
-// effect's keys must share the claim key's hash tag ({group:id}).
+// Release implements Store.
+func (s *RedisStore) Release(ctx context.Context, c Claim) error {
+	return s.ReleaseBatch(ctx, []Claim{{Group: c.Group, ID: c.ID, Token: c.Token, Status: Claimed}})
+}
+
+// ReleaseBatch releases many claims in one round trip, each as Release
+// would. Claims that are not Claimed are ignored.
+func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
+	held := make([]Claim, 0, len(cs))
+	for _, c := range cs {
+		if c.Status == Claimed && c.Token != "" {
+			held = append(held, c)
+		}
+	}
+	return byGroup(held, func(group string, _ []int, sub []Claim) error {
+		items := make([]item, len(sub))
+		for i, c := range sub {
+			items[i] = item{at: i, id: c.ID, token: c.Token}
+		}
+		_, err := s.run(ctx, releaseScript, group, s.plan(group, items), nil, tokenArgs)
+		return err
+	})
+}
+
+// doneWithScript: KEYS the claim's shard, ARGV[3] the ID, ARGV[4] the
+// token, ARGV[5] the number of commands, then for each its argument count
+// and arguments. When the claim is held, runs the commands and marks the ID
+// done, atomically, and returns {0, now, replies...}; else {1, now}.
+var doneWithScript = redis.NewScript(prologue + `
+local x = newest(0, 2, 1)[1]
+local mine = 'c:' .. ARGV[4] .. ':'
+if not x or string.sub(x, 1, #mine) ~= mine or deadline(x) <= now then return {1, now} end
+local out = {0, now}
+local a = 6
+for i = 1, tonumber(ARGV[5]) do
+  local n = tonumber(ARGV[a])
+  out[#out + 1] = redis.call(unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+write(0, {ARGV[3], 'd'})
+return out
+`)
+
+// ErrNoReply is set on a command queued in DoneWith whose reply DoneWith
+// cannot hand back (a type other than the common ones).
+var ErrNoReply = errors.New("dedupe: DoneWith keeps no reply of this command type")
+
+// DoneWith records the effect and marks the claim done atomically, only
+// while the claim is still held: the commands fn queues on the pipeliner run
+// exactly when the mark does, in one Lua script with the check, so an
+// instance that dies at any point leaves either both or neither, and no
+// other event's writes can make it fail or retry. On Redis Cluster (and
+// Ring) the effect's keys must share the record's slot: name them with
+// Key(c.Group, c.ID).
+//
+// fn must only queue commands that a script may run (no blocking commands,
+// no MULTI). Their replies are set on the commands fn got (integer, status,
+// string, bool and generic ones; others get ErrNoReply). A command that
+// fails inside the script stops it: the commands before it have run, the
+// mark has not, as with MULTI/EXEC.
 //
 // It returns ErrLeaseLost, having run nothing, when the claim is no longer
 // held.
 func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.Context, pipe redis.Pipeliner) error) error {
-	key := s.Key(c.Group, c.ID)
-	err := s.c.Watch(ctx, func(tx *redis.Tx) error {
-		v, err := tx.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) || (err == nil && v != claimValue(c.Token)) {
-			return ErrLeaseLost
-		}
+	pipe := s.c.Pipeline()
+	if err := fn(ctx, pipe); err != nil {
+		return err
+	}
+	cmds := pipe.Cmds()
+	pipe.Discard()
+	args := []any{c.ID, c.Token, len(cmds)}
+	for _, cmd := range cmds {
+		a := cmd.Args()
+		args = append(args, len(a))
+		args = append(args, a...)
+	}
+	shard := s.shard(c.ID)
+	for try := 0; ; try++ {
+		g := s.generation()
+		res, err := doneWithScript.Run(ctx, s.c, s.genKeys(c.Group, shard, g), append([]any{g, s.gen}, args...)...).Slice()
 		if err != nil {
 			return err
 		}
-		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			if err := fn(ctx, pipe); err != nil {
-				return err
+		if len(res) < 2 {
+			return fmt.Errorf("dedupe: unexpected reply %v", res)
+		}
+		status, _ := res[0].(int64)
+		now, _ := res[1].(int64)
+		s.learn(now)
+		switch status {
+		case -1:
+			if try == 2 {
+				return errors.New("dedupe: Redis's clock keeps moving across a generation boundary")
 			}
-			pipe.Set(ctx, key, "d", s.retention)
-			return nil
-		})
-		return err
-	}, key)
-	if errors.Is(err, redis.TxFailedErr) {
-		return ErrLeaseLost // the key changed under us: our lease ended
+			continue
+		case 1:
+			return ErrLeaseLost
+		}
+		if len(res) != 2+len(cmds) {
+			return fmt.Errorf("dedupe: unexpected DoneWith reply of %d values for %d commands", len(res), len(cmds))
+		}
+		for i, cmd := range cmds {
+			setReply(cmd, res[2+i])
+		}
+		return nil
 	}
-	return err
+}
+
+// setReply sets v, a reply from a script, on cmd.
+func setReply(cmd redis.Cmder, v any) {
+	switch c := cmd.(type) {
+	case *redis.Cmd:
+		c.SetVal(v)
+	case *redis.IntCmd:
+		if n, ok := v.(int64); ok {
+			c.SetVal(n)
+			return
+		}
+		c.SetErr(ErrNoReply)
+	case *redis.BoolCmd:
+		switch x := v.(type) {
+		case int64:
+			c.SetVal(x == 1)
+		case string:
+			c.SetVal(x == "OK")
+		case nil:
+			c.SetVal(false)
+		default:
+			c.SetErr(ErrNoReply)
+		}
+	case *redis.StatusCmd:
+		if x, ok := v.(string); ok {
+			c.SetVal(x)
+			return
+		}
+		c.SetErr(ErrNoReply)
+	case *redis.StringCmd:
+		switch x := v.(type) {
+		case string:
+			c.SetVal(x)
+		case int64:
+			c.SetVal(strconv.FormatInt(x, 10))
+		case nil:
+			c.SetErr(redis.Nil)
+		default:
+			c.SetErr(ErrNoReply)
+		}
+	default:
+		cmd.SetErr(ErrNoReply)
+	}
 }

@@ -86,8 +86,10 @@ func runBatches(b *testing.B, send func(context.Context, int) error) {
 // plain franz-go group consumer committing after each poll, with
 // Subscriber, with Subscriber plus the per-event Redis dedupe Middleware,
 // and with Subscriber plus Redis dedupe on the batch path
-// (SubscriberConfig.Batch: two round trips per partition per poll), on the
-// same kfake cluster in one run. The handler does nothing else.
+// (SubscriberConfig.Batch: two round trips per partition per poll), and on
+// the batch path with a store that does nothing (the cost of the batch path
+// itself), on the same kfake cluster in one run. The handler does nothing
+// else.
 func BenchmarkConsume(b *testing.B) {
 	c := newCluster(b)
 	rdb := testenv.Redis(b)
@@ -175,6 +177,13 @@ func BenchmarkConsume(b *testing.B) {
 			b.Fatal(err)
 		}
 		consume(b, mw, nil)
+	})
+	b.Run("activekit+noop-batch", func(b *testing.B) {
+		d, err := dedupe.New(noopStore{}, dedupe.Config{Group: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		consume(b, func(h events.Handler) events.Handler { return h }, d)
 	})
 	b.Run("activekit+redis-dedupe-batch", func(b *testing.B) {
 		prefix := testenv.Name(b) + ":"

@@ -1,0 +1,307 @@
+package dedupe
+
+// Tests of RedisStore's layout that need its insides: the clock offset and
+// the shard of an ID.
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/internal/testenv"
+)
+
+func layoutStore(t *testing.T, cfg RedisConfig) (*RedisStore, redis.UniversalClient) {
+	t.Helper()
+	c := testenv.Redis(t)
+	cfg.Prefix = testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, cfg.Prefix)
+	s, err := NewRedisStore(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}
+
+// TestRedisSkewedClock: a store whose idea of Redis's clock is a generation
+// off names the wrong hashes; the scripts refuse, the store learns Redis's
+// clock from the refusal and calls again, and the records land where every
+// other instance looks.
+func TestRedisSkewedClock(t *testing.T) {
+	s, _ := layoutStore(t, RedisConfig{Retention: time.Hour})
+	ctx := context.Background()
+	for _, skew := range []time.Duration{time.Hour, -time.Hour, 3 * time.Hour} {
+		s.offset.Store(skew.Milliseconds())
+		id := "e" + strconv.Itoa(int(skew/time.Hour))
+		c, err := s.Claim(ctx, "g", id, time.Minute)
+		if err != nil || c.Status != Claimed {
+			t.Fatalf("skew %v: Claim: %+v, %v", skew, c, err)
+		}
+		if off := s.offset.Load(); off > 5000 || off < -5000 {
+			t.Fatalf("skew %v: offset %d ms after a reply, want Redis's (about 0)", skew, off)
+		}
+		s.offset.Store(skew.Milliseconds())
+		if err := s.Done(ctx, c); err != nil {
+			t.Fatalf("skew %v: Done: %v", skew, err)
+		}
+		// A store with a true clock sees it done.
+		other, err := NewRedisStore(s.c, RedisConfig{Prefix: s.prefix, Retention: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, err := other.Claim(ctx, "g", id, time.Minute); err != nil || d.Status != Done {
+			t.Fatalf("skew %v: Claim by another instance: %+v, %v; want done", skew, d, err)
+		}
+	}
+}
+
+// TestRedisRetentionByGeneration: a done mark is kept for at least the
+// retention, and reclaimed (the event runs again) within three.
+func TestRedisRetentionByGeneration(t *testing.T) {
+	const retention = 400 * time.Millisecond
+	s, c := layoutStore(t, RedisConfig{Retention: retention, Shards: 2})
+	ctx := context.Background()
+	cl, err := s.Claim(ctx, "g", "e", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Done(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	marked := time.Now()
+	for time.Since(marked) < retention*9/10 {
+		if d, err := s.Claim(ctx, "g", "e", time.Second); err != nil || d.Status != Done {
+			t.Fatalf("%v after Done: %+v, %v; want done (retention %v)", time.Since(marked), d, err, retention)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for {
+		d, err := s.Claim(ctx, "g", "e", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Status == Claimed {
+			break
+		}
+		if time.Since(marked) > 3*retention+200*time.Millisecond {
+			t.Fatalf("still %v %v after Done; want forgotten within 3× the retention", d.Status, time.Since(marked))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The expired generations are gone from Redis, not only unread.
+	keys, err := c.Keys(ctx, s.prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) > 2 {
+		t.Fatalf("%d keys left: %v; want at most the current generation of each shard", len(keys), keys)
+	}
+}
+
+// TestRedisShardsSpread: the IDs of a batch spread over the shards, each
+// shard's records in its own hash, and a batch over all of them is one
+// script call on a standalone server.
+func TestRedisShardsSpread(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{Shards: 8})
+	ctx := context.Background()
+	ids := make([]string, 400)
+	for i := range ids {
+		ids[i] = events.NewID()
+	}
+	cs, err := s.ClaimBatch(ctx, "g", ids, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perShard := map[uint32]int{}
+	for _, id := range ids {
+		perShard[s.shard(id)]++
+	}
+	if len(perShard) != 8 {
+		t.Fatalf("400 IDs over %d shards, want 8", len(perShard))
+	}
+	g := s.generation()
+	for k, n := range perShard {
+		key := s.genKeys("g", k, g)[0]
+		if got := c.HLen(ctx, key).Val(); got != int64(n) {
+			t.Fatalf("shard %d: %d fields in %s, want %d", k, got, key, n)
+		}
+	}
+	if _, err := s.DoneBatch(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if d, _ := s.Claim(ctx, "g", id, time.Minute); d.Status != Done {
+			t.Fatalf("%s: %v after DoneBatch", id, d.Status)
+		}
+	}
+}
+
+// TestRedisDoneBatchChecksOldClaims: DoneBatch marks unread only claims
+// whose leases surely hold; an older claim is read, and one another
+// claimer took over is reported lost.
+func TestRedisDoneBatchChecksOldClaims(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{})
+	ctx := context.Background()
+	cs, err := s.ClaimBatch(ctx, "g", []string{"a", "b"}, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Millisecond) // both leases end
+	taken, err := s.Claim(ctx, "g", "b", time.Minute)
+	if err != nil || taken.Status != Claimed {
+		t.Fatalf("takeover of b: %+v, %v", taken, err)
+	}
+	res, err := s.DoneBatch(ctx, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res[0], ErrLeaseLost) || !errors.Is(res[1], ErrLeaseLost) {
+		t.Fatalf("DoneBatch after the leases ended: %v; want ErrLeaseLost for both", res)
+	}
+	// Both are marked done all the same (the effects happened); the
+	// successor of b can no longer finish its claim.
+	for _, id := range []string{"a", "b"} {
+		if d, _ := s.Claim(ctx, "g", id, time.Minute); d.Status != Done {
+			t.Fatalf("%s: %v after DoneBatch, want done", id, d.Status)
+		}
+	}
+	if err := s.Done(ctx, taken); err != nil && !errors.Is(err, ErrLeaseLost) {
+		t.Fatal(err)
+	}
+	_ = c
+}
+
+// TestRedisDoneWithContention: DoneWith on a shard that other events keep
+// writing (one shard, batches claimed and marked in a loop) neither fails
+// nor retries (a WATCH on the shard's hashes would), applies the effect
+// exactly once and hands back its reply.
+func TestRedisDoneWithContention(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{Shards: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	var writes atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				ids := make([]string, 20)
+				for i := range ids {
+					ids[i] = events.NewID()
+				}
+				cs, err := s.ClaimBatch(ctx, "g", ids, time.Minute)
+				if err != nil {
+					return
+				}
+				if _, err := s.DoneBatch(ctx, cs); err != nil {
+					return
+				}
+				writes.Add(1)
+			}
+		})
+	}
+	const n = 30
+	for i := range n {
+		id := "effect-" + strconv.Itoa(i)
+		cl, err := s.Claim(ctx, "g", id, time.Minute)
+		if err != nil || cl.Status != Claimed {
+			t.Fatalf("Claim %s: %+v, %v", id, cl, err)
+		}
+		calls := 0
+		var incr *redis.IntCmd
+		err = s.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
+			calls++
+			incr = p.Incr(ctx, s.Key("g", id)+":count")
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("DoneWith %s under contention: %v", id, err)
+		}
+		if calls != 1 || incr.Val() != 1 || incr.Err() != nil {
+			t.Fatalf("%s: fn called %d times, INCR reply %d, %v; want once, 1", id, calls, incr.Val(), incr.Err())
+		}
+		if got := c.Get(ctx, s.Key("g", id)+":count").Val(); got != "1" {
+			t.Fatalf("%s: effect count %q, want 1", id, got)
+		}
+	}
+	cancel()
+	wg.Wait()
+	if writes.Load() == 0 {
+		t.Fatal("no concurrent batch ran: the test proved nothing")
+	}
+}
+
+// TestRedisDoneWithCluster: on a Redis Cluster the effect's keys, named
+// with Key, are in the record's slot, so the script may write them; the
+// replies of each command type come back.
+func TestRedisDoneWithCluster(t *testing.T) {
+	c := testenv.RedisCluster(t)
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, prefix)
+	s, err := NewRedisStore(c, RedisConfig{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 10 { // IDs over several shards, so several nodes
+		id := "order-" + strconv.Itoa(i)
+		cl, err := s.Claim(ctx, "g", id, time.Minute)
+		if err != nil || cl.Status != Claimed {
+			t.Fatalf("Claim: %+v, %v", cl, err)
+		}
+		k := s.Key("g", id)
+		var (
+			set  *redis.StatusCmd
+			get  *redis.StringCmd
+			nx   *redis.BoolCmd
+			incr *redis.IntCmd
+			do   *redis.Cmd
+			miss *redis.StringCmd
+			ttl  *redis.DurationCmd
+		)
+		err = s.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
+			set = p.Set(ctx, k+":a", "x", 0)
+			get = p.Get(ctx, k+":a")
+			nx = p.SetNX(ctx, k+":a", "y", 0)
+			incr = p.IncrBy(ctx, k+":n", 5)
+			do = p.Do(ctx, "HSET", k+":h", "f", "v")
+			miss = p.Get(ctx, k+":missing")
+			ttl = p.TTL(ctx, k+":a")
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("DoneWith %s: %v", id, err)
+		}
+		if set.Val() != "OK" || get.Val() != "x" || nx.Val() || nx.Err() != nil || incr.Val() != 5 || do.Val() != int64(1) || !errors.Is(miss.Err(), redis.Nil) {
+			t.Fatalf("replies: set %q get %q setnx %v/%v incr %d hset %v missing %v", set.Val(), get.Val(), nx.Val(), nx.Err(), incr.Val(), do.Val(), miss.Err())
+		}
+		if !errors.Is(ttl.Err(), ErrNoReply) {
+			t.Fatalf("TTL reply: %v, %v; want ErrNoReply", ttl.Val(), ttl.Err())
+		}
+		if d, _ := s.Claim(ctx, "g", id, time.Minute); d.Status != Done {
+			t.Fatalf("%s after DoneWith: %v", id, d.Status)
+		}
+	}
+}
+
+func TestRedisConfigErrors(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for name, cfg := range map[string]RedisConfig{
+		"negative shards": {Shards: -1},
+		"too many shards": {Shards: 1025},
+		"brace in prefix": {Prefix: "a{b}:"},
+		"tiny retention":  {Retention: time.Microsecond},
+		"negative":        {Retention: -time.Second},
+	} {
+		if _, err := NewRedisStore(c, cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: %v, want ErrConfig", name, err)
+		}
+	}
+}
