@@ -12,9 +12,13 @@
 // (so the session size limit is enforced by the same script, without reading
 // the session first) and moves the expiry: two instances changing different
 // keys never conflict, and a compare-and-set on one key is exact. A read is
-// one round trip too: a short script that checks the record (alias, absolute
-// deadline, the user's revocation epoch) and moves the idle deadline
-// (PEXPIREAT GT on Redis 7 and later), pipelined with an HGETALL of the hash.
+// one round trip of plain commands, no script (Redis 7 and later): PEXPIRE
+// ... GT moves the idle deadline on Redis's clock, HGETALL reads the hash,
+// PEXPIRETIME the deadline, and, for a user's session, HGETALL the user's
+// revocation epoch; the checks (alias, absolute deadline, epoch) run in Go.
+// A second trip caps the deadline in a session's last idle period, and puts
+// back the expiry of an alias a read went through. Servers before Redis 7.0
+// get a short load script instead, found out from their first error reply.
 //
 // Every key of one session, and of one user's index and revocation epoch,
 // carries the same hash tag, so every script touches one Cluster slot:

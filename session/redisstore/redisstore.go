@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -84,10 +85,11 @@ func WithWait(replicas int, timeout time.Duration) Option {
 // any redis.UniversalClient. It is safe for concurrent use and starts no
 // goroutine; closing the client is the caller's business.
 //
-// Each session is one hash, a field per key; Load (with its idle refresh)
-// and Apply (with its compare-and-set and its refusal to resurrect) are each
-// one Lua script, so one round trip. Keys use hash tags so that a session,
-// its user's index and its user's revocation epoch live in one Cluster slot:
+// Each session is one hash, a field per key. Apply (with its compare-and-set
+// and its refusal to resurrect) is one Lua script; Load (with its idle
+// refresh) is one pipeline of plain commands (see loadPlain); each is one
+// round trip. Keys use hash tags so that a session, its user's index and its
+// user's revocation epoch live in one Cluster slot:
 //
 //	<prefix>s:{<tag>}.<hash>   a session bound to a user (tag = session.UserTag)
 //	<prefix>s:{<hash>}         an anonymous session
@@ -99,6 +101,9 @@ type Store struct {
 	prefixSet    bool
 	waitReplicas int
 	waitTimeout  time.Duration
+	// scriptLoad: the server (or one Cluster node) answered that it lacks
+	// the Redis 7 commands Load uses; Load runs the load script from then on.
+	scriptLoad atomic.Bool
 }
 
 // New returns a store over c.
@@ -153,13 +158,231 @@ func (s *Store) epochKey(tag string) string { return s.prefix + "e:{" + tag + "}
 
 func (s *Store) indexKey(tag, user string) string { return s.prefix + "u:{" + tag + "}" + user }
 
-// Load implements session.Store: one round trip (two while following an
-// alias left by a rotation): the load script, which checks the record and
-// moves its idle deadline, pipelined with an HGETALL of the hash.
+// legacyGrace bounds an alias written before aliases carried their grace
+// deadline (field _g): Load cannot tell how long such an alias had left, so
+// the first Load that moves its expiry gives it legacyGrace from then on
+// (session.DefaultRenewGrace), once: the deadline is stored in the alias.
+const legacyGrace = session.DefaultRenewGrace
+
+// errOldServer: the server lacks PEXPIRE ... GT/LT or PEXPIRETIME (Redis
+// before 7.0); Load falls back to the load script.
+var errOldServer = errors.New("redisstore: server before Redis 7.0")
+
+// Load implements session.Store: one round trip of plain commands (see
+// loadPlain); two while following an alias left by a rotation, or during the
+// last idle period before the absolute deadline, when a refresh must be
+// capped. On a server before Redis 7.0 it runs the load script instead.
 func (s *Store) Load(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return session.Record{}, false, err
 	}
+	if !s.scriptLoad.Load() {
+		rec, found, err := s.loadPlain(ctx, id, idle)
+		if !errors.Is(err, errOldServer) {
+			return rec, found, err
+		}
+		s.scriptLoad.Store(true)
+	}
+	return s.loadScripted(ctx, id, idle)
+}
+
+// aliasFix is an alias that a Load followed after moving its expiry past its
+// grace deadline g (a plain PEXPIRE ... GT cannot tell an alias from a
+// record): the next trip puts the expiry back (PEXPIREAT key g LT, which
+// deletes the key if g has passed) and checks that the key is still there,
+// that is, that the alias had not ended. setG: the alias predates _g, which
+// the next trip stores (HSETNX) first.
+type aliasFix struct {
+	key  string
+	g    int64
+	setG bool
+}
+
+// loadTrip is the pipeline of one hop of loadPlain.
+type loadTrip struct {
+	fixed   *redis.IntCmd             // EXISTS of the alias fixed (nil: none)
+	refresh *redis.IntCmd             // PEXPIRE key idle GT (nil: idle 0)
+	hash    *redis.MapStringStringCmd // HGETALL key
+	expiry  *redis.IntCmd             // PEXPIRETIME key
+	epochs  *redis.MapStringStringCmd // HGETALL of the epochs (nil: anonymous ID)
+	cmds    [3]*redis.IntCmd          // the fix's other commands, for their errors
+}
+
+// loadPlain reads a record with plain commands, pipelined in one round trip
+// to one Cluster slot (every key shares the ID's hash tag):
+//
+//	PEXPIRE s <idle> GT      move the idle deadline, on Redis's clock, never back
+//	HGETALL s                the record (or an alias)
+//	PEXPIRETIME s            the idle deadline now
+//	HGETALL e:{tag}          for a user's ID: the revocation epochs of its tag
+//
+// The checks the load script made run here, in Go. No clock is needed: a key
+// that exists is not past its expiry, so a record whose expiry (read after
+// the hash) is at most its absolute deadline _a was live when read. A
+// refresh in the last idle period takes the expiry past _a; a second trip
+// caps it (PEXPIREAT s _a LT, which deletes the key if _a has passed) and
+// checks that the key is still there. An alias is live while its key exists
+// and its expiry is at most its grace deadline _g; the refresh takes it past
+// _g, so the trip that reads the target also puts the alias's expiry back
+// and checks it (see aliasFix). A record whose user's epoch moved was
+// revoked: it is deleted (one more trip, once) and not returned.
+func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
+	ms := idle.Milliseconds()
+	var fix aliasFix
+	for range maxHops {
+		if !validID(id) {
+			return session.Record{}, false, nil
+		}
+		key, tag := s.sessionKey(id), session.HashTag(id)
+		tagged := len(tag) < len(id)
+		var t loadTrip
+		pipe := s.c.Pipeline()
+		if fix.key != "" {
+			if fix.setG {
+				t.cmds[0] = redis.NewIntCmd(ctx, "hsetnx", fix.key, "_g", fix.g)
+				_ = pipe.Process(ctx, t.cmds[0])
+			}
+			t.cmds[1] = redis.NewIntCmd(ctx, "pexpireat", fix.key, fix.g, "lt")
+			_ = pipe.Process(ctx, t.cmds[1])
+			t.fixed = pipe.Exists(ctx, fix.key)
+		}
+		if ms > 0 {
+			t.refresh = redis.NewIntCmd(ctx, "pexpire", key, ms, "gt")
+			_ = pipe.Process(ctx, t.refresh)
+		}
+		t.hash = pipe.HGetAll(ctx, key)
+		t.expiry = redis.NewIntCmd(ctx, "pexpiretime", key)
+		_ = pipe.Process(ctx, t.expiry)
+		if tagged {
+			t.epochs = pipe.HGetAll(ctx, s.epochKey(tag))
+		}
+		_, _ = pipe.Exec(ctx)
+		if err := t.err(); err != nil {
+			return session.Record{}, false, err
+		}
+		if t.fixed != nil && t.fixed.Val() == 0 {
+			return session.Record{}, false, nil // the alias followed had ended
+		}
+		h, expiry := t.hash.Val(), t.expiry.Val()
+		if len(h) == 0 || expiry == -2 {
+			return session.Record{}, false, nil
+		}
+		if to, ok := h["_to"]; ok {
+			fix = aliasFix{}
+			if g, err := strconv.ParseInt(h["_g"], 10, 64); err == nil {
+				if expiry < 0 || expiry > g {
+					fix = aliasFix{key: key, g: g}
+				}
+			} else if ms > 0 && expiry > 0 {
+				fix = aliasFix{key: key, g: expiry - ms + legacyGrace.Milliseconds(), setG: true}
+			}
+			id = to
+			continue
+		}
+		rec, err := decode(id, h)
+		if err != nil {
+			return session.Record{}, false, err
+		}
+		if rec.AbsoluteDeadline.IsZero() {
+			return session.Record{}, false, nil // no record: not one this store wrote
+		}
+		if rec.User != "" {
+			revoked, err := s.revoked(ctx, tag, rec.User, h["_e"], t.epochs)
+			if err != nil {
+				return session.Record{}, false, err
+			}
+			if revoked {
+				_ = s.c.Del(ctx, key).Err() // it is not returned either way
+				return session.Record{}, false, nil
+			}
+		}
+		abs := rec.AbsoluteDeadline.UnixMilli()
+		if expiry < 0 || expiry > abs {
+			live, err := s.capExpiry(ctx, key, abs)
+			if err != nil || !live {
+				return session.Record{}, false, err
+			}
+			expiry = abs
+		}
+		rec.IdleDeadline = time.UnixMilli(expiry)
+		return rec, true, nil
+	}
+	return session.Record{}, false, nil
+}
+
+// err returns the first error of the trip: errOldServer when the server does
+// not know the Redis 7 commands and options.
+func (t *loadTrip) err() error {
+	cmds := []redis.Cmder{t.hash}
+	for _, c := range []*redis.IntCmd{t.cmds[0], t.cmds[1], t.fixed, t.refresh, t.expiry} {
+		if c != nil {
+			cmds = append(cmds, c)
+		}
+	}
+	if t.epochs != nil {
+		cmds = append(cmds, t.epochs)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			if oldServer(err) {
+				return errOldServer
+			}
+			return fmt.Errorf("redisstore: load: %w", err)
+		}
+	}
+	return nil
+}
+
+// oldServer reports whether err is a server's answer to a command or option
+// it does not know (PEXPIRETIME, PEXPIRE ... GT before Redis 7.0).
+func oldServer(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := strings.ToLower(rerr.Error())
+	return strings.HasPrefix(msg, "err unknown command") || strings.HasPrefix(msg, "err wrong number of arguments")
+}
+
+// revoked reports whether the epoch e recorded for user differs from the
+// user's current one: from epochs when the trip read them, else read now.
+func (s *Store) revoked(ctx context.Context, tag, user, e string, epochs *redis.MapStringStringCmd) (bool, error) {
+	var cur string
+	if epochs != nil {
+		cur = epochs.Val()[user]
+	} else {
+		// Not a user's ID, yet bound to a user: no Apply makes such a record.
+		v, err := s.c.HGet(ctx, s.epochKey(tag), user).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return false, fmt.Errorf("redisstore: load: %w", err)
+		}
+		cur = v
+	}
+	if cur == "" {
+		cur = "0"
+	}
+	return cur != e, nil
+}
+
+// capExpiry puts the expiry of key back to the absolute deadline abs (ms)
+// after a refresh took it past, and reports whether the key is still there:
+// PEXPIREAT to a time that has passed deletes it.
+func (s *Store) capExpiry(ctx context.Context, key string, abs int64) (bool, error) {
+	pipe := s.c.Pipeline()
+	cmd := redis.NewIntCmd(ctx, "pexpireat", key, abs, "lt")
+	_ = pipe.Process(ctx, cmd)
+	exists := pipe.Exists(ctx, key)
+	_, _ = pipe.Exec(ctx)
+	if err := cmp.Or(cmd.Err(), exists.Err()); err != nil {
+		return false, fmt.Errorf("redisstore: load: %w", err)
+	}
+	return exists.Val() == 1, nil
+}
+
+// loadScripted is Load on a server before Redis 7.0: one round trip (two
+// while following an alias), the load script, which checks the record and
+// moves its idle deadline, pipelined with an HGETALL of the hash.
+func (s *Store) loadScripted(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
 	keys := make([]string, 2)
 	args := []any{idle.Milliseconds()}
 	for range maxHops {

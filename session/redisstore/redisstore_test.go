@@ -127,7 +127,7 @@ func TestRoundTrips(t *testing.T) {
 			ctx := t.Context()
 			id := sessiontest.NewID(t, "alice")
 			// Warm the script caches (EVALSHA, then EVAL on NOSCRIPT).
-			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, User: "alice", Idle: time.Hour}); err != nil {
+			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, User: "alice", Idle: time.Hour}); err != nil {
 				t.Fatal(err)
 			}
 			if _, _, err := s.Load(ctx, id, time.Hour); err != nil {
@@ -162,6 +162,24 @@ func TestRoundTrips(t *testing.T) {
 				return err
 			})
 			measure("load missing", 1, func() error { _, _, err := s.Load(ctx, sessiontest.NewID(t, ""), time.Hour); return err })
+			// In the last idle period before the absolute deadline, the
+			// refresh overshoots it and a second trip caps it.
+			last := sessiontest.NewID(t, "")
+			if _, err := s.Apply(ctx, last, session.Delta{Create: &session.Create{Absolute: time.Minute}, Idle: time.Second}); err != nil {
+				t.Fatal(err)
+			}
+			measure("load in the last idle period", 2, func() error { _, _, err := s.Load(ctx, last, time.Hour); return err })
+			measure("load without refresh", 1, func() error { _, _, err := s.Load(ctx, last, 0); return err })
+			// Through an alias: the alias (whose expiry the refresh moved),
+			// then the target pipelined with putting the alias's expiry back.
+			old := sessiontest.NewID(t, "alice")
+			if _, err := s.Apply(ctx, old, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, Idle: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Alias(ctx, old, id, 1, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			measure("load through an alias", 2, func() error { _, _, err := s.Load(ctx, old, time.Hour); return err })
 		})
 	}
 }

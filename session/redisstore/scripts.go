@@ -12,18 +12,34 @@ import "github.com/redis/go-redis/v9"
 //	_u   bound user ("" or absent: none)
 //	_e   the user's revocation epoch when bound
 //	_to  present only in an alias: the target ID
+//	_g   in an alias: its grace deadline, Unix ms (absent in aliases written
+//	     before it existed; see legacyGrace)
 //	k:K  the value of key K, as "<version>:<data>"
 //
-// The idle deadline is the key's own expiry (PEXPIREAT), never past the
-// absolute deadline, so Redis drops an idle or ended session by itself. Every
-// script takes the time from Redis (TIME), so all instances share one clock.
+// The idle deadline is the key's own expiry, never past the absolute deadline
+// (an alias's expiry: never past _g), so Redis drops an idle or ended session
+// by itself. Every script takes the time from Redis (TIME), so all instances
+// share one clock.
 //
-// The hot scripts (load, apply) read the fields they need with one HMGET and
-// write with one HSET: in Redis every call from Lua costs about as much as a
-// command from a client, and moving a whole hash into Lua and back costs
-// several times more than HGETALL itself, so the load script returns only
-// the idle deadline and the hash travels in a plain HGETALL pipelined after
-// it.
+// Writes are scripts: the apply script's compare-and-set, size limit and
+// refusal to resurrect must be atomic. Reads are not, on Redis 7 and later:
+// Store.loadPlain pipelines PEXPIRE ... GT, HGETALL and PEXPIRETIME (plain
+// commands, relative to Redis's clock, so no clock of ours is involved) and
+// makes the checks in Go. In Redis every call from Lua costs about as much as
+// a command from a client, and running a script costs more on top, so the
+// script it replaced (HMGET, TIME, HGET of the epoch, PEXPIREAT ... GT,
+// PEXPIRETIME, pipelined with an HGETALL) cost about twice the Redis CPU of
+// the plain pipeline. A plain refresh cannot tell an alias from a record, nor
+// stop at the absolute deadline: Load puts back an alias's expiry to _g, and
+// caps a record's at _a in a second trip, in the last idle period only. The
+// scripts that read (alias, delete, apply) therefore treat an alias whose _g
+// has passed as gone, in case a Load that moved its expiry did not live to
+// put it back. loadScript remains for servers before Redis 7.0 (no GT, no
+// PEXPIRETIME).
+//
+// The apply script reads the fields it needs with one HMGET and writes with
+// one HSET; moving a whole hash into Lua and back costs several times more
+// than HGETALL itself.
 
 // prelude gives the cold scripts (alias, sessions): now (ms), tostr(n), and
 // live(a, u, e), which checks the absolute deadline a and the epoch e of user
@@ -42,47 +58,45 @@ local function live(a, u, e)
 end
 `
 
-// loadScript: KEYS = session, epochs; ARGV = idle ms (0: no refresh).
-// Checks that the record is live (deleting it if its absolute deadline has
-// passed or its user's epoch moved), moves the idle deadline to
-// min(now+idle, absolute) but never backwards, and returns the idle deadline
-// (ms); nil when there is no live record; the target ID (a string) for an
-// alias. The caller pipelines HGETALL of KEYS[1] after it.
+// loadScript is Load on servers before Redis 7.0 (Store.loadPlain on later
+// ones): KEYS = session, epochs; ARGV = idle ms (0: no refresh). Checks that
+// the record is live (deleting it if its absolute deadline has passed or its
+// user's epoch moved), moves the idle deadline to min(now+idle, absolute) but
+// never backwards, and returns the idle deadline (ms); nil when there is no
+// live record; the target ID (a string) for an alias within its grace
+// deadline. The caller pipelines HGETALL of KEYS[1] after it. It uses no
+// command newer than Redis 2.6, so the same script runs (and is tested) on
+// any version.
 var loadScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], '_a', '_to', '_u', '_e')
-if not m[1] then
-  if m[2] then return m[2] end
-  return false
-end
+local m = redis.call('HMGET', KEYS[1], '_a', '_to', '_u', '_e', '_g')
+if not m[1] and not m[2] then return false end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if not m[1] then
+  if m[5] and now >= tonumber(m[5]) then
+    redis.call('DEL', KEYS[1])
+    return false
+  end
+  return m[2]
+end
 local abs = tonumber(m[1])
 if now >= abs or (m[3] and m[3] ~= '' and (redis.call('HGET', KEYS[2], m[3]) or '0') ~= m[4]) then
   redis.call('DEL', KEYS[1])
   return false
 end
 local want = tonumber(ARGV[1])
-local ni = now + want
-if ni > abs then ni = abs end
-if redis.REDIS_VERSION_NUM then
-  -- Redis 7 and later (REDIS_VERSION_NUM is nil before): GT moves the
-  -- deadline only forward, so the current one need not be read first.
-  if want > 0 and redis.call('PEXPIREAT', KEYS[1], string.format('%d', ni), 'GT') == 1 then
-    return ni
-  end
-  local e = redis.call('PEXPIRETIME', KEYS[1])
-  if e < 0 then return abs end
-  return e
-end
-local idle = abs
+-- No expiry (never written so) counts as past the deadline: it gets one.
+local cur = abs + 1
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 then idle = now + pttl end
+if pttl >= 0 then cur = now + pttl end
+local idle = cur
+if idle > abs then idle = abs end
 if want > 0 then
-  if ni > idle then
-    redis.call('PEXPIREAT', KEYS[1], string.format('%d', ni))
-    idle = ni
-  end
+  local ni = now + want
+  if ni > abs then ni = abs end
+  if ni > idle then idle = ni end
 end
+if idle ~= cur then redis.call('PEXPIREAT', KEYS[1], string.format('%d', idle)) end
 return idle
 `)
 
@@ -135,6 +149,12 @@ else
   end
   if not old[1] then
     if old[2] then
+      local g = redis.call('HGET', KEYS[1], '_g')
+      if g and now >= tonumber(g) then
+        -- A Load moved the alias's expiry and did not put it back.
+        redis.call('DEL', KEYS[1])
+        return {'notfound'}
+      end
       -- Expected versions were read from the record before it was copied
       -- to the target, whose versions start again: checked there, a stale
       -- one could match. The caller reads again, through the alias.
@@ -223,20 +243,28 @@ return {'ok', ver}
 `)
 
 // aliasScript: KEYS = old session, epochs; ARGV = new ID, expected version,
-// grace ms. Returns 'ok', 'notfound' or 'conflict'.
+// grace ms. Returns 'ok', 'notfound' or 'conflict'. The alias keeps its
+// grace deadline in _g (see the layout above) and expires then.
 var aliasScript = redis.NewScript(prelude + `
 local m = redis.call('HMGET', KEYS[1], '_to', '_a', '_u', '_e', '_v')
 if m[1] or not live(m[2], m[3], m[4]) then return 'notfound' end
 if tonumber(m[5] or '0') ~= tonumber(ARGV[2]) then return 'conflict' end
+local g = tostr(now + tonumber(ARGV[3]))
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '_to', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], '_to', ARGV[1], '_g', g)
+redis.call('PEXPIREAT', KEYS[1], g)
 return 'ok'
 `)
 
-// deleteScript: KEYS = session; returns the alias target or nil.
+// deleteScript: KEYS = session; returns the alias target or nil (also for an
+// alias past its grace deadline, which is gone).
 var deleteScript = redis.NewScript(`
-local to = redis.call('HGET', KEYS[1], '_to')
+local m = redis.call('HMGET', KEYS[1], '_to', '_g')
+local to = m[1]
+if to and m[2] then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= tonumber(m[2]) then to = false end
+end
 redis.call('DEL', KEYS[1])
 return to
 `)
