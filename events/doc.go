@@ -34,6 +34,16 @@
 // per event, for subscribers that hand over ordered batches; the dedupe
 // package's Deduper is one, and saves a round trip to its store per event.
 //
+// # Failures
+//
+// A handler error is the event's failure: it is retried in place a bounded
+// number of times and then dead-lettered, so one bad event cannot block its
+// partition forever. An error marked Unavailable is a dependency's failure
+// instead (the dedupe store marks every error of its own so): nothing is
+// wrong with the event, so it is retried until the dependency is back and is
+// never dead-lettered. An outage thus delays a partition's events rather than
+// sending them all to the dead-letter topic.
+//
 // Core events imports no vendor client: adapters live in subpackages, so a
 // service that uses Kafka does not compile IBM MQ.
 package events

@@ -57,6 +57,13 @@ type Publisher interface {
 // adapter retries in place, keeping order, and then dead-letters). Handlers
 // return an error wrapped by Permanent to skip those retries.
 //
+// Every implementation keeps one rule for an error marked Unavailable (a
+// dependency such as the dedupe store is down; see Unavailable): it is
+// retried, with backoff, until it clears or ctx ends; it never dead-letters
+// the event and never counts as an attempt of the event, even when it is
+// also Permanent. An adapter that cannot retry in place leaves the event
+// unacknowledged, to be delivered again.
+//
 // Implementations are safe for concurrent use: several Subscribe calls may
 // run at once, each its own consumer.
 type Subscriber interface {
@@ -65,7 +72,9 @@ type Subscriber interface {
 
 // Handler handles one event. It returns nil when the event's effect is done;
 // an error makes the event be delivered again or dead-lettered, according to
-// the subscriber and the middleware. It must return promptly once ctx ends.
+// the subscriber and the middleware, except that an error marked Unavailable
+// is retried until it clears and never dead-lettered. It must return
+// promptly once ctx ends.
 type Handler func(ctx context.Context, e Event) error
 
 // Middleware wraps a Handler with more behaviour.

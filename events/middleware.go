@@ -18,7 +18,8 @@ import (
 
 // Permanent marks a handler error as not worth retrying: the Retry
 // middleware and the adapters that retry in place stop at once and go on to
-// dead-lettering. Permanent(nil) is nil.
+// dead-lettering. Permanent(nil) is nil. An error that is also Unavailable
+// is Unavailable: it is retried until it clears, never dead-lettered.
 func Permanent(err error) error { return retry.Permanent(err) }
 
 // Attempts returns how many times a handler ran before returning err: the
@@ -38,6 +39,14 @@ func Attempts(err error) int {
 // error is a *retry.Error that says how many attempts were made (see
 // Attempts).
 //
+// An Unavailable error is retried within the attempt that got it, until it
+// clears or ctx ends, whatever Permanent markers it carries: those tries
+// wait by r's intervals and jitter (on the system clock), but are not
+// attempts, so r's attempt limit and budget do not end them. Time spent in
+// them after the first failed attempt does count towards r's
+// MaxElapsedTime. When ctx ends first, the error Retry returns is still
+// Unavailable, so a DeadLetter outside it does not dead-letter the event.
+//
 // Use Retry with subscribers that do not retry themselves; the Kafka
 // subscriber already retries in place, and retrying in two layers multiplies
 // attempts (the retry package refuses to, by treating an exhausted inner loop
@@ -46,9 +55,12 @@ func Retry(r *retry.Retrier) Middleware {
 	if r == nil {
 		r, _ = retry.New(retry.Policy{}) // the zero policy is valid
 	}
+	p := r.Policy()
 	return func(next Handler) Handler {
 		return func(ctx context.Context, e Event) error {
-			return r.Do(ctx, func(ctx context.Context) error { return next(ctx, e) })
+			return r.Do(ctx, func(ctx context.Context) error {
+				return whileUnavailable(ctx, p, func(ctx context.Context) error { return next(ctx, e) })
+			})
 		}
 	}
 }
@@ -67,11 +79,16 @@ const MaxReasonLen = 1024
 // handler was stopped, not failed) and the error is returned; when
 // publishing to dlq fails, the handler's error and the publish error are
 // returned, so the event is delivered again.
+//
+// An Unavailable error (see Unavailable) is returned, never dead-lettered:
+// a dependency was down, not the event at fault. The subscriber delivers
+// the event again; one that follows the Subscriber rule retries it in place
+// until it clears.
 func DeadLetter(dlq Publisher) Middleware {
 	return func(next Handler) Handler {
 		return func(ctx context.Context, e Event) error {
 			err := next(ctx, e)
-			if err == nil || ctx.Err() != nil {
+			if err == nil || ctx.Err() != nil || IsUnavailable(err) {
 				return err
 			}
 			d := e.Clone()
