@@ -246,12 +246,14 @@ func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (s
 			_ = pipe.Process(ctx, t.cmds[1])
 			t.fixed = pipe.Exists(ctx, fix.key)
 		}
+		var k any = key // boxed once for the three commands
 		if ms > 0 {
-			t.refresh = redis.NewIntCmd(ctx, "pexpire", key, ms, "gt")
+			t.refresh = redis.NewIntCmd(ctx, "pexpire", k, ms, "gt")
 			_ = pipe.Process(ctx, t.refresh)
 		}
-		t.hash = pipe.HGetAll(ctx, key)
-		t.expiry = redis.NewIntCmd(ctx, "pexpiretime", key)
+		t.hash = redis.NewMapStringStringCmd(ctx, "hgetall", k)
+		_ = pipe.Process(ctx, t.hash)
+		t.expiry = redis.NewIntCmd(ctx, "pexpiretime", k)
 		_ = pipe.Process(ctx, t.expiry)
 		if tagged {
 			t.epochs = pipe.HGetAll(ctx, s.epochKey(tag))
@@ -313,17 +315,12 @@ func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (s
 // err returns the first error of the trip: errOldServer when the server does
 // not know the Redis 7 commands and options.
 func (t *loadTrip) err() error {
-	cmds := []redis.Cmder{t.hash}
-	for _, c := range []*redis.IntCmd{t.cmds[0], t.cmds[1], t.fixed, t.refresh, t.expiry} {
-		if c != nil {
-			cmds = append(cmds, c)
-		}
-	}
+	errs := [...]error{t.hash.Err(), intErr(t.cmds[0]), intErr(t.cmds[1]), intErr(t.fixed), intErr(t.refresh), t.expiry.Err(), nil}
 	if t.epochs != nil {
-		cmds = append(cmds, t.epochs)
+		errs[len(errs)-1] = t.epochs.Err()
 	}
-	for _, c := range cmds {
-		if err := c.Err(); err != nil {
+	for _, err := range errs {
+		if err != nil {
 			if oldServer(err) {
 				return errOldServer
 			}
@@ -331,6 +328,13 @@ func (t *loadTrip) err() error {
 		}
 	}
 	return nil
+}
+
+func intErr(c *redis.IntCmd) error {
+	if c == nil {
+		return nil
+	}
+	return c.Err()
 }
 
 // oldServer reports whether err is a server's answer to a command or option
