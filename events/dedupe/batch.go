@@ -50,6 +50,14 @@ const (
 //     runs even when ctx has ended, for up to a lease. The subscriber
 //     acknowledges the events only after End returned nil.
 //
+// Every error of the store, from Begin, Handle or End, is marked
+// events.Unavailable, as with the Middleware: the subscriber retries the
+// event (or the batch's edge) until the store is back and never
+// dead-letters it for that. A Handle retried after such an error picks up
+// where the failed one stopped: succeeded events not yet recorded stay
+// pending, claims that ran out meanwhile are renewed or taken again, and an
+// event the batch no longer holds goes through the per-event path.
+//
 // The guarantee is the Middleware's: an event the store records as done is
 // never run again by any instance (within the store's retention), and an
 // event is never run by two claimers at once while each handler keeps within
@@ -136,7 +144,7 @@ func (b *batch) claim(ctx context.Context, from int) error {
 	now := b.d.cfg.Now()
 	cs, err := b.d.claimBatch(ctx, ids)
 	if err != nil {
-		return fmt.Errorf("dedupe: claim batch: %w", err)
+		return storeError(fmt.Errorf("dedupe: claim batch: %w", err))
 	}
 	b.at = now
 	for k, i := range idx {
@@ -210,7 +218,7 @@ func (b *batch) run(ctx context.Context, i int, next events.Handler) error {
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
 	defer fcancel()
 	if rerr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return b.d.s.Release(ctx, c) }); rerr != nil {
-		return errors.Join(err, fmt.Errorf("dedupe: release %s: %w", c.ID, rerr))
+		return errors.Join(err, storeError(fmt.Errorf("dedupe: release %s: %w", c.ID, rerr)))
 	}
 	return err
 }
@@ -264,11 +272,17 @@ func (b *batch) flush(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("dedupe: done batch: %w", err)
+		return storeError(fmt.Errorf("dedupe: done batch: %w", err))
 	}
 	for k, i := range b.pending {
 		if errors.Is(res[k], ErrLeaseLost) {
-			if err := b.d.recordLost(fctx, cs[k]); err != nil {
+			if c, err := b.d.recordLost(fctx, cs[k]); err != nil {
+				if c.Status == Claimed {
+					// The next flush marks it done under the claim
+					// recordLost took, which it would otherwise find
+					// Busy and take for another claimer's.
+					b.claims[i] = c
+				}
 				b.pending = b.pending[k:]
 				return err
 			}
@@ -295,17 +309,19 @@ func (b *batch) End(ctx context.Context) error {
 // that ended before it was marked done: when nobody claimed it since, it is
 // claimed again and marked done without running the handler (the effect
 // happened). When another claimer holds it, that claimer runs it again:
-// nothing can be done about that here.
-func (d *Deduper) recordLost(ctx context.Context, old Claim) error {
+// nothing can be done about that here. When the store fails after the event
+// was claimed again, the error comes with that claim, for the caller to
+// mark done later.
+func (d *Deduper) recordLost(ctx context.Context, old Claim) (Claim, error) {
 	cfg := &d.cfg
 	c, err := retry.DoValue(ctx, cfg.Retry, func(ctx context.Context) (Claim, error) {
 		return d.s.Claim(ctx, old.Group, old.ID, cfg.Lease)
 	})
 	if err != nil {
-		return fmt.Errorf("dedupe: claim %s again after its lease ended: %w", old.ID, err)
+		return Claim{}, storeError(fmt.Errorf("dedupe: claim %s again after its lease ended: %w", old.ID, err))
 	}
 	if c.Status != Claimed {
-		return nil
+		return Claim{}, nil
 	}
 	err = retry.Do(ctx, cfg.Retry, func(ctx context.Context) error {
 		err := d.s.Done(ctx, c)
@@ -315,9 +331,9 @@ func (d *Deduper) recordLost(ctx context.Context, old Claim) error {
 		return err
 	})
 	if err != nil && !errors.Is(err, ErrLeaseLost) {
-		return fmt.Errorf("dedupe: done %s: %w", old.ID, err)
+		return c, storeError(fmt.Errorf("dedupe: done %s: %w", old.ID, err))
 	}
-	return nil
+	return Claim{}, nil
 }
 
 func (d *Deduper) claimBatch(ctx context.Context, ids []string) ([]Claim, error) {

@@ -11,6 +11,7 @@ import (
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/events/dedupe"
 	"github.com/activekit/activekit/internal/testenv"
+	"github.com/activekit/activekit/retry"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -357,5 +358,126 @@ func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		h.n.Add(1)
 		return next(ctx, cmds)
+	}
+}
+
+// TestBatchStoreErrorsAreUnavailable: on the batch path, every store error
+// (Begin's claims, a renewal's done marks, a failed attempt's release, the
+// per-event path, End's done marks) is events.Unavailable, and a Begin,
+// Handle or End repeated once the store is back picks up where the failed
+// one stopped: every event's effect runs once (the failed one twice), and
+// all are recorded as done. With a BatchStore and with a plain Store.
+func TestBatchStoreErrorsAreUnavailable(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		name := "batchstore"
+		if plain {
+			name = "plainstore"
+		}
+		t.Run(name, func(t *testing.T) { testBatchStoreErrorsAreUnavailable(t, plain) })
+	}
+}
+
+func testBatchStoreErrorsAreUnavailable(t *testing.T, plain bool) {
+	c := testenv.Redis(t)
+	rs, prefix := redisStore(t, c)
+	ds := &downStore{s: rs}
+	var s dedupe.Store = ds
+	if plain {
+		s = plainStore{ds}
+	}
+	clk := &clock{now: time.Now()}
+	d, err := dedupe.New(s, dedupe.Config{Group: "g", Lease: 10 * time.Second, Now: clk.Now,
+		Retry: retry.Policy{MaxAttempts: 2, InitialInterval: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	unavailable := func(step string, err error) {
+		t.Helper()
+		if !events.IsUnavailable(err) || !errors.Is(err, errDown) {
+			t.Fatalf("%s with the store down: %v, want an Unavailable error wrapping the store's", step, err)
+		}
+	}
+	es := make([]events.Event, 4)
+	for i := range es {
+		es[i] = events.New("/t", "t", nil)
+	}
+	runs := make([]int, len(es))
+	failNext := false
+	h := func(_ context.Context, e events.Event) error {
+		for i := range es {
+			if es[i].ID == e.ID {
+				runs[i]++
+			}
+		}
+		if failNext {
+			failNext = false
+			ds.down.Store(true) // the store goes down while the handler fails
+			return errors.New("effect failed")
+		}
+		return nil
+	}
+
+	ds.down.Store(true)
+	_, err = d.Begin(ctx, es)
+	unavailable("Begin", err)
+	ds.down.Store(false)
+	b, err := d.Begin(ctx, es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Handle(ctx, 0, h); err != nil {
+		t.Fatal(err)
+	}
+
+	// A renewal is due, and the store is down: es[1] is not run.
+	clk.Add(6 * time.Second)
+	ds.down.Store(true)
+	unavailable("Handle renewing", b.Handle(ctx, 1, h))
+	ds.down.Store(false)
+	if err := b.Handle(ctx, 1, h); err != nil {
+		t.Fatalf("Handle again once the store is back: %v", err)
+	}
+
+	// es[2] fails and its release cannot reach the store.
+	failNext = true
+	err = b.Handle(ctx, 2, h)
+	unavailable("Handle releasing", err)
+	// Still down: the per-event path fails too.
+	unavailable("Handle per event", b.Handle(ctx, 2, h))
+	ds.down.Store(false)
+	expireRedis(t, c, prefix)() // the unreleased claim (and the batch's) run out
+	if err := b.Handle(ctx, 2, h); err != nil {
+		t.Fatalf("Handle again once the store is back: %v", err)
+	}
+	if err := b.Handle(ctx, 3, h); err != nil { // under a claim that ran out
+		t.Fatal(err)
+	}
+
+	if plain {
+		// es[3]'s claim ran out, and Done says so (RedisStore's DoneBatch
+		// marks it done all the same): End claims it again and marks it
+		// done, and the store goes down before the claim, then before the
+		// done mark.
+		ds.downAfter.Store(1)
+		unavailable("End claiming again", b.End(ctx))
+		ds.down.Store(false)
+		ds.downAfter.Store(2)
+		unavailable("End marking done", b.End(ctx))
+		ds.down.Store(false)
+	}
+	ds.down.Store(true)
+	unavailable("End", b.End(ctx))
+	ds.down.Store(false)
+	if err := b.End(ctx); err != nil {
+		t.Fatalf("End again once the store is back: %v", err)
+	}
+	if want := []int{1, 1, 2, 1}; !equal(runs, want) {
+		t.Fatalf("runs %v, want %v", runs, want)
+	}
+	for i, e := range es {
+		if st, err := rs.Claim(ctx, "g", e.ID, time.Minute); err != nil || st.Status != dedupe.Done {
+			t.Errorf("es[%d]: %v, %v; want done", i, st.Status, err)
+		}
 	}
 }

@@ -107,7 +107,9 @@ type Config struct {
 	// MaxWait caps each wait for a Busy event's lease; zero means 1s.
 	MaxWait time.Duration
 	// Retry is the policy for Done and Release; zero means the retry
-	// package's defaults.
+	// package's defaults. When it gives up, the error is returned marked
+	// events.Unavailable, for the subscriber to retry until the store is
+	// back.
 	Retry retry.Policy
 	// Now is the clock the batch path measures the age of its claims by;
 	// nil means time.Now.
@@ -200,7 +202,15 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // took it over in between does the effect run twice. A handler that records
 // its effect with DoneWith must therefore return DoneWith's error.
 //
-// Store errors are returned (so the subscriber retries or redelivers).
+// Store errors (after Config.Retry's retries of Done and Release) are
+// returned marked events.Unavailable: the store failed, not the event, so a
+// subscriber that keeps the events.Subscriber rule retries the event until
+// the store is back and never dead-letters it for that; events.DeadLetter
+// returns such an error rather than dead-lettering. A handler error whose
+// Release then failed is Unavailable too (the store is down, and the
+// handler's failure may well be its consequence, as when DoneWith could not
+// reach it); it is judged again once the store is back. ErrLeaseLost and
+// configuration errors are not marked.
 // Middleware(s, cfg) is New(s, cfg) followed by the Deduper's Middleware.
 func Middleware(s Store, cfg Config) (events.Middleware, error) {
 	d, err := New(s, cfg)
@@ -224,7 +234,7 @@ func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handle
 	for {
 		c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
 		if err != nil {
-			return fmt.Errorf("dedupe: claim %s: %w", e.ID, err)
+			return storeError(fmt.Errorf("dedupe: claim %s: %w", e.ID, err))
 		}
 		switch c.Status {
 		case Done:
@@ -251,7 +261,7 @@ func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e event
 	defer fcancel()
 	if err != nil {
 		if rerr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return s.Release(ctx, c) }); rerr != nil {
-			return errors.Join(err, fmt.Errorf("dedupe: release %s: %w", e.ID, rerr))
+			return errors.Join(err, storeError(fmt.Errorf("dedupe: release %s: %w", e.ID, rerr)))
 		}
 		return err
 	}
@@ -266,12 +276,23 @@ func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e event
 		// The effect happened but the claim ran out first (the handler
 		// overran its ctx). Failing would make the subscriber run it
 		// again; record it as done instead, as the batch path does.
-		derr = d.recordLost(fctx, c)
+		_, derr = d.recordLost(fctx, c)
 	}
 	if derr != nil {
-		return fmt.Errorf("dedupe: done %s: %w", e.ID, derr)
+		return storeError(fmt.Errorf("dedupe: done %s: %w", e.ID, derr))
 	}
 	return nil
+}
+
+// storeError marks an error of the store as events.Unavailable: the store,
+// not the event, failed, so a subscriber retries the event until the store
+// is back instead of dead-lettering it. ErrLeaseLost is the store's answer,
+// not its failure, and stays unmarked.
+func storeError(err error) error {
+	if err == nil || errors.Is(err, ErrLeaseLost) {
+		return err
+	}
+	return events.Unavailable(err)
 }
 
 func wait(ctx context.Context, d time.Duration) error {

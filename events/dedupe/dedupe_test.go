@@ -13,6 +13,7 @@ import (
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/events/dedupe"
 	"github.com/activekit/activekit/internal/testenv"
+	"github.com/activekit/activekit/retry"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -307,13 +308,146 @@ func TestConfigErrors(t *testing.T) {
 	if _, err := dedupe.Middleware(s, dedupe.Config{}); !errors.Is(err, dedupe.ErrConfig) {
 		t.Errorf("no group: %v", err)
 	}
-	if _, err := dedupe.Middleware(s, dedupe.Config{Group: "g", Lease: -1}); !errors.Is(err, dedupe.ErrConfig) {
-		t.Errorf("negative lease: %v", err)
+	if _, err := dedupe.Middleware(s, dedupe.Config{Group: "g", Lease: -1}); !errors.Is(err, dedupe.ErrConfig) || events.IsUnavailable(err) {
+		t.Errorf("negative lease: %v, want ErrConfig and not Unavailable", err)
 	}
 	if _, err := dedupe.NewRedisStore(nil, dedupe.RedisConfig{}); !errors.Is(err, dedupe.ErrConfig) {
 		t.Errorf("nil client: %v", err)
 	}
 	if _, err := dedupe.NewMongoStore(nil, dedupe.MongoConfig{}); !errors.Is(err, dedupe.ErrConfig) {
 		t.Errorf("nil collection: %v", err)
+	}
+}
+
+var errDown = errors.New("store down")
+
+// downStore is a BatchStore whose every call fails with errDown while down
+// is set, as when the store's server is unreachable. When downAfter is n >
+// 0, the next n calls succeed, and then down is set.
+type downStore struct {
+	s         dedupe.BatchStore
+	down      atomic.Bool
+	downAfter atomic.Int32
+}
+
+func (d *downStore) err() error {
+	if d.down.Load() {
+		return errDown
+	}
+	if d.downAfter.Load() > 0 && d.downAfter.Add(-1) == 0 {
+		d.down.Store(true)
+	}
+	return nil
+}
+
+func (d *downStore) Claim(ctx context.Context, g, id string, l time.Duration) (dedupe.Claim, error) {
+	if err := d.err(); err != nil {
+		return dedupe.Claim{}, err
+	}
+	return d.s.Claim(ctx, g, id, l)
+}
+
+func (d *downStore) Done(ctx context.Context, c dedupe.Claim) error {
+	if err := d.err(); err != nil {
+		return err
+	}
+	return d.s.Done(ctx, c)
+}
+
+func (d *downStore) Release(ctx context.Context, c dedupe.Claim) error {
+	if err := d.err(); err != nil {
+		return err
+	}
+	return d.s.Release(ctx, c)
+}
+
+func (d *downStore) ClaimBatch(ctx context.Context, g string, ids []string, l time.Duration) ([]dedupe.Claim, error) {
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return d.s.ClaimBatch(ctx, g, ids, l)
+}
+
+func (d *downStore) DoneBatch(ctx context.Context, cs []dedupe.Claim) ([]error, error) {
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return d.s.DoneBatch(ctx, cs)
+}
+
+func (d *downStore) ReleaseBatch(ctx context.Context, cs []dedupe.Claim) error {
+	if err := d.err(); err != nil {
+		return err
+	}
+	return d.s.ReleaseBatch(ctx, cs)
+}
+
+// plainStore hides a store's batch methods, so the batch path calls it once
+// per event.
+type plainStore struct{ dedupe.Store }
+
+// TestMiddlewareStoreErrorsAreUnavailable: every store error the Middleware
+// returns, from Claim, Done or Release, is events.Unavailable and keeps its
+// chain; a handler's own error with the store up is not.
+func TestMiddlewareStoreErrorsAreUnavailable(t *testing.T) {
+	c := testenv.Redis(t)
+	rs, prefix := redisStore(t, c)
+	s := &downStore{s: rs}
+	mw, err := dedupe.Middleware(s, dedupe.Config{Group: "g", Retry: retry.Policy{MaxAttempts: 2, InitialInterval: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handlerErr := errors.New("effect failed")
+	for _, tc := range []struct {
+		name        string
+		downBefore  bool  // the store is down before the claim
+		downInside  bool  // the store goes down while the handler runs
+		expire      bool  // the claim runs out while the handler runs
+		downAfter   int32 // the store goes down after that many more calls
+		herr        error // the handler's result
+		ran         bool
+		unavailable bool
+	}{
+		{name: "claim", downBefore: true, unavailable: true},
+		{name: "done", downInside: true, ran: true, unavailable: true},
+		{name: "release", downInside: true, herr: handlerErr, ran: true, unavailable: true},
+		// The claim ran out before Done (ErrLeaseLost), and the store goes
+		// down as the event is claimed again, or marked done, to record it.
+		{name: "claim after the lease ran out", expire: true, downAfter: 1, ran: true, unavailable: true},
+		{name: "done after the lease ran out", expire: true, downAfter: 2, ran: true, unavailable: true},
+		{name: "lease ran out, store up", expire: true, ran: true},
+		{name: "handler error, store up", herr: handlerErr, ran: true},
+		{name: "permanent handler error, store up", herr: events.Permanent(handlerErr), ran: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.down.Store(tc.downBefore)
+			defer s.down.Store(false)
+			defer s.downAfter.Store(0)
+			ran := false
+			h := mw(func(context.Context, events.Event) error {
+				ran = true
+				if tc.downInside {
+					s.down.Store(true)
+				}
+				if tc.expire {
+					expireRedis(t, c, prefix)()
+				}
+				s.downAfter.Store(tc.downAfter)
+				return tc.herr
+			})
+			err := h(context.Background(), events.New("/t", "t", nil))
+			if ran != tc.ran {
+				t.Fatalf("handler ran: %v, want %v", ran, tc.ran)
+			}
+			if events.IsUnavailable(err) != tc.unavailable {
+				t.Fatalf("err %v: IsUnavailable %v, want %v", err, events.IsUnavailable(err), tc.unavailable)
+			}
+			if tc.unavailable && !errors.Is(err, errDown) {
+				t.Errorf("err %v does not wrap the store's error", err)
+			}
+			if tc.herr != nil && !errors.Is(err, handlerErr) {
+				t.Errorf("err %v does not wrap the handler's error", err)
+			}
+		})
 	}
 }

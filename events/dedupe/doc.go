@@ -40,6 +40,33 @@
 // than since the last event, which DoneWith or an idempotent effect closes,
 // as before. See Deduper.Begin for the details.
 //
+// # When the store fails
+//
+// The store is a dependency of every event, so its outage must not be
+// mistaken for the events' failure. Every store error the Middleware or the
+// batch path returns (a claim, a done mark or a release that failed after
+// Config.Retry's retries) is marked events.Unavailable, keeping its chain.
+// A subscriber that keeps the events.Subscriber rule (the Kafka subscriber
+// does) retries such an event in place until the store is back, without
+// counting those tries as the event's attempts, and never dead-letters it
+// for that; events.DeadLetter returns it instead of dead-lettering it. A
+// Redis failover or a minute's outage thus delays the events that arrive
+// meanwhile, in order, instead of sending them to the dead-letter topic.
+// ErrLeaseLost and ErrConfig are not marked. A handler's own error is not
+// marked either, except when the release that follows it fails too: then
+// the store is down, the handler's failure may be its consequence (as when
+// DoneWith could not reach it), and the event is judged again once the store
+// is back.
+//
+// On the per-event path, an effect whose done mark failed (the store went
+// down between the effect and Done) runs again when the event is retried,
+// once its claim's lease has ended: the same gap as an instance dying before
+// Done, closed the same way (DoneWith, which records the effect with the
+// mark, or an effect idempotent per event ID). The batch path keeps such an
+// event pending and records it when a later Handle or End reaches the store,
+// so its effect runs again only if another claimer took the event over
+// after the lease ended.
+//
 // RedisStore needs one round trip per claim (a Lua script) and is a
 // BatchStore: a batch's claims, done marks or releases take one script call
 // on standalone and Sentinel, one pipeline on Cluster. It keeps a group's
