@@ -23,7 +23,12 @@
 //     after the handler succeeded and never across a rebalance, retries a
 //     failing record in place, and dead-letters what cannot succeed (with
 //     its key, headers, reason and attempt count) instead of blocking the
-//     partition or crashing.
+//     partition or crashing. An error marked events.Unavailable (the dedupe
+//     store, or another dependency, is down) is the exception: nothing is
+//     wrong with the event, so it is retried in place until the dependency
+//     is back, never dead-lettered and never counted as an attempt, and an
+//     outage delays the partition instead of emptying it into the
+//     dead-letter topic.
 //   - Preflight reports topics that could lose acknowledged events
 //     (replication factor under 3, min.insync.replicas under 2, unclean
 //     leader election), and CreateTopics makes them durable.

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/activekit/activekit/events"
@@ -44,6 +45,10 @@ type SubscriberConfig struct {
 	// is kept. nil means the retry package's default policy (4 attempts,
 	// at most 30s). Keep its MaxElapsedTime under the group's rebalance
 	// timeout (60s by default): a rebalance waits for the batch in hand.
+	// Tries that fail with an events.Unavailable error are not its
+	// attempts: they are retried within the attempt, until the dependency
+	// is back (see Subscriber); only the time they take after the event's
+	// first failure of its own counts towards MaxElapsedTime.
 	Retrier *retry.Retrier
 	// DeadLetterTopic receives the records whose handler failed after the
 	// retries, or that could not be decoded; "" means the subscribed topic
@@ -54,7 +59,8 @@ type SubscriberConfig struct {
 	MaxPollRecords int
 	// CommitTimeout bounds each offset commit; zero means 10s.
 	CommitTimeout time.Duration
-	// Logger receives dead-letters and commit failures; nil means none.
+	// Logger receives dead-letters, commit failures and the start and end
+	// of each outage of a dependency; nil means none.
 	Logger *slog.Logger
 	// Batch, when set, wraps the handling of each partition's records of
 	// a poll as one batch, inside the retries and dead-lettering: Begin
@@ -87,6 +93,21 @@ type SubscriberConfig struct {
 // consumption moves on. Publishing the dead letter is retried until it
 // succeeds or ctx ends; a consumer never skips a record it has not handled or
 // dead-lettered.
+//
+// A handler error marked events.Unavailable (a dependency is down: every
+// error of the dedupe store is marked so) is not the event's failure, and
+// keeps the events.Subscriber rule: the record is tried again in place,
+// backing off up to 5s between tries, until the error clears or ctx ends,
+// whatever Permanent marker it carries. Those tries are not attempts of the
+// event: they are not counted against the Retrier's attempt limit or budget,
+// nor in ce_deadletterattempts if the event later fails on its own, and they
+// never dead-letter it. The partition waits meanwhile, in order, as do a
+// batch's Begin and End (see below). The first record to wait for a
+// dependency logs a warning and the last one to get past it logs that it is
+// back, however many records and tries wait in between. A rebalance waits
+// too; one that waits past the group's rebalance timeout may go on without
+// this instance, whose uncommitted records are then delivered again to the
+// partitions' new owners (dedupe absorbs the repeats).
 //
 // With SubscriberConfig.Batch set, each partition's records of a poll are
 // one batch: Begin before the first, Handle (inside the retries) for each
@@ -136,16 +157,21 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	return s, nil
 }
 
-// untilDone calls fn until it succeeds or ctx ends, backing off up to 5s
-// between attempts, whatever fn's error: what the subscriber retries this
-// way (a dead letter, a batch's Begin and End) must not be given up while
-// the consumer goes on, or the consumer would move past records it never
-// handled, and later commits would skip them for good. So neither the retry
-// package's classifier (which calls a wrapped context.DeadlineExceeded from
-// a per-call timeout, or an inner loop's *retry.Error, final) nor an error
-// marked Permanent stops it; only ctx does.
+// patience is the backoff of what the subscriber retries until it succeeds
+// or ctx ends: up to 5s between tries, with no attempt or time limit.
+var patience = retry.Policy{MaxAttempts: -1, MaxElapsedTime: -1, MaxInterval: 5 * time.Second}
+
+// untilDone calls fn until it succeeds or ctx ends, backing off as patience
+// says, whatever fn's error: what the subscriber retries this way (a dead
+// letter, a batch's Begin and End) must not be given up while the consumer
+// goes on, or the consumer would move past records it never handled, and
+// later commits would skip them for good. So neither the retry package's
+// classifier (which calls a wrapped context.DeadlineExceeded from a per-call
+// timeout, or an inner loop's *retry.Error, final) nor an error marked
+// Permanent stops it; only ctx does.
 func untilDone(ctx context.Context, fn func(context.Context) error) error {
-	p := retry.Policy{MaxAttempts: -1, MaxElapsedTime: -1, MaxInterval: 5 * time.Second, Retryable: func(error) bool { return true }}
+	p := patience
+	p.Retryable = func(error) bool { return true }
 	return retry.Do(ctx, p, func(ctx context.Context) error {
 		if err := fn(ctx); err != nil {
 			return retryAlways{err}
@@ -159,6 +185,82 @@ func untilDone(ctx context.Context, fn func(context.Context) error) error {
 type retryAlways struct{ err error }
 
 func (e retryAlways) Error() string { return e.err.Error() }
+
+// untilAvailable calls fn until it returns nil or an error that is not
+// events.Unavailable, or until ctx ends, backing off as patience says, and
+// returns fn's last error. Called within one attempt of attempt's retry
+// loop, its tries make that one attempt of the event.
+func (c *consumer) untilAvailable(ctx context.Context, fn func(context.Context) error) error {
+	err := fn(ctx)
+	if !events.IsUnavailable(err) {
+		return err
+	}
+	o := outageLog{c: c}
+	b, berr := retry.NewBackoff(patience, nil)
+	if berr != nil {
+		return err // unreachable: patience is valid
+	}
+	for events.IsUnavailable(err) {
+		o.unavailable(ctx, err)
+		if sleep(ctx, b.NextBackOff()) != nil {
+			break
+		}
+		err = fn(ctx)
+	}
+	o.end(ctx, !events.IsUnavailable(err))
+	return err
+}
+
+// outageLog logs one retry loop's waits for an unavailable dependency,
+// sharing a count with the consumer's other loops, so that an outage logs
+// a warning when the first loop meets it and a message when the last loop
+// gets past it, however many loops and tries wait in between.
+type outageLog struct {
+	c     *consumer
+	in    bool // counted in c.waiting
+	tries int
+	start time.Time
+}
+
+// unavailable records a try that failed with err, an Unavailable error.
+func (o *outageLog) unavailable(ctx context.Context, err error) {
+	o.tries++
+	if o.in {
+		return
+	}
+	o.in, o.start = true, time.Now()
+	if o.c.waiting.Add(1) == 1 {
+		o.c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: a dependency is unavailable; retrying in place until it is back",
+			slog.Any("error", err))
+	}
+}
+
+// end records that the loop ended: cleared, or because ctx ended.
+func (o *outageLog) end(ctx context.Context, cleared bool) {
+	if !o.in {
+		return
+	}
+	o.in = false
+	if o.c.waiting.Add(-1) == 0 && cleared {
+		o.c.s.log.LogAttrs(ctx, slog.LevelInfo, "kafka: the unavailable dependency is back",
+			slog.Int("tries", o.tries), slog.Duration("waited", time.Since(o.start)))
+	}
+}
+
+// sleep waits for d or until ctx ends, and returns ctx's error if it ended.
+func sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
 
 // Subscribe consumes topic in the group until ctx ends, then commits what was
 // handled, leaves the group and returns nil. It returns an error when the
@@ -231,10 +333,11 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 }
 
 type consumer struct {
-	s   *Subscriber
-	cl  *kgo.Client
-	h   events.Handler
-	dlq string
+	s       *Subscriber
+	cl      *kgo.Client
+	h       events.Handler
+	dlq     string
+	waiting atomic.Int32 // retry loops waiting for an unavailable dependency
 }
 
 // commit commits the offsets after done, even when ctx has ended: what was
@@ -263,12 +366,14 @@ func (c *consumer) handle(ctx context.Context, r *kgo.Record) bool {
 }
 
 // attempt runs fn with retries, or dead-letters r, and reports whether r
-// may be committed.
+// may be committed. Tries that fail with an Unavailable error are repeated
+// within one attempt until the error clears, so they are neither counted
+// nor dead-lettered; when ctx ends during them, r is not committed.
 func (c *consumer) attempt(ctx context.Context, r *kgo.Record, fn func(context.Context) error) bool {
 	attempts := 0
 	err := c.s.retrier.Do(ctx, func(ctx context.Context) error {
 		attempts++
-		return fn(ctx)
+		return c.untilAvailable(ctx, fn)
 	})
 	if err == nil {
 		return true
@@ -301,13 +406,14 @@ func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Recor
 	}
 	var b events.Batch
 	if len(es) > 0 {
+		o := outageLog{c: c}
 		err := untilDone(ctx, func(ctx context.Context) error {
 			var err error
-			if b, err = c.s.cfg.Batch.Begin(ctx, es); err != nil {
-				c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: beginning a batch failed; retrying", slog.Any("error", err))
-			}
+			b, err = c.s.cfg.Batch.Begin(ctx, es)
+			c.batchFailed(ctx, &o, "kafka: beginning a batch failed; retrying", err)
 			return err
 		})
+		o.end(ctx, err == nil)
 		if err != nil {
 			return nil // ctx ended; nothing was handled
 		}
@@ -333,17 +439,31 @@ func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Recor
 	}
 	err := b.End(ctx)
 	if err != nil && ctx.Err() == nil {
+		o := outageLog{c: c}
 		err = untilDone(ctx, func(ctx context.Context) error {
-			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: ending a batch failed; retrying", slog.Any("error", err))
+			c.batchFailed(ctx, &o, "kafka: ending a batch failed; retrying", err)
 			err = b.End(ctx)
 			return err
 		})
+		o.end(ctx, err == nil)
 	}
 	if err != nil {
 		c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: ending a batch failed; its records will be redelivered", slog.Any("error", err))
 		return nil
 	}
 	return last
+}
+
+// batchFailed logs a failed Begin or End that will be retried: as part of
+// an outage when err is Unavailable, else each time.
+func (c *consumer) batchFailed(ctx context.Context, o *outageLog, msg string, err error) {
+	switch {
+	case err == nil:
+	case events.IsUnavailable(err):
+		o.unavailable(ctx, err)
+	default:
+		c.s.log.LogAttrs(ctx, slog.LevelWarn, msg, slog.Any("error", err))
+	}
 }
 
 // call runs h, turning a panic into a permanent error.
