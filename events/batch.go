@@ -28,7 +28,10 @@ type BatchMiddleware interface {
 // not when the middleware knows the effect is done, and returns nil when the
 // effect is done. The subscriber calls it for i in increasing order, and
 // again for the same i for each retry of a failed attempt; after a failure
-// it may move on to i+1 (the event was dead-lettered) or stop.
+// it may move on to i+1 (the event was dead-lettered) or stop. An error
+// marked Unavailable (see Unavailable) keeps the Subscriber rule: Handle is
+// called again for the same i until it clears or ctx ends, and the event is
+// not dead-lettered for it.
 //
 // End is called once the subscriber stops handling the batch, having handled
 // all of it or stopped early (ctx ended), and before it acknowledges any of

@@ -37,3 +37,22 @@ func ExampleChain() {
 	// handling order-1001
 	// <nil>
 }
+
+func ExampleUnavailable() {
+	errRefused := errors.New("dial tcp 10.0.0.7:6379: connect: connection refused")
+	h := func(ctx context.Context, e events.Event) error {
+		// The customer database is down: not this event's fault.
+		return fmt.Errorf("loading customer %s: %w", e.Subject, events.Unavailable(errRefused))
+	}
+	e := events.New("/orders-service", "com.example.order.created", nil)
+	e.Subject = "customer-7"
+	err := h(context.Background(), e)
+	fmt.Println(err)
+	fmt.Println(events.IsUnavailable(err), errors.Is(err, events.ErrUnavailable), errors.Is(err, errRefused))
+	// Unavailable wins over Permanent: still retried, never dead-lettered.
+	fmt.Println(events.IsUnavailable(events.Permanent(err)))
+	// Output:
+	// loading customer customer-7: dial tcp 10.0.0.7:6379: connect: connection refused
+	// true true true
+	// true
+}
