@@ -237,6 +237,12 @@ if user ~= '' and olduser ~= user then
   end
 end
 local ni = now + tonumber(ARGV[6])
+if not create then
+  -- Never backwards: another instance may keep a longer idle timeout. (A
+  -- Load's refresh past the absolute deadline is capped below.)
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl >= 0 and now + pttl > ni then ni = now + pttl end
+end
 if ni > abs then ni = abs end
 redis.call('PEXPIREAT', KEYS[1], tostr(ni))
 return {'ok', ver}
