@@ -514,3 +514,43 @@ func (r *recorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (r *recorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error { r.record(cmds...); return next(ctx, cmds) }
 }
+
+// TestAliasChain: a session renewed twice within one grace period leaves a
+// chain of two aliases; a Load through the first reaches the record and puts
+// back the expiry of both aliases it moved, in three round trips.
+func TestAliasChain(t *testing.T) {
+	for name, c := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			s, _, sessionKey := keyedStore(t, c)
+			ctx := t.Context()
+			a, b, d := sessiontest.NewID(t, ""), sessiontest.NewID(t, ""), sessiontest.NewID(t, "")
+			for _, id := range []string{a, b, d} {
+				mustCreate(t, s, id, 24*time.Hour)
+			}
+			if err := s.Alias(ctx, a, b, 1, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Alias(ctx, b, d, 1, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			// Once first, so that the connections are dialled (their
+			// handshakes would count).
+			if _, _, err := s.Load(ctx, a, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			cnt := &counter{}
+			c.AddHook(cnt)
+			rec, found, err := s.Load(ctx, a, time.Hour)
+			if err != nil || !found || rec.ID != d {
+				t.Fatalf("Load through two aliases: %s found=%v %v, want %s", rec.ID, found, err, d)
+			}
+			if n := cnt.n.Load(); n != 3 {
+				t.Errorf("Load through two aliases: %d round trips, want 3", n)
+			}
+			for _, id := range []string{a, b} {
+				key := sessionKey(id)
+				expiryWithin(t, c, key, hgetInt(t, c, key, "_g"))
+			}
+		})
+	}
+}

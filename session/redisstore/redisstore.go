@@ -191,7 +191,9 @@ func (s *Store) Load(ctx context.Context, id string, idle time.Duration) (sessio
 // record): the next trip puts the expiry back (PEXPIREAT key g LT, which
 // deletes the key if g has passed) and checks that the key is still there,
 // that is, that the alias had not ended. setG: the alias predates _g, which
-// the next trip stores (HSETNX) first.
+// the next trip stores (HSETNX) first; should the alias have been deleted
+// meanwhile, that leaves a hash holding only _g, which is no record (Load and
+// the scripts find neither _a nor _to) and expires at g like the alias.
 type aliasFix struct {
 	key  string
 	g    int64
