@@ -305,3 +305,46 @@ func TestRedisConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisDoneWithErrors: DoneWith's failures to reach Redis are marked
+// events.Unavailable (a subscriber waits them out); the effect's own
+// failure (an error reply from one of its commands) and ErrLeaseLost are
+// not.
+func TestRedisDoneWithErrors(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{})
+	ctx := context.Background()
+	cl, err := s.Claim(ctx, "g", "e", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := s.Key("g", "e")
+	if err := c.Set(ctx, k+":str", "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err = s.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
+		p.LPush(ctx, k+":str", "y") // WRONGTYPE
+		return nil
+	})
+	if err == nil || events.IsUnavailable(err) {
+		t.Fatalf("DoneWith with a failing effect: %v; want the effect's error, not Unavailable", err)
+	}
+	expired := cl
+	expired.Token = "someone-else"
+	if err := s.DoneWith(ctx, expired, func(context.Context, redis.Pipeliner) error { return nil }); !errors.Is(err, ErrLeaseLost) || events.IsUnavailable(err) {
+		t.Fatalf("DoneWith without the claim: %v; want ErrLeaseLost", err)
+	}
+	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer down.Close()
+	ds, err := NewRedisStore(down, RedisConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ds.DoneWith(ctx, cl, func(context.Context, redis.Pipeliner) error { return nil }); err == nil || !events.IsUnavailable(err) {
+		t.Fatalf("DoneWith with Redis unreachable: %v; want Unavailable", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := ds.DoneWith(cctx, cl, func(context.Context, redis.Pipeliner) error { return nil }); err == nil || events.IsUnavailable(err) {
+		t.Fatalf("DoneWith with ctx cancelled: %v; want ctx's error, not Unavailable", err)
+	}
+}

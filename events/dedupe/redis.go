@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/events"
 )
 
 // RedisConfig configures a RedisStore. Zero fields mean the defaults.
@@ -767,7 +769,9 @@ var ErrNoReply = errors.New("dedupe: DoneWith keeps no reply of this command typ
 // mark has not, as with MULTI/EXEC.
 //
 // It returns ErrLeaseLost, having run nothing, when the claim is no longer
-// held.
+// held, and an error marked events.Unavailable when Redis could not be
+// reached or could not take the write (a subscriber then tries the event
+// again once it can, instead of counting the failure against the event).
 func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.Context, pipe redis.Pipeliner) error) error {
 	pipe := s.c.Pipeline()
 	if err := fn(ctx, pipe); err != nil {
@@ -786,7 +790,7 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 		g := s.generation()
 		res, err := doneWithScript.Run(ctx, s.c, s.genKeys(c.Group, shard, g), append([]any{g, s.gen}, args...)...).Slice()
 		if err != nil {
-			return err
+			return doneWithError(ctx, err)
 		}
 		if len(res) < 2 {
 			return fmt.Errorf("dedupe: unexpected reply %v", res)
@@ -811,6 +815,29 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 		}
 		return nil
 	}
+}
+
+// doneWithError marks err events.Unavailable unless it is the effect's own
+// failure (an error reply from one of its commands, such as WRONGTYPE) or
+// ctx's: a connection that failed, or a server that cannot take writes now
+// (a replica after a failover, a Cluster slot moving, a server loading its
+// data), is the store's failure, which a subscriber waits out instead of
+// counting it against the event.
+func doneWithError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "BUSY"} {
+			if strings.HasPrefix(msg, p+" ") {
+				return events.Unavailable(err)
+			}
+		}
+		return err
+	}
+	return events.Unavailable(err)
 }
 
 // setReply sets v, a reply from a script, on cmd.
