@@ -455,9 +455,19 @@ func (s *Store) load(ctx context.Context, keys []string, args []any) (any, map[s
 	return cmd.Val(), h, nil
 }
 
-// decode turns an HGETALL reply into a record.
+// decode turns an HGETALL reply into a record. The values' data share one
+// allocation (each slice capped, so that appending to one cannot overwrite
+// the next).
 func decode(id string, h map[string]string) (session.Record, error) {
-	rec := session.Record{ID: id, Values: make(map[string]session.Value, len(h))}
+	keys, size := 0, 0
+	for f, v := range h {
+		if strings.HasPrefix(f, "k:") {
+			keys++
+			size += len(v)
+		}
+	}
+	buf := make([]byte, 0, size)
+	rec := session.Record{ID: id, Values: make(map[string]session.Value, keys)}
 	bad := func(field string) (session.Record, error) {
 		return session.Record{}, fmt.Errorf("redisstore: load %s: malformed field %q", id, field)
 	}
@@ -475,7 +485,9 @@ func decode(id string, h map[string]string) (session.Record, error) {
 			if err != nil {
 				return bad(f)
 			}
-			rec.Values[f[2:]] = session.Value{Data: []byte(v[i+1:]), Version: n}
+			start := len(buf)
+			buf = append(buf, v[i+1:]...)
+			rec.Values[f[2:]] = session.Value{Data: buf[start:len(buf):len(buf)], Version: n}
 		case "_v":
 			if len(f) != 2 {
 				continue

@@ -37,3 +37,21 @@ func TestOldServerReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeValuesApart: the values of a record share one allocation, but
+// appending to one never changes another.
+func TestDecodeValuesApart(t *testing.T) {
+	rec, err := decode("id", map[string]string{"k:a": "1:aa", "k:b": "2:bb", "k:c": "3:", "_v": "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range rec.Values {
+		v := rec.Values[k]
+		v.Data = append(v.Data, "XYZ"...)
+	}
+	for k, want := range map[string]string{"a": "aa", "b": "bb", "c": ""} {
+		if got := string(rec.Values[k].Data); got != want {
+			t.Errorf("value %s = %q after appending to the others, want %q", k, got, want)
+		}
+	}
+}
