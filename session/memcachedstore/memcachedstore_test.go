@@ -47,7 +47,7 @@ func prefix(t *testing.T) string { return testenv.Name(t) + ":" }
 
 func TestConformance(t *testing.T) {
 	c := newClient(t)
-	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c, prefix(t)) }, sessiontest.WithApplyIdleNeverBackwards())
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c, prefix(t)) })
 }
 
 // fakeClock is a clock tests move by hand.

@@ -21,7 +21,7 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return s
-	}, sessiontest.WithApplyIdleNeverBackwards())
+	})
 }
 
 type fakeClock struct{ now time.Time }

@@ -440,7 +440,7 @@ func TestBefore7(t *testing.T) {
 			c := testenv.Redis(t)
 			c.AddHook(&before7{})
 			return newStore(t, c)
-		}, sessiontest.WithApplyIdleNeverBackwards())
+		})
 	})
 	t.Run("detected once", func(t *testing.T) {
 		c := testenv.Redis(t)

@@ -34,24 +34,24 @@ func newStore(t *testing.T, c redis.UniversalClient, opts ...redisstore.Option) 
 
 func TestStandalone(t *testing.T) {
 	c := testenv.Redis(t)
-	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) }, sessiontest.WithApplyIdleNeverBackwards())
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
 }
 
 func TestSentinel(t *testing.T) {
 	c := testenv.RedisFailover(t)
-	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) }, sessiontest.WithApplyIdleNeverBackwards())
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
 }
 
 func TestSentinelWait(t *testing.T) {
 	c := testenv.RedisFailover(t)
 	sessiontest.Run(t, func(t *testing.T) session.Store {
 		return newStore(t, c, redisstore.WithWait(1, 2*time.Second))
-	}, sessiontest.WithApplyIdleNeverBackwards())
+	})
 }
 
 func TestCluster(t *testing.T) {
 	c := testenv.RedisCluster(t)
-	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) }, sessiontest.WithApplyIdleNeverBackwards())
+	sessiontest.Run(t, func(t *testing.T) session.Store { return newStore(t, c) })
 }
 
 func TestWaitNotReplicated(t *testing.T) {

@@ -23,17 +23,8 @@ import (
 //
 // Expiry is tested in real time with timeouts of a few hundred milliseconds,
 // polling the store, so a store must keep time to about 50ms.
-//
-// Options turn on checks that are not yet on by default.
-func Run(t *testing.T, newStore func(t *testing.T) session.Store, opts ...Option) {
+func Run(t *testing.T, newStore func(t *testing.T) session.Store) {
 	t.Helper()
-	var cfg config
-	for _, o := range opts {
-		if o == nil {
-			t.Fatal("sessiontest: nil option")
-		}
-		o.apply(&cfg)
-	}
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s session.Store)
@@ -63,16 +54,8 @@ func Run(t *testing.T, newStore func(t *testing.T) session.Store, opts ...Option
 		{"MaxSize", testMaxSize},
 		{"ConcurrentMaxSize", testConcurrentMaxSize},
 	}
-	// Tests not yet on by default, and why.
-	off := map[string]string{}
-	if !cfg.applyIdle {
-		off["ApplyIdleNeverBackwards"] = "off: turn it on with sessiontest.WithApplyIdleNeverBackwards()"
-	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if why := off[tc.name]; why != "" {
-				t.Skip(why)
-			}
 			s := newStore(t)
 			if s == nil {
 				t.Fatal("sessiontest: newStore returned nil")
@@ -80,28 +63,6 @@ func Run(t *testing.T, newStore func(t *testing.T) session.Store, opts ...Option
 			tc.fn(t, s)
 		})
 	}
-}
-
-// Option changes what Run checks.
-type Option interface{ apply(*config) }
-
-type config struct {
-	applyIdle bool
-}
-
-type optionFunc func(*config)
-
-func (f optionFunc) apply(c *config) { f(c) }
-
-// WithApplyIdleNeverBackwards turns on the check that Apply, like Load,
-// never moves the idle deadline backwards: a delta whose Idle is shorter
-// than an earlier one leaves the deadline where it is (see "Clocks and
-// expiry" in the session.Store contract). The contract requires it of
-// every store; the check is off by default only until every store in this
-// module passes it (session/redisstore does not yet), and will then be
-// always on.
-func WithApplyIdleNeverBackwards() Option {
-	return optionFunc(func(c *config) { c.applyIdle = true })
 }
 
 const (
