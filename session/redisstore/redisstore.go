@@ -102,7 +102,9 @@ type Store struct {
 	waitReplicas int
 	waitTimeout  time.Duration
 	// scriptLoad: the server (or one Cluster node) answered that it lacks
-	// the Redis 7 commands Load uses; Load runs the load script from then on.
+	// the Redis 7 commands Load uses, or applyFastScript answered that it
+	// predates Redis 7.0; Load runs the load script and Apply only
+	// applyScript from then on.
 	scriptLoad atomic.Bool
 }
 
@@ -525,7 +527,9 @@ func decode(id string, h map[string]string) (session.Record, error) {
 func (s *Store) EnforcesMaxSize() bool { return true }
 
 // Apply implements session.Store: one round trip (two while following an
-// alias, plus one for WithWait).
+// alias, plus one for WithWait). On Redis 7 and later a delta without Create
+// runs applyFastScript, and applyScript in a second trip only for what that
+// leaves (an alias, a new user binding, a record without _s).
 func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
 	if err := d.Validate(); err != nil {
 		return 0, err
@@ -550,6 +554,7 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	for k, v := range d.Expect {
 		args = append(args, k, strconv.FormatUint(v, 10))
 	}
+	fast := d.Create == nil && len(d.Set)+len(d.Delete)+len(d.Expect) <= fastMaxKeys
 	keys := make([]string, 3)
 	for range maxHops {
 		if !validID(id) {
@@ -565,8 +570,7 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			keys[2] = s.indexKey(tag, d.User)
 		}
 		args[0] = id
-		cmd, werr := s.write(ctx, applyScript, keys, args...)
-		res, err := cmd.Slice()
+		res, werr, err := s.applyHop(ctx, fast, keys, args)
 		if err != nil {
 			return 0, fmt.Errorf("redisstore: apply: %w", err)
 		}
@@ -590,6 +594,38 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		}
 	}
 	return 0, session.ErrNotFound
+}
+
+// fastMaxKeys bounds the keys a delta names for applyFastScript, which reads
+// and writes them without chunks (applyScript has them).
+const fastMaxKeys = 256
+
+// applyHop runs the apply script once: applyFastScript first when fast and
+// the server is not known to predate Redis 7.0, then applyScript if that
+// answers that it did nothing ({'slow'}, or {'old'}, which also switches
+// Load to the load script). It returns the reply, the write's replica
+// shortfall (WithWait) and its error.
+func (s *Store) applyHop(ctx context.Context, fast bool, keys []string, args []any) ([]any, error, error) {
+	if fast && !s.scriptLoad.Load() {
+		cmd, werr := s.write(ctx, applyFastScript, keys, args...)
+		res, err := cmd.Slice()
+		if err != nil || len(res) == 0 {
+			return nil, nil, cmp.Or(err, errors.New("empty reply"))
+		}
+		switch status, _ := res[0].(string); status {
+		case "old":
+			s.scriptLoad.Store(true)
+		case "slow":
+		default:
+			return res, werr, nil
+		}
+	}
+	cmd, werr := s.write(ctx, applyScript, keys, args...)
+	res, err := cmd.Slice()
+	if err == nil && len(res) == 0 {
+		err = errors.New("empty reply")
+	}
+	return res, werr, err
 }
 
 // Delete implements session.Store.
