@@ -96,6 +96,34 @@ func TestApplyFastFallbacks(t *testing.T) {
 	}
 }
 
+// TestApplyRefusalOrder: a delta both stale and too large is refused as a
+// conflict (as the general script does), and leaves the record as it was.
+func TestApplyRefusalOrder(t *testing.T) {
+	for name, c := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			s, _, sessionKey := keyedStore(t, c)
+			ctx := t.Context()
+			id := sessiontest.NewID(t, "")
+			mustCreate(t, s, id, time.Hour)
+			before, err := c.PExpireTime(ctx, sessionKey(id)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"k": []byte("long value")}, Expect: map[string]uint64{"k": 9}, Idle: 2 * time.Hour, MaxSize: 1})
+			var ce *session.ConflictError
+			if !errors.As(err, &ce) || ce.Key != "k" {
+				t.Fatalf("stale and too large: %v, want a conflict on k", err)
+			}
+			if v := hgetInt(t, c, sessionKey(id), "_v"); v != 1 {
+				t.Errorf("_v = %d after a refusal, want 1", v)
+			}
+			if after, err := c.PExpireTime(ctx, sessionKey(id)).Result(); err != nil || after != before {
+				t.Errorf("expiry moved by a refused write: %v -> %v %v", before, after, err)
+			}
+		})
+	}
+}
+
 func contains(ids []string, id string) bool {
 	for _, x := range ids {
 		if x == id {

@@ -608,9 +608,16 @@ const fastMaxKeys = 256
 func (s *Store) applyHop(ctx context.Context, fast bool, keys []string, args []any) ([]any, error, error) {
 	if fast && !s.scriptLoad.Load() {
 		cmd, werr := s.write(ctx, applyFastScript, keys, args...)
-		res, err := cmd.Slice()
-		if err != nil || len(res) == 0 {
-			return nil, nil, cmp.Or(err, errors.New("empty reply"))
+		reply, err := cmd.Result()
+		if err != nil {
+			return nil, nil, err
+		}
+		if v, ok := reply.(int64); ok {
+			return []any{"ok", v}, werr, nil
+		}
+		res, _ := reply.([]any)
+		if len(res) == 0 {
+			return nil, nil, fmt.Errorf("unexpected reply %v", reply)
 		}
 		switch status, _ := res[0].(string); status {
 		case "old":

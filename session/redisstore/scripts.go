@@ -251,8 +251,9 @@ return {'ok', ver}
 
 // applyFastScript is applyScript for the common write on Redis 7 and later:
 // no Create, a record (not an alias) that has _s, and no new user binding.
-// Same KEYS and ARGV; the same replies, and {'slow'} (nothing done: run
-// applyScript) for anything else, {'old'} (nothing done) on a server before
+// Same KEYS and ARGV; the same replies, except the version alone (an
+// integer) for ok, and {'slow'} (nothing done: run applyScript) for anything
+// else, {'old'} (nothing done) on a server before
 // Redis 7.0. It takes no TIME and reads no PTTL: the idle deadline moves on
 // Redis's clock with PEXPIRE ... GT (never backwards), then PEXPIREAT _a LT
 // caps it at the absolute deadline, which deletes the key if _a has passed
@@ -264,7 +265,6 @@ return {'ok', ver}
 // enough that no call needs chunks.
 var applyFastScript = redis.NewScript(`
 if not redis.REDIS_VERSION_NUM then return {'old'} end
-local function datalen(v) return #v - string.find(v, ':', 1, true) end
 local nset, ndel, nexp = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local base = 11
 local dbase = base + 2 * nset
@@ -285,21 +285,17 @@ if olduser and olduser ~= '' and (redis.call('HGET', KEYS[2], olduser) or '0') ~
   redis.call('DEL', KEYS[1])
   return {'notfound'}
 end
--- A refusal of a record past its absolute deadline (which a Load that did
--- not live to cap its refresh can leave) is applyScript's: not found.
-local function refuse(r)
-  local t = redis.call('TIME')
-  if t[1] * 1000 + math.floor(t[2] / 1000) >= tonumber(old[1]) then
-    redis.call('DEL', KEYS[1])
-    return {'notfound'}
-  end
-  return r
-end
+-- Refusals wait for the size, a conflict first: no closure to build on
+-- every write.
+local refused
 for i = 1, nexp do
   local cur = old[6 + nset + ndel + i]
   local v = 0
   if cur then v = tonumber(string.sub(cur, 1, string.find(cur, ':', 1, true) - 1)) end
-  if v ~= tonumber(ARGV[ebase + 2 * i]) then return refuse({'conflict', ARGV[ebase + 2 * i - 1]}) end
+  if v ~= tonumber(ARGV[ebase + 2 * i]) then
+    refused = {'conflict', ARGV[ebase + 2 * i - 1]}
+    break
+  end
 end
 local ver = tonumber(old[5] or '0') + 1
 local prefix = ver .. ':'
@@ -307,7 +303,7 @@ local w = {'_v', ver, '_s', 0}
 for i = 1, nset do
   local k, v = ARGV[base + 2 * i - 1], ARGV[base + 2 * i]
   local o = old[6 + i]
-  if o then size = size - #k - datalen(o) end
+  if o then size = size - #k - (#o - string.find(o, ':', 1, true)) end
   size = size + #k + #v
   w[3 + 2 * i], w[4 + 2 * i] = f[6 + i], prefix .. v
 end
@@ -317,12 +313,22 @@ if ndel > 0 then
     local k, o = ARGV[dbase + i], old[6 + nset + i]
     if o and not gone[k] then
       gone[k] = true
-      size = size - #k - datalen(o)
+      size = size - #k - (#o - string.find(o, ':', 1, true))
     end
   end
 end
 local maxsize = tonumber(ARGV[11])
-if maxsize > 0 and nset > 0 and size > maxsize then return refuse({'toolarge', size}) end
+if not refused and maxsize > 0 and nset > 0 and size > maxsize then refused = {'toolarge', size} end
+if refused then
+  -- A refusal of a record past its absolute deadline (which a Load that did
+  -- not live to cap its refresh can leave) is applyScript's: not found.
+  local t = redis.call('TIME')
+  if t[1] * 1000 + math.floor(t[2] / 1000) >= tonumber(old[1]) then
+    redis.call('DEL', KEYS[1])
+    return {'notfound'}
+  end
+  return refused
+end
 w[4] = size
 redis.call('PEXPIRE', KEYS[1], ARGV[6], 'GT')
 if redis.call('PEXPIREAT', KEYS[1], old[1], 'LT') == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
@@ -334,7 +340,7 @@ if ndel > 0 then
   for i = 1, ndel do d[i] = f[6 + nset + i] end
   redis.call('HDEL', KEYS[1], unpack(d))
 end
-return {'ok', ver}
+return ver
 `)
 
 // aliasScript: KEYS = old session, epochs; ARGV = new ID, expected version,
