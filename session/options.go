@@ -144,8 +144,10 @@ func WithEncryption(keys ...EncryptionKey) Option {
 // WithErrorHandler sets what answers a request when the store fails, or
 // refuses to save a session over its size limit (an error matching
 // ErrTooLarge; see Session.Put). By default: 503 Service Unavailable with
-// Retry-After (WithRetryAfter) for a failure, 500 Internal Server Error for
-// a session too large.
+// Retry-After (WithRetryAfter) for a failure, and for a write that a
+// concurrent request's change to the session beat (an error matching
+// ErrConflict: a retry reads the session again), with a body that tells
+// the two apart; 500 Internal Server Error for a session too large.
 func WithErrorHandler(h ErrorHandler) Option {
 	return optionFunc(func(c *config) { c.errorHandler = h })
 }
@@ -211,6 +213,10 @@ func (c *config) defaults() {
 				return
 			}
 			w.Header().Set("Retry-After", retry)
+			if errors.Is(err, ErrConflict) { // a concurrent request changed the session first
+				http.Error(w, "session changed concurrently; retry", http.StatusServiceUnavailable)
+				return
+			}
 			http.Error(w, "session store unavailable", http.StatusServiceUnavailable)
 		}
 	}
