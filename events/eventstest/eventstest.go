@@ -56,6 +56,7 @@ func Run(t *testing.T, f Features, c Constructor) {
 		{"PublishEmptyAndClosed", true, testPublishEmptyAndClosed},
 		{"ConcurrentPublish", true, testConcurrentPublish},
 		{"HandlerErrorRedelivered", true, testHandlerErrorRedelivered},
+		{"UnavailableRetriedUntilClear", true, testUnavailable},
 		{"SubscribeReturnsOnCancel", true, testSubscribeReturnsOnCancel},
 		{"Persistence", f.Persistence, testPersistence},
 		{"OrderingPerKey", f.OrderingPerKey, testOrderingPerKey},
@@ -469,6 +470,54 @@ func testHandlerErrorRedelivered(t *testing.T, f Features, c Constructor) {
 		want := []int{0, 1, 1, 1, 2}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("deliveries of key k: %v, want %v (a failing event holds back its key)", got, want)
+		}
+	}
+}
+
+// unavailableTries is how often the handler of testUnavailable fails with
+// an events.Unavailable error: more than any sane attempt limit, so a
+// subscriber that counted those tries as attempts would give the event up.
+const unavailableTries = 7
+
+// testUnavailable: an event whose handler fails with an events.Unavailable
+// error (a dependency is down) is tried again until it succeeds, however
+// many tries that takes, and is not given up (dead-lettered) meanwhile; with
+// ordering per key the next event of the key waits for it.
+func testUnavailable(t *testing.T, f Features, c Constructor) {
+	topic := testenv.Name(t)
+	p, s := c(t, topic, topic+"-g")
+	es := []events.Event{event("k", 0), event("k", 1), event("k", 2)}
+	failing := es[1].ID
+	col := newCollector(es)
+	var mu sync.Mutex
+	failures := 0
+	subscribe(t, s, topic, func(ctx context.Context, e events.Event) error {
+		mu.Lock()
+		if e.ID == failing && failures < unavailableTries {
+			failures++
+			mu.Unlock()
+			return events.Unavailable(errors.New("eventstest: induced outage of a dependency"))
+		}
+		mu.Unlock()
+		col.record(e)
+		return nil
+	})
+	if !f.Persistence {
+		awaitReady(t, p, col)
+	}
+	publish(t, p, es...)
+	col.wait(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if failures != unavailableTries {
+		t.Fatalf("the event failed %d times with Unavailable before it succeeded, want %d", failures, unavailableTries)
+	}
+	if f.OrderingPerKey {
+		col.mu.Lock()
+		got := col.order["k"]
+		col.mu.Unlock()
+		if want := []int{0, 1, 2}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("successful deliveries of key k: %v, want %v", got, want)
 		}
 	}
 }
