@@ -253,8 +253,8 @@ return {'ok', ver}
 // no Create, a record (not an alias) that has _s, and no new user binding.
 // Same KEYS and ARGV; the same replies, except the version alone (an
 // integer) for ok, and {'slow'} (nothing done: run applyScript) for anything
-// else, {'old'} (nothing done) on a server before
-// Redis 7.0. It takes no TIME and reads no PTTL: the idle deadline moves on
+// else, {'old'} (nothing done) on a server before Redis 7.0. It takes no
+// TIME and reads no PTTL: the idle deadline moves on
 // Redis's clock with PEXPIRE ... GT (never backwards), then PEXPIREAT _a LT
 // caps it at the absolute deadline, which deletes the key if _a has passed
 // (then the write is refused as applyScript refuses it). A key without
