@@ -102,7 +102,7 @@ type Config struct {
 	// the event over, as when the claimer died. The handler's ctx ends
 	// a tenth of the lease before the lease does, so an effect that
 	// honours ctx does not land after a takeover. Zero means 30s; it must
-	// be at least 10ms.
+	// be at least 10ms, and at most a RedisStore's Retention.
 	Lease time.Duration
 	// MaxWait caps each wait for a Busy event's lease; zero means 1s.
 	MaxWait time.Duration
@@ -174,6 +174,9 @@ func New(s Store, cfg Config) (*Deduper, error) {
 	}
 	if cfg.Lease < 10*time.Millisecond {
 		return nil, fmt.Errorf("%w: Lease %v under 10ms", ErrConfig, cfg.Lease)
+	}
+	if rs, ok := s.(*RedisStore); ok && cfg.Lease > rs.retention {
+		return nil, fmt.Errorf("%w: Lease %v longer than the RedisStore's Retention %v", ErrConfig, cfg.Lease, rs.retention)
 	}
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = time.Second
@@ -287,9 +290,10 @@ func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e event
 // storeError marks an error of the store as events.Unavailable: the store,
 // not the event, failed, so a subscriber retries the event until the store
 // is back instead of dead-lettering it. ErrLeaseLost is the store's answer,
-// not its failure, and stays unmarked.
+// not its failure, and ErrConfig (a misconfiguration, which waiting does not
+// mend) stays unmarked too.
 func storeError(err error) error {
-	if err == nil || errors.Is(err, ErrLeaseLost) {
+	if err == nil || errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrConfig) {
 		return err
 	}
 	return events.Unavailable(err)

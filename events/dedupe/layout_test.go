@@ -68,7 +68,7 @@ func TestRedisRetentionByGeneration(t *testing.T) {
 	const retention = 400 * time.Millisecond
 	s, c := layoutStore(t, RedisConfig{Retention: retention, Shards: 2})
 	ctx := context.Background()
-	cl, err := s.Claim(ctx, "g", "e", time.Second)
+	cl, err := s.Claim(ctx, "g", "e", retention)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,13 +77,13 @@ func TestRedisRetentionByGeneration(t *testing.T) {
 	}
 	marked := time.Now()
 	for time.Since(marked) < retention*9/10 {
-		if d, err := s.Claim(ctx, "g", "e", time.Second); err != nil || d.Status != Done {
+		if d, err := s.Claim(ctx, "g", "e", retention); err != nil || d.Status != Done {
 			t.Fatalf("%v after Done: %+v, %v; want done (retention %v)", time.Since(marked), d, err, retention)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	for {
-		d, err := s.Claim(ctx, "g", "e", time.Second)
+		d, err := s.Claim(ctx, "g", "e", retention)
 		if err != nil {
 			t.Fatal(err)
 		}

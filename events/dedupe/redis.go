@@ -21,8 +21,11 @@ type RedisConfig struct {
 	Prefix string
 	// Retention is how long a done event is remembered at least;
 	// redeliveries later than that run again. Records are kept for up to
-	// three times as long (they expire by generation, see RedisStore). Zero
-	// means 7 days; at least 1ms.
+	// three times as long (they expire by generation, see RedisStore). It
+	// must be at least the longest lease of a claim (Config.Lease): a claim
+	// is a record too, read only for a generation after the one it was
+	// written in, so a longer lease could be taken over while it holds, and
+	// Claim refuses one (ErrConfig). Zero means 7 days; at least 1ms.
 	Retention time.Duration
 	// Shards is how many hashes a group's records are spread over (on a
 	// Redis Cluster, how many hash slots). More shards make each hash
@@ -496,6 +499,11 @@ func markArgs(its []item) []any {
 func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
 	if lease < time.Millisecond {
 		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+	}
+	if lease > s.retention {
+		// The claim would stop being read (two generations on) while
+		// its lease still held, and another claimer would take it.
+		return nil, fmt.Errorf("%w: lease %v longer than the store's Retention %v", ErrConfig, lease, s.retention)
 	}
 	token := NewToken()
 	claims := make([]Claim, len(ids))
