@@ -73,8 +73,9 @@ const generations = 2
 // Ring one pipeline of a call per shard. The scripts take the time from
 // Redis; the store learns the offset of Redis's clock from their replies to
 // name the current generation, and a call made across a generation's
-// boundary by a skewed clock is refused by the script and made again (one
-// more round trip, rarely).
+// boundary by a skewed clock is refused by the script and made again for
+// the generation the refusal named (one more round trip, rarely; on a
+// Cluster each call follows its own node's clock).
 type RedisStore struct {
 	c         redis.UniversalClient
 	prefix    string
@@ -385,13 +386,22 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string
 	for i := range todo {
 		todo[i] = i
 	}
+	// gens holds, for a call refused for another generation, the one its
+	// node's clock named: on a Cluster the nodes' clocks differ, and the
+	// offset learned from another node's reply (this call's or a
+	// concurrent one's) may name the wrong generation again.
+	var gens map[int]int64
 	for attempt := 0; len(todo) > 0; attempt++ {
 		if attempt == 3 {
 			return nil, errors.New("dedupe: Redis's clock keeps moving across a generation boundary")
 		}
-		g := s.generation()
+		cur := s.generation()
 		cmdArgs := func(i int) ([]string, []any) {
 			c := calls[i]
+			g, ok := gens[i]
+			if !ok {
+				g = cur
+			}
 			keys := make([]string, 0, generations*len(c.shards))
 			argv := make([]any, 0, 3+len(head)+len(c.shards))
 			argv = append(argv, g, s.gen, len(c.shards))
@@ -425,6 +435,10 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string
 			}
 			s.learn(res[1])
 			if res[0] == -1 {
+				if gens == nil {
+					gens = make(map[int]int64)
+				}
+				gens[todo[j]] = res[1] / s.gen
 				again = append(again, todo[j])
 				continue
 			}
@@ -794,8 +808,8 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 		args = append(args, a...)
 	}
 	shard := s.shard(c.ID)
+	g := s.generation()
 	for try := 0; ; try++ {
-		g := s.generation()
 		res, err := doneWithScript.Run(ctx, s.c, s.genKeys(c.Group, shard, g), append([]any{g, s.gen}, args...)...).Slice()
 		if err != nil {
 			return doneWithError(ctx, err)
@@ -811,6 +825,7 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 			if try == 2 {
 				return errors.New("dedupe: Redis's clock keeps moving across a generation boundary")
 			}
+			g = now / s.gen // this node's generation, whatever others say
 			continue
 		case 1:
 			return ErrLeaseLost

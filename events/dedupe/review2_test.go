@@ -7,10 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/internal/testenv"
 )
 
 // TestRedisLeaseLongerThanRetention: a claim is a record of a generation,
@@ -63,5 +70,240 @@ func TestMiddlewareConfigErrorNotUnavailable(t *testing.T) {
 	err = mw(func(context.Context, events.Event) error { return nil })(context.Background(), events.New("/t", "t", nil))
 	if !errors.Is(err, ErrConfig) || events.IsUnavailable(err) {
 		t.Fatalf("err %v: want ErrConfig, not Unavailable", err)
+	}
+}
+
+// TestRedisBigBatch: a batch of more than one script call's IDs (split by
+// shard and by maxBatchKeys), with repeated IDs and an empty script cache
+// on some nodes, is claimed, marked done (trusted and checked alike) and
+// released where a second instance looks, on a standalone server and on a
+// Cluster.
+func TestRedisBigBatch(t *testing.T) {
+	for _, name := range []string{"redis", "rediscluster"} {
+		t.Run(name, func(t *testing.T) {
+			var c redis.UniversalClient
+			var flush func()
+			ctx := context.Background()
+			if name == "redis" {
+				rc := testenv.Redis(t)
+				c, flush = rc, func() { _ = rc.ScriptFlush(ctx).Err() }
+			} else {
+				cc := testenv.RedisCluster(t)
+				// Only the first master forgets the scripts: a
+				// pipeline partly runs, partly gets NOSCRIPT.
+				c, flush = cc, func() {
+					var once atomic.Bool
+					_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+						if once.CompareAndSwap(false, true) {
+							return n.ScriptFlush(ctx).Err()
+						}
+						return nil
+					})
+				}
+			}
+			prefix := testenv.Name(t) + ":"
+			testenv.CleanupRedisPrefix(t, c, prefix)
+			a, err := NewRedisStore(c, RedisConfig{Prefix: prefix, Shards: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := NewRedisStore(c, RedisConfig{Prefix: prefix, Shards: 4})
+			const n = 2500
+			ids := make([]string, 0, n+3)
+			for i := range n {
+				ids = append(ids, "e"+strconv.Itoa(i))
+			}
+			ids = append(ids, "e7", "e1500", "e2499")
+			flush()
+			cs, err := a.ClaimBatch(ctx, "g", ids, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, cl := range cs {
+				want := Claimed
+				if i >= n {
+					want = Busy
+				}
+				if cl.ID != ids[i] || cl.Status != want {
+					t.Fatalf("claim %d: %+v, want %v", i, cl, want)
+				}
+			}
+			other, err := b.ClaimBatch(ctx, "g", ids[:n], time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, cl := range other {
+				if cl.Status != Busy {
+					t.Fatalf("second instance's claim %d: %+v, want busy", i, cl)
+				}
+			}
+			flush()
+			// The first half trusted (marked unread), the second checked.
+			for i := n / 2; i < n; i++ {
+				cs[i].held = time.Time{}
+			}
+			for _, part := range [][]Claim{cs[:n/2], cs[n/2 : n]} {
+				res, err := a.DoneBatch(ctx, part)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, e := range res {
+					if e != nil {
+						t.Fatalf("DoneBatch %s: %v", part[i].ID, e)
+					}
+				}
+			}
+			done, err := b.ClaimBatch(ctx, "g", ids[:n], time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, cl := range done {
+				if cl.Status != Done {
+					t.Fatalf("after DoneBatch, claim %d: %+v, want done", i, cl)
+				}
+			}
+			// Released claims are free for the other instance at once.
+			cs, err = a.ClaimBatch(ctx, "g2", ids[:n], time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flush()
+			if err := a.ReleaseBatch(ctx, cs); err != nil {
+				t.Fatal(err)
+			}
+			free, err := b.ClaimBatch(ctx, "g2", ids[:n], time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, cl := range free {
+				if cl.Status != Claimed {
+					t.Fatalf("after ReleaseBatch, claim %d: %+v, want claimed", i, cl)
+				}
+			}
+		})
+	}
+}
+
+// TestRedisDoneWithReplies: the commands DoneWith runs in its script get
+// the arguments and replies they would get from a pipeline: durations,
+// byte slices and bools as go-redis encodes them, nil replies as redis.Nil
+// or false, arrays on a generic command, and commands without keys.
+func TestRedisDoneWithReplies(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{})
+	ctx := context.Background()
+	cl, err := s.Claim(ctx, "g", "e", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := s.Key("g", "e")
+	var (
+		set    *redis.StatusCmd
+		setnx  *redis.BoolCmd
+		setnx2 *redis.BoolCmd
+		get    *redis.StringCmd
+		miss   *redis.StringCmd
+		hset   *redis.IntCmd
+		all    *redis.Cmd
+		ping   *redis.StatusCmd
+		incr   *redis.IntCmd
+		exp    *redis.BoolCmd
+	)
+	err = s.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
+		set = p.Set(ctx, k+":s", []byte("v\x00w"), 90*time.Second)
+		setnx = p.SetNX(ctx, k+":nx", "1", 1500*time.Millisecond)
+		setnx2 = p.SetNX(ctx, k+":nx", "2", time.Minute)
+		get = p.Get(ctx, k+":s")
+		miss = p.Get(ctx, k+":missing")
+		hset = p.HSet(ctx, k+":h", "b", true, "n", 7)
+		all = p.Do(ctx, "HGETALL", k+":h")
+		ping = p.Ping(ctx)
+		incr = p.IncrBy(ctx, k+":n", 5)
+		exp = p.Expire(ctx, k+":n", time.Hour)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := set.Result(); v != "OK" || err != nil {
+		t.Errorf("SET: %q, %v", v, err)
+	}
+	if ttl := c.TTL(ctx, k+":s").Val(); ttl <= 80*time.Second || ttl > 90*time.Second {
+		t.Errorf("SET's TTL %v, want 90s", ttl)
+	}
+	if ttl := c.PTTL(ctx, k+":nx").Val(); ttl <= time.Second || ttl > 1500*time.Millisecond {
+		t.Errorf("SET NX's TTL %v, want 1.5s", ttl)
+	}
+	if v, err := setnx.Result(); !v || err != nil {
+		t.Errorf("first SETNX: %v, %v; want true", v, err)
+	}
+	if v, err := setnx2.Result(); v || err != nil {
+		t.Errorf("second SETNX: %v, %v; want false", v, err)
+	}
+	if v, err := get.Result(); v != "v\x00w" || err != nil {
+		t.Errorf("GET: %q, %v", v, err)
+	}
+	if _, err := miss.Result(); !errors.Is(err, redis.Nil) {
+		t.Errorf("GET of a missing key: %v, want redis.Nil", err)
+	}
+	if v, err := hset.Result(); v != 2 || err != nil {
+		t.Errorf("HSET: %d, %v", v, err)
+	}
+	if v, err := all.StringSlice(); err != nil || len(v) != 4 || v[1] != "1" || v[3] != "7" {
+		t.Errorf("HGETALL: %q, %v; want b 1 n 7", v, err)
+	}
+	if v, err := ping.Result(); v != "PONG" || err != nil {
+		t.Errorf("PING: %q, %v", v, err)
+	}
+	if v, err := incr.Result(); v != 5 || err != nil {
+		t.Errorf("INCRBY: %d, %v", v, err)
+	}
+	if v, err := exp.Result(); !v || err != nil {
+		t.Errorf("EXPIRE: %v, %v", v, err)
+	}
+	if d, err := s.Claim(ctx, "g", "e", time.Minute); err != nil || d.Status != Done {
+		t.Fatalf("after DoneWith: %+v, %v; want done", d, err)
+	}
+}
+
+// TestRedisRefusedCallUsesItsNodesClock: the offset a store learns is
+// shared by its calls, and on a Cluster each reply teaches the clock of its
+// own node, so a call refused for another generation may find the offset
+// moved again by another node's reply before it calls again. It must call
+// again with the generation its own refusal named, not fail after three
+// refusals. Here another "node" keeps teaching a clock an hour ahead.
+func TestRedisRefusedCallUsesItsNodesClock(t *testing.T) {
+	s, _ := layoutStore(t, RedisConfig{Retention: time.Hour})
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.offset.Store(time.Hour.Milliseconds())
+				runtime.Gosched()
+			}
+		}
+	})
+	defer wg.Wait()
+	defer close(stop)
+	for i := range 20 {
+		id := "e" + strconv.Itoa(i)
+		c, err := s.Claim(ctx, "g", id, time.Minute)
+		if err != nil || c.Status != Claimed {
+			t.Fatalf("Claim %s: %+v, %v", id, c, err)
+		}
+		cs, err := s.ClaimBatch(ctx, "g", []string{id + "a", id + "b", id + "c"}, time.Minute)
+		if err != nil {
+			t.Fatalf("ClaimBatch: %v", err)
+		}
+		if err := s.DoneWith(ctx, c, func(context.Context, redis.Pipeliner) error { return nil }); err != nil {
+			t.Fatalf("DoneWith %s: %v", id, err)
+		}
+		if _, err := s.DoneBatch(ctx, cs); err != nil {
+			t.Fatalf("DoneBatch: %v", err)
+		}
 	}
 }
