@@ -547,7 +547,9 @@ func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lea
 				p++
 				switch cl.Status {
 				case Claimed:
-					cl.held = sent.Add(lease - lease/10)
+					// Redis holds the lease in whole ms from its
+					// clock's ms, which may be up to 1ms behind.
+					cl.held = sent.Add(lease.Truncate(time.Millisecond) - time.Millisecond - lease/10)
 				case Busy:
 					if p >= len(r) {
 						return nil, fmt.Errorf("dedupe: unexpected claim reply of %d values", len(r))
@@ -690,9 +692,9 @@ func (s *RedisStore) Done(ctx context.Context, c Claim) error {
 // effect.
 //
 // Claims this store made whose leases are sure not to have ended (a tenth
-// of the lease before its end, measured from before the claim was sent) are
-// marked without being read: nobody else can have taken them. The others
-// are checked.
+// of the lease and a millisecond before its end, measured from before the
+// claim was sent) are marked without being read: nobody else can have
+// taken them. The others are checked.
 func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
 	res := make([]error, len(cs))
 	now := time.Now()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -304,6 +305,38 @@ func TestRedisRefusedCallUsesItsNodesClock(t *testing.T) {
 		}
 		if _, err := s.DoneBatch(ctx, cs); err != nil {
 			t.Fatalf("DoneBatch: %v", err)
+		}
+	}
+}
+
+// TestRedisHeldWithinDeadline: the time before which DoneBatch trusts a
+// claim without reading it is no later than the deadline Redis holds for
+// it, whose lease is in whole ms from Redis's clock in whole ms, for
+// leases that are not whole ms too (the server runs on this machine, so
+// the two clocks agree).
+func TestRedisHeldWithinDeadline(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{Shards: 1})
+	ctx := context.Background()
+	for i, lease := range []time.Duration{time.Millisecond, 1900 * time.Microsecond, 10500 * time.Microsecond, 10 * time.Millisecond} {
+		for j := range 50 {
+			id := fmt.Sprintf("e%d-%d", i, j)
+			cl, err := s.Claim(ctx, "g", id, lease)
+			if err != nil || cl.Status != Claimed {
+				t.Fatalf("Claim: %+v, %v", cl, err)
+			}
+			v, err := c.HGet(ctx, s.genKeys("g", 0, s.generation())[0], id).Result()
+			if err != nil {
+				// Claimed in the previous generation, just before a
+				// boundary: skip.
+				continue
+			}
+			dl, err := strconv.ParseInt(v[strings.LastIndexByte(v, ':')+1:], 10, 64)
+			if err != nil {
+				t.Fatalf("record %q: %v", v, err)
+			}
+			if held := cl.held.UnixMicro(); held > dl*1000 {
+				t.Fatalf("lease %v: trusted until %d µs, past Redis's deadline %d ms", lease, held, dl)
+			}
 		}
 	}
 }
