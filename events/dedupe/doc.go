@@ -19,9 +19,10 @@
 // That gives exactly one effect when the effect is idempotent per event ID
 // (an upsert keyed by it), or when it is recorded in the store in the same
 // atomic step as the done mark (RedisStore.DoneWith, one Lua script that
-// checks the claim, runs the effect's commands and marks it done). Otherwise one gap remains, and no store can close it: an
-// instance dying between its effect and the done mark leaves the effect to
-// run again once the lease ends.
+// checks the claim, runs the effect's commands and marks it done).
+// Otherwise one gap remains, and no store can close it: an instance dying
+// between its effect and the done mark leaves the effect to run again once
+// the lease ends.
 //
 // # Per event or per batch
 //
@@ -69,9 +70,10 @@
 //
 // RedisStore needs one round trip per claim (a Lua script) and is a
 // BatchStore: a batch's claims, done marks or releases take one script call
-// on standalone and Sentinel, one pipeline on Cluster. It keeps a group's
-// records as fields of a few hashes per generation rather than a key per
-// event, which makes a batch a handful of commands over many fields; see
-// RedisStore for the layout and its memory. MongoStore relies on the unique
+// on standalone and Sentinel, one pipeline on Cluster or Ring. It keeps a
+// group's records as fields of a few hashes per generation rather than a
+// key per event, which makes a batch a handful of commands over many fields;
+// see RedisStore for the layout and its memory. Since a claim is such a
+// record too, its lease may be at most the store's Retention. MongoStore relies on the unique
 // _id and conditional updates; the batch path calls it once per event.
 package dedupe
