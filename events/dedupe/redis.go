@@ -16,6 +16,13 @@ import (
 )
 
 // RedisConfig configures a RedisStore. Zero fields mean the defaults.
+//
+// Prefix, Retention and Shards name the hashes an event's records are in
+// (and Shards the slot of RedisStore.Key), so every instance of a group must
+// use the same values: an instance with others neither sees the others'
+// claims and done marks nor is seen by them, so that during a rolling
+// change of one of them an event may run on two instances at once, and
+// after it the done marks kept so far are forgotten.
 type RedisConfig struct {
 	// Prefix starts every key; zero means "dedupe:".
 	Prefix string
@@ -131,7 +138,9 @@ func (s *RedisStore) tag(group string, shard uint32) string {
 // Key returns a key of (group, id) in the Cluster slot where the event's
 // record lives: a handler that records its effect with DoneWith names the
 // effect's keys with it (Key(group, id) + ":count", say), so that they share
-// the record's slot. The store itself writes no key of that name.
+// the record's slot. The store itself writes no key of that name. The name
+// depends on Prefix and Shards, so changing either renames the effect's keys
+// too.
 func (s *RedisStore) Key(group, id string) string {
 	return s.prefix + s.tag(group, s.shard(id)) + ":k:" + id
 }
@@ -845,9 +854,9 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 // doneWithError marks err events.Unavailable unless it is the effect's own
 // failure (an error reply from one of its commands, such as WRONGTYPE) or
 // ctx's: a connection that failed, or a server that cannot take writes now
-// (a replica after a failover, a Cluster slot moving, a server loading its
-// data), is the store's failure, which a subscriber waits out instead of
-// counting it against the event.
+// (unavailableReplies: a replica after a failover, a Cluster slot moving, a
+// server loading its data or out of memory), is the store's failure, which
+// a subscriber waits out instead of counting it against the event.
 func doneWithError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return err
@@ -855,8 +864,10 @@ func doneWithError(ctx context.Context, err error) error {
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
 		msg := rerr.Error()
-		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "BUSY"} {
-			if strings.HasPrefix(msg, p+" ") {
+		for _, p := range unavailableReplies {
+			// Redis 7 replies with a command's error as it is; before
+			// 7, inside "ERR Error running script (...): ...: -READONLY ...".
+			if strings.HasPrefix(msg, p+" ") || strings.HasPrefix(msg, "ERR Error running script") && strings.Contains(msg, ": -"+p+" ") {
 				return events.Unavailable(err)
 			}
 		}
@@ -864,6 +875,13 @@ func doneWithError(ctx context.Context, err error) error {
 	}
 	return events.Unavailable(err)
 }
+
+// unavailableReplies are the error codes of a Redis that cannot take a
+// write now, whatever the write: a replica (READONLY), a server loading its
+// data, a Cluster slot moving, a server busy with a script, out of memory
+// (OOM), without the replicas min-replicas-to-write asks for (NOREPLICAS),
+// or unable to persist (MISCONF).
+var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "BUSY", "OOM", "NOREPLICAS", "MISCONF"}
 
 // setReply sets v, a reply from a script, on cmd.
 func setReply(cmd redis.Cmder, v any) {

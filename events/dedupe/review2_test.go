@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -342,6 +344,81 @@ func TestRedisHeldWithinDeadline(t *testing.T) {
 			if held := cl.held.UnixMicro(); held > dl*1000 {
 				t.Fatalf("lease %v: trusted until %d µs, past Redis's deadline %d ms", lease, held, dl)
 			}
+		}
+	}
+}
+
+// fakeRedisError is a Redis error reply, as go-redis returns it.
+type fakeRedisError string
+
+func (e fakeRedisError) Error() string { return string(e) }
+func (fakeRedisError) RedisError()     {}
+
+// TestRedisDoneWithCannotWrite: a Redis that cannot take the write now (out
+// of memory, short of the replicas min-replicas-to-write asks for) makes
+// DoneWith fail Unavailable, as a replica after a failover does, so the
+// subscriber waits for it instead of dead-lettering the event; and so does
+// a replica's refusal as Redis before 7 words it, inside a script error.
+// The effect's own error stays unmarked in both wordings.
+func TestRedisDoneWithCannotWrite(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"ERR Error running script (call to f_0a): @user_script:1: @user_script: 1: -READONLY You can't write against a read only replica. ":             true,
+		"ERR Error running script (call to f_0a): @user_script:1: @user_script: 1: -OOM command not allowed when used memory > 'maxmemory'. ":           true,
+		"ERR Error running script (call to f_0a): @user_script:1: @user_script: 1: -WRONGTYPE Operation against a key holding the wrong kind of value ": false,
+		"WRONGTYPE Operation against a key holding the wrong kind of value script: 0a, on @user_script:1.":                                              false,
+	} {
+		if got := events.IsUnavailable(doneWithError(context.Background(), fakeRedisError(msg))); got != want {
+			t.Errorf("%q: Unavailable %v, want %v", msg, got, want)
+		}
+	}
+
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		testenv.Unavailable(t, "PATH", "no redis-server binary to run a private Redis: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir(), "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	for deadline := time.Now().Add(10 * time.Second); c.Ping(ctx).Err() != nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("the private redis-server does not answer")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a starting server
+	}
+	s, err := NewRedisStore(c, RedisConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, setting := range [][2]string{{"maxmemory", "1"}, {"min-replicas-to-write", "1"}} {
+		cl, err := s.Claim(ctx, "g", "e"+strconv.Itoa(i), time.Minute)
+		if err != nil || cl.Status != Claimed {
+			t.Fatalf("Claim: %+v, %v", cl, err)
+		}
+		if err := c.ConfigSet(ctx, setting[0], setting[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+		err = s.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
+			p.Set(ctx, s.Key("g", cl.ID)+":x", "1", 0)
+			return nil
+		})
+		if err == nil || !events.IsUnavailable(err) {
+			t.Errorf("DoneWith with %s %s: %v; want Unavailable", setting[0], setting[1], err)
+		}
+		if err := c.ConfigSet(ctx, setting[0], "0").Err(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
