@@ -422,3 +422,52 @@ func TestRedisDoneWithCannotWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisGenerationBoundaries: with generations as short as the lease,
+// most claims and done marks straddle a generation boundary; another
+// instance (one whose idea of Redis's clock is a generation off, too) never
+// takes a claim while its lease holds, and sees the done mark for at least
+// the retention.
+func TestRedisGenerationBoundaries(t *testing.T) {
+	const retention = 60 * time.Millisecond
+	a, _ := layoutStore(t, RedisConfig{Retention: retention, Shards: 2})
+	b, err := NewRedisStore(a.c, RedisConfig{Prefix: a.prefix, Retention: retention, Shards: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 15 {
+		id := "e" + strconv.Itoa(i)
+		time.Sleep(time.Duration(i) * 7 * time.Millisecond % retention) // start at varied points of a generation
+		cl, err := a.Claim(ctx, "g", id, retention)
+		if err != nil || cl.Status != Claimed {
+			t.Fatalf("Claim: %+v, %v", cl, err)
+		}
+		claimed := time.Now()
+		for time.Since(claimed) < retention/2 {
+			b.offset.Store(retention.Milliseconds() * int64(i%3-1))
+			c, err := b.Claim(ctx, "g", id, retention)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Status == Claimed && time.Since(claimed) < retention/2 {
+				t.Fatalf("%s claimed by another instance %v into a lease of %v", id, time.Since(claimed), retention)
+			}
+			time.Sleep(3 * time.Millisecond)
+		}
+		if err := a.Done(ctx, cl); err != nil {
+			t.Fatalf("Done %s %v after the claim: %v", id, time.Since(claimed), err)
+		}
+		done := time.Now()
+		for time.Since(done) < retention*9/10 {
+			c, err := b.Claim(ctx, "g", id, retention)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Status != Done && time.Since(done) < retention*9/10 {
+				t.Fatalf("%s %v %v after Done, want done for the retention (%v)", id, c.Status, time.Since(done), retention)
+			}
+			time.Sleep(3 * time.Millisecond)
+		}
+	}
+}
