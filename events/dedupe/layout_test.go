@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -346,5 +347,67 @@ func TestRedisDoneWithErrors(t *testing.T) {
 	cancel()
 	if err := ds.DoneWith(cctx, cl, func(context.Context, redis.Pipeliner) error { return nil }); err == nil || events.IsUnavailable(err) {
 		t.Fatalf("DoneWith with ctx cancelled: %v; want ctx's error, not Unavailable", err)
+	}
+}
+
+// failAfterPipeline lets a pipeline run and then reports an error, once: a
+// reply lost after the server applied the writes.
+type failAfterPipeline struct{ armed *atomic.Bool }
+
+func (h failAfterPipeline) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failAfterPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if err == nil && strings.HasPrefix(cmd.Name(), "eval") && h.armed.CompareAndSwap(true, false) {
+			return errors.New("induced: reply lost")
+		}
+		return err
+	}
+}
+func (h failAfterPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if err == nil && len(cmds) > 0 && strings.HasPrefix(cmds[0].Name(), "eval") && h.armed.CompareAndSwap(true, false) {
+			return errors.New("induced: reply lost")
+		}
+		return err
+	}
+}
+
+// TestRedisClaimBatchFailureReleases: a claim call that failed after the
+// server took the claims gives them back, so that the batch tried again (or
+// another instance) finds the events free at once instead of busy for a
+// whole lease.
+func TestRedisClaimBatchFailureReleases(t *testing.T) {
+	c := testenv.Redis(t)
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, c, prefix)
+	var armed atomic.Bool
+	hooked := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	defer hooked.Close()
+	hooked.AddHook(failAfterPipeline{&armed})
+	s, err := NewRedisStore(hooked, RedisConfig{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, n := range []int{1, 1500} { // one call, and two calls in one pipeline
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = events.NewID()
+		}
+		armed.Store(true)
+		if _, err := s.ClaimBatch(ctx, "g", ids, time.Minute); err == nil {
+			t.Fatalf("%d IDs: ClaimBatch with its reply lost succeeded", n)
+		}
+		cs, err := s.ClaimBatch(ctx, "g", ids, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, cl := range cs {
+			if cl.Status != Claimed {
+				t.Fatalf("%d IDs: %s is %v after the failed call; want claimed (released)", n, ids[i], cl.Status)
+			}
+		}
 	}
 }

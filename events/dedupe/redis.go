@@ -542,6 +542,19 @@ func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lea
 	sent := time.Now()
 	res, err := s.run(ctx, claimScript, group, calls, []any{token, lease.Milliseconds()}, idArgs)
 	if err != nil {
+		// Some of the claims may have been taken (a reply lost after the
+		// write, one node of a Cluster failing): nobody holds their token,
+		// so give them back, or a retry of this batch would find its own
+		// events busy for a whole lease. The release deletes only claims
+		// holding this token; if it fails too, they end with their lease.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		held := make([]Claim, len(claims))
+		for i, c := range claims {
+			c.Status = Claimed
+			held[i] = c
+		}
+		_ = s.ReleaseBatch(rctx, held)
 		return nil, err
 	}
 	for ci, c := range calls {
