@@ -17,6 +17,9 @@ import (
 type hookStore struct {
 	session.Store
 	beforeCreate, afterCreate func(ctx context.Context, id string)
+	// aliasErr, when set, runs the Alias (when made is true) or not, and
+	// returns what it returns instead of the Alias's result.
+	aliasErr func() (made bool, err error)
 }
 
 func (h *hookStore) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
@@ -31,6 +34,15 @@ func (h *hookStore) Apply(ctx context.Context, id string, d session.Delta) (uint
 }
 
 func (h *hookStore) Alias(ctx context.Context, oldID, newID string, v uint64, grace time.Duration) error {
+	if h.aliasErr != nil {
+		made, err := h.aliasErr()
+		if made {
+			if aerr := h.Store.(session.Aliaser).Alias(ctx, oldID, newID, v, grace); aerr != nil {
+				return aerr
+			}
+		}
+		return err
+	}
 	return h.Store.(session.Aliaser).Alias(ctx, oldID, newID, v, grace)
 }
 

@@ -731,13 +731,26 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 			err = m.aliaser.Alias(s.ctx, s.rec.ID, nid, s.rec.Version, m.cfg.grace)
 		}
 		m.observe(s.ctx, &m.metrics.alias, start, err)
+		known := errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound)
+		if err != nil && !known && m.aliaser != nil {
+			// The alias may have been made all the same (a reply lost, a
+			// context that ended while Redis ran it): then the old ID
+			// leads to the copy, and deleting it would end the session.
+			switch made, cerr := s.aliased(nid); {
+			case made:
+				err = nil
+			case cerr != nil:
+				m.cfg.logger.LogAttrs(s.ctx, slog.LevelWarn, "session renewal's outcome unknown; its copy is kept", slog.Any("error", err), slog.Any("check", cerr))
+				return fmt.Errorf("session: renew: %w", err)
+			}
+		}
 		if err == nil {
 			s.token, s.id, s.issued = tok, nid, true
 			s.setCookie(h, min(time.Until(s.rec.AbsoluteDeadline), m.cfg.absolute))
 			return nil
 		}
 		s.discard(nid)
-		if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
+		if !known {
 			return fmt.Errorf("session: renew: %w", err)
 		}
 		// The old record changed since it was read (conflict), or it
@@ -768,6 +781,22 @@ func (s *Session) discard(nid string) {
 	if err != nil {
 		m.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "session copy of a failed renewal not deleted; it expires unused", slog.Any("error", err))
 	}
+}
+
+// aliased reports whether the old ID (s.rec.ID) now leads to nid, the copy
+// of a renewal whose Alias failed without saying whether it was made. It
+// reads within discardTimeout, even when the request's context has ended.
+func (s *Session) aliased(nid string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), discardTimeout)
+	defer cancel()
+	start := time.Now()
+	rec, found, err := s.m.store.Load(ctx, s.rec.ID, 0)
+	s.m.metrics.loads.Add(ctx, 1)
+	s.m.observe(ctx, &s.m.metrics.load, start, err)
+	if err != nil {
+		return false, err
+	}
+	return found && rec.ID == nid, nil
 }
 
 // renewedMeanwhile saves the changes of a request whose renewal lost to a
