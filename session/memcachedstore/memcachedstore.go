@@ -613,8 +613,9 @@ func (s *Store) updateUsers(ctx context.Context, op, tag string, change func(*us
 	})
 }
 
-// Delete implements session.Store: a read (to follow an alias) and a
-// delete.
+// Delete implements session.Store: a read (to follow an alias) and a cas
+// that expires the item read at once; read and cas again if it changed
+// meanwhile (a concurrent renewal may have made it an alias).
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -623,25 +624,50 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		if !validID(id) {
 			return nil
 		}
-		v, err := s.read(ctx, id)
-		if errors.Is(err, ErrCorrupt) {
-			v.state = dead // delete it all the same
-		} else if err != nil {
-			return fmt.Errorf("memcachedstore: delete: %w", err)
-		}
-		if v.state == missing {
+		var next string
+		err := s.cas(ctx, "delete", func() error {
+			next = ""
+			key := s.sessionKey(id)
+			v, err := s.read(ctx, id)
+			if errors.Is(err, ErrCorrupt) {
+				// Delete it all the same.
+				if err := s.c.Delete(key); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+					return fmt.Errorf("memcachedstore: delete: %w", err)
+				}
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("memcachedstore: delete: %w", err)
+			}
+			if v.state == missing {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			// A cas that expires the item at once: deleted only if it is
+			// still what was read. A plain delete would also delete an
+			// alias that a concurrent renewal made of a record read here,
+			// and leave its target (the renewed session) alive.
+			err = s.c.CompareAndSwap(&memcache.Item{Key: key, Value: v.item.Value, Flags: v.item.Flags, Expiration: -1, CasID: v.item.CasID})
+			switch {
+			case err == nil:
+			case errors.Is(err, memcache.ErrCacheMiss):
+				return nil // gone meanwhile (another Delete follows its alias)
+			case lostRace(err):
+				return errRetry
+			default:
+				return fmt.Errorf("memcachedstore: delete: %w", err)
+			}
+			if v.state == aliased {
+				next = v.target
+			}
 			return nil
-		}
-		if err := ctx.Err(); err != nil {
+		})
+		if err != nil || next == "" {
 			return err
 		}
-		if err := s.c.Delete(s.sessionKey(id)); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
-			return fmt.Errorf("memcachedstore: delete: %w", err)
-		}
-		if v.state != aliased {
-			return nil
-		}
-		id = v.target
+		id = next
 	}
 	return nil
 }
