@@ -1,11 +1,11 @@
 // Package redisstore is the session store on Redis (standalone, Sentinel or
 // Cluster) through go-redis: one hash per session, one round trip per read
-// and per write.
+// and per write in the common case.
 //
 // In an active-active fleet a user's consecutive requests land on different
 // instances, sometimes at the same moment. A store that reads a whole session
 // and writes it back loses one of two concurrent updates. This store keeps a
-// session as a Redis hash with a field per key, and applies a change as one
+// session as a Redis hash with a field per key, and applies a change as a
 // Lua script that refuses to resurrect a destroyed session, checks expected
 // per-key versions (compare-and-set), sets and deletes only the changed
 // fields, bumps the version, keeps the total size of the values in the hash

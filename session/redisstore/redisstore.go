@@ -73,7 +73,8 @@ func WithPrefix(prefix string) Option {
 
 // WithWait makes every write wait until replicas replicas have acknowledged
 // it (Redis WAIT), or timeout; a write acknowledged by fewer returns an error
-// matching ErrNotReplicated. It costs one more round trip per write, and
+// matching ErrNotReplicated. WAIT goes in the write's pipeline (no more
+// round trips), but each write waits for the replicas' acknowledgements. It
 // narrows (does not close: Redis replication is asynchronous) the window in
 // which a Sentinel failover loses an acknowledged write. It is refused with a
 // *redis.ClusterClient, whose WAIT would reach an arbitrary node.
@@ -86,9 +87,10 @@ func WithWait(replicas int, timeout time.Duration) Option {
 // goroutine; closing the client is the caller's business.
 //
 // Each session is one hash, a field per key. Apply (with its compare-and-set
-// and its refusal to resurrect) is one Lua script; Load (with its idle
+// and its refusal to resurrect) is a Lua script (applyFastScript for most
+// writes on Redis 7 and later, applyScript for the rest); Load (with its idle
 // refresh) is one pipeline of plain commands (see loadPlain); each is one
-// round trip. Keys use hash tags so that a session, its user's index and its
+// round trip in the common case. Keys use hash tags so that a session, its user's index and its
 // user's revocation epoch live in one Cluster slot:
 //
 //	<prefix>s:{<tag>}.<hash>   a session bound to a user (tag = session.UserTag)
@@ -213,7 +215,9 @@ type loadTrip struct {
 }
 
 // loadPlain reads a record with plain commands, pipelined in one round trip
-// to one Cluster slot (every key shares the ID's hash tag):
+// to one Cluster slot (every key shares the ID's hash tag; only the alias that
+// a hop puts back, see aliasFix, may be in another slot, which the Cluster
+// client sends to its own node in the same round trip):
 //
 //	PEXPIRE s <idle> GT      move the idle deadline, on Redis's clock, never back
 //	HGETALL s                the record (or an alias)
@@ -526,10 +530,12 @@ func decode(id string, h map[string]string) (session.Record, error) {
 // past Delta.MaxSize, in the same script.
 func (s *Store) EnforcesMaxSize() bool { return true }
 
-// Apply implements session.Store: one round trip (two while following an
-// alias, plus one for WithWait). On Redis 7 and later a delta without Create
-// runs applyFastScript, and applyScript in a second trip only for what that
-// leaves (an alias, a new user binding, a record without _s).
+// Apply implements session.Store: one round trip for a live record (WAIT,
+// with WithWait, goes in the same pipeline). On Redis 7 and later a delta
+// without Create runs applyFastScript, and applyScript in a second trip only
+// for what that leaves (an alias, a new user binding, a record without _s):
+// two round trips to bind a user, three through an alias (the alias's two,
+// then the target's).
 func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
 	if err := d.Validate(); err != nil {
 		return 0, err
