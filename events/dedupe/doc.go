@@ -74,6 +74,8 @@
 // group's records as fields of a few hashes per generation rather than a
 // key per event, which makes a batch a handful of commands over many fields;
 // see RedisStore for the layout and its memory. Since a claim is such a
-// record too, its lease may be at most the store's Retention. MongoStore relies on the unique
-// _id and conditional updates; the batch path calls it once per event.
+// record too, its lease may be at most the store's Retention. MongoStore
+// relies on the unique _id and conditional updates, and is a BatchStore too:
+// a batch's claims are one insert of many documents (plus a find of those
+// already known), its done marks a find and one update of many.
 package dedupe

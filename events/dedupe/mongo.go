@@ -27,13 +27,21 @@ type MongoConfig struct {
 // or "done") and an expiry; a claim whose lease ended is taken over by a
 // conditional update on the old token, and CreateIndexes adds a TTL index
 // that removes documents past their expiry.
+//
+// It is a BatchStore: a batch's claims are one InsertMany (unordered), and
+// for the events already known (a duplicate key each) one find and a
+// conditional update per lease that ended; its done marks are a find and
+// one update of many; its releases one bulk write.
 type MongoStore struct {
 	coll      *mongo.Collection
 	retention time.Duration
 	now       func() time.Time
 }
 
-var _ Store = (*MongoStore)(nil)
+var (
+	_ Store      = (*MongoStore)(nil)
+	_ BatchStore = (*MongoStore)(nil)
+)
 
 // NewMongoStore returns a store on coll. It makes no call to the server.
 func NewMongoStore(coll *mongo.Collection, cfg MongoConfig) (*MongoStore, error) {
@@ -145,5 +153,200 @@ func (s *MongoStore) Done(ctx context.Context, c Claim) error {
 // Release implements Store.
 func (s *MongoStore) Release(ctx context.Context, c Claim) error {
 	_, err := s.coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: docID(c.Group, c.ID)}, {Key: "token", Value: c.Token}, {Key: "state", Value: stateClaimed}})
+	return err
+}
+
+// duplicateKey is MongoDB's error code for a duplicate key.
+const duplicateKey = 11000
+
+// ClaimBatch implements BatchStore: one InsertMany of a claim per event,
+// all with one token; the events whose document exists are then read in one
+// find and answered done, busy, or taken over when their lease ended (a
+// conditional update each), as Claim would. Repeated IDs are busy after
+// their first claim.
+func (s *MongoStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
+	if lease < time.Millisecond {
+		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+	}
+	return claimUnique(group, ids, lease, func(uniq []string) ([]Claim, error) { return s.claimMany(ctx, group, uniq, lease) })
+}
+
+func (s *MongoStore) claimMany(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
+	claims := make([]Claim, len(ids))
+	if len(ids) == 0 {
+		return claims, nil
+	}
+	token := NewToken()
+	now := s.now()
+	docs := make([]any, len(ids))
+	for i, id := range ids {
+		claims[i] = Claim{Group: group, ID: id, Token: token, Status: Claimed}
+		docs[i] = mongoDoc{ID: docID(group, id), Token: token, State: stateClaimed, Expires: now.Add(lease)}
+	}
+	_, err := s.coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	if err == nil {
+		return claims, nil
+	}
+	var bwe mongo.BulkWriteException
+	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
+		s.giveBack(ctx, group, ids, token)
+		return nil, err
+	}
+	var known []int
+	for _, we := range bwe.WriteErrors {
+		if we.Code != duplicateKey || we.Index < 0 || we.Index >= len(ids) {
+			s.giveBack(ctx, group, ids, token)
+			return nil, err
+		}
+		known = append(known, we.Index)
+	}
+	if err := s.settle(ctx, claims, known, now, lease); err != nil {
+		s.giveBack(ctx, group, ids, token)
+		return nil, err
+	}
+	return claims, nil
+}
+
+// settle answers the claims at the indexes known, whose documents existed
+// when the batch inserted its claims, with one find: done, busy, or taken
+// over (one conditional update each) when their lease or retention ended.
+func (s *MongoStore) settle(ctx context.Context, claims []Claim, known []int, now time.Time, lease time.Duration) error {
+	if len(known) == 0 {
+		return nil
+	}
+	dids := make([]string, len(known))
+	for k, i := range known {
+		dids[k] = docID(claims[i].Group, claims[i].ID)
+	}
+	docs, err := s.find(ctx, dids)
+	if err != nil {
+		return err
+	}
+	for k, i := range known {
+		c := &claims[i]
+		d, ok := docs[dids[k]]
+		switch {
+		case !ok:
+			// Deleted (released or expired) since the insert: claim it
+			// on its own.
+			one, err := s.Claim(ctx, c.Group, c.ID, lease)
+			if err != nil {
+				return err
+			}
+			*c = one
+		case d.Expires.After(now) && d.State == stateDone:
+			*c = Claim{Group: c.Group, ID: c.ID, Status: Done}
+		case d.Expires.After(now):
+			*c = Claim{Group: c.Group, ID: c.ID, Status: Busy, Remaining: d.Expires.Sub(now)}
+		default:
+			// The lease (or the retention) ended: take the document
+			// over, on condition that nobody else did first.
+			res, err := s.coll.UpdateOne(ctx,
+				bson.D{{Key: "_id", Value: d.ID}, {Key: "token", Value: d.Token}, {Key: "expires", Value: d.Expires}},
+				bson.D{{Key: "$set", Value: bson.D{{Key: "token", Value: c.Token}, {Key: "state", Value: stateClaimed}, {Key: "expires", Value: now.Add(lease)}}}})
+			if err != nil {
+				return err
+			}
+			if res.MatchedCount == 0 {
+				*c = Claim{Group: c.Group, ID: c.ID, Status: Busy}
+			}
+		}
+	}
+	return nil
+}
+
+// find returns the documents of dids by _id, in one round trip.
+func (s *MongoStore) find(ctx context.Context, dids []string) (map[string]mongoDoc, error) {
+	cur, err := s.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: dids}}}}, options.Find().SetBatchSize(int32(min(len(dids)+1, 100000))))
+	if err != nil {
+		return nil, err
+	}
+	var docs []mongoDoc
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, err
+	}
+	byID := make(map[string]mongoDoc, len(docs))
+	for _, d := range docs {
+		byID[d.ID] = d
+	}
+	return byID, nil
+}
+
+// giveBack deletes the claims with token among ids, after a batch claim
+// failed part way: nobody holds that token. If it fails too, they end with
+// their lease.
+func (s *MongoStore) giveBack(ctx context.Context, group string, ids []string, token string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	dids := make([]string, len(ids))
+	for i, id := range ids {
+		dids[i] = docID(group, id)
+	}
+	_, _ = s.coll.DeleteMany(rctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: dids}}}, {Key: "token", Value: token}, {Key: "state", Value: stateClaimed}})
+}
+
+// DoneBatch implements BatchStore: one read of the claims' documents, then
+// one update of those still held; a claim whose document another claimer
+// had taken, or whose lease had ended, is reported ErrLeaseLost and marked
+// done all the same (the effect happened), one document at a time.
+func (s *MongoStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
+	res := make([]error, len(cs))
+	if len(cs) == 0 {
+		return res, nil
+	}
+	dids := make([]string, len(cs))
+	for i, c := range cs {
+		dids[i] = docID(c.Group, c.ID)
+	}
+	byID, err := s.find(ctx, dids)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	set := bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}}
+	var held []string
+	for i, c := range cs {
+		d, ok := byID[dids[i]]
+		switch {
+		case ok && d.State == stateDone:
+			continue // done already
+		case ok && d.Token == c.Token && d.Expires.After(now):
+			held = append(held, dids[i])
+			continue
+		}
+		// Lost: gone, or taken over, or its lease ended. Mark it done all
+		// the same (the effect happened), one document at a time: rare.
+		res[i] = ErrLeaseLost
+		_, err := s.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: dids[i]}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "token", Value: c.Token}, {Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}},
+			options.UpdateOne().SetUpsert(true))
+		if err != nil && !mongo.IsDuplicateKeyError(err) { // a concurrent insert: it is someone's now
+			return nil, err
+		}
+	}
+	if len(held) > 0 {
+		if _, err := s.coll.UpdateMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: held}}}}, set); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// ReleaseBatch implements BatchStore: one unordered bulk delete of the
+// claims still held with their tokens. Claims that are not Claimed are
+// ignored.
+func (s *MongoStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
+	models := make([]mongo.WriteModel, 0, len(cs))
+	for _, c := range cs {
+		if c.Status != Claimed || c.Token == "" {
+			continue
+		}
+		models = append(models, mongo.NewDeleteOneModel().SetFilter(bson.D{
+			{Key: "_id", Value: docID(c.Group, c.ID)}, {Key: "token", Value: c.Token}, {Key: "state", Value: stateClaimed}}))
+	}
+	if len(models) == 0 {
+		return nil
+	}
+	_, err := s.coll.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
 	return err
 }
