@@ -604,6 +604,14 @@ var _ BatchStore = (*RedisStore)(nil)
 // ID repeated in ids is busy after its first claim, as a second Claim would
 // report.
 func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
+	return claimUnique(group, ids, lease, func(uniq []string) ([]Claim, error) { return s.claims(ctx, group, uniq, lease) })
+}
+
+// claimUnique answers ClaimBatch with claim, called once for the IDs of ids
+// without repeats, in order. A repeated ID is answered as a second Claim
+// would be: not claimed twice (a store would take it again for the same
+// token), but busy while the first is held.
+func claimUnique(group string, ids []string, lease time.Duration, claim func(uniq []string) ([]Claim, error)) ([]Claim, error) {
 	first := make(map[string]int, len(ids))
 	for i, id := range ids {
 		if _, dup := first[id]; !dup {
@@ -611,18 +619,15 @@ func (s *RedisStore) ClaimBatch(ctx context.Context, group string, ids []string,
 		}
 	}
 	if len(first) == len(ids) {
-		return s.claims(ctx, group, ids, lease)
+		return claim(ids)
 	}
-	// A repeated ID is answered as a second Claim would be: not claimed
-	// twice (the script would take it again, since it holds this batch's
-	// token), but busy while the first is held.
 	uniq := make([]string, 0, len(first))
 	for i, id := range ids {
 		if first[id] == i {
 			uniq = append(uniq, id)
 		}
 	}
-	cs, err := s.claims(ctx, group, uniq, lease)
+	cs, err := claim(uniq)
 	if err != nil {
 		return nil, err
 	}
