@@ -74,9 +74,11 @@ import (
 type Store interface {
 	// Load returns the record of id. When idle > 0 it also moves the idle
 	// deadline to now+idle (never past the absolute deadline, never
-	// backwards), in the same round trip. When id is an alias left by
-	// [Aliaser.Alias], Load returns the record it points to, with Record.ID
-	// set to the target's ID.
+	// backwards), in the same round trip as the read (a remote store may
+	// need a second one in rare cases, such as capping the deadline at the
+	// absolute one). When id is an alias left by [Aliaser.Alias], Load
+	// returns the record it points to, with Record.ID set to the target's
+	// ID.
 	Load(ctx context.Context, id string, idle time.Duration) (rec Record, found bool, err error)
 
 	// Apply applies d to the record of id atomically and returns the record's
