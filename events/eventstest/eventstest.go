@@ -432,21 +432,27 @@ func testConcurrentPublish(t *testing.T, f Features, c Constructor) {
 	}
 }
 
-func testHandlerErrorRedelivered(t *testing.T, f Features, c Constructor) {
+// failMiddle publishes three events of key k and handles them with a
+// handler that fails the middle one the first n times with fail(), counting
+// those deliveries among key k's when countFailed; it returns how often the
+// handler failed and the deliveries of key k, in order, once all three
+// succeeded.
+func failMiddle(t *testing.T, f Features, c Constructor, n int, fail func() error, countFailed bool) (failures int, order []int) {
 	topic := testenv.Name(t)
 	p, s := c(t, topic, topic+"-g")
 	es := []events.Event{event("k", 0), event("k", 1), event("k", 2)}
 	failing := es[1].ID
 	col := newCollector(es)
 	var mu sync.Mutex
-	failures := 0
 	subscribe(t, s, topic, func(ctx context.Context, e events.Event) error {
 		mu.Lock()
-		if e.ID == failing && failures < 2 {
+		if e.ID == failing && failures < n {
 			failures++
 			mu.Unlock()
-			col.record(e)
-			return errors.New("eventstest: induced handler failure")
+			if countFailed {
+				col.record(e)
+			}
+			return fail()
 		}
 		mu.Unlock()
 		col.record(e)
@@ -459,18 +465,19 @@ func testHandlerErrorRedelivered(t *testing.T, f Features, c Constructor) {
 	col.wait(t)
 	mu.Lock()
 	defer mu.Unlock()
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return failures, append([]int(nil), col.order["k"]...)
+}
+
+func testHandlerErrorRedelivered(t *testing.T, f Features, c Constructor) {
+	failures, got := failMiddle(t, f, c, 2, func() error { return errors.New("eventstest: induced handler failure") }, true)
 	if failures != 2 {
 		t.Fatalf("failing event delivered %d times before success, want 3 deliveries", failures+1)
 	}
-	if f.OrderingPerKey {
-		col.mu.Lock()
-		got := col.order["k"]
-		col.mu.Unlock()
-		// 0, 1 (fails), 1 (fails), 1, then 2: event 2 waits for 1.
-		want := []int{0, 1, 1, 1, 2}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Fatalf("deliveries of key k: %v, want %v (a failing event holds back its key)", got, want)
-		}
+	// 0, 1 (fails), 1 (fails), 1, then 2: event 2 waits for 1.
+	if want := []int{0, 1, 1, 1, 2}; f.OrderingPerKey && fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("deliveries of key k: %v, want %v (a failing event holds back its key)", got, want)
 	}
 }
 
@@ -484,41 +491,14 @@ const unavailableTries = 7
 // many tries that takes, and is not given up (dead-lettered) meanwhile; with
 // ordering per key the next event of the key waits for it.
 func testUnavailable(t *testing.T, f Features, c Constructor) {
-	topic := testenv.Name(t)
-	p, s := c(t, topic, topic+"-g")
-	es := []events.Event{event("k", 0), event("k", 1), event("k", 2)}
-	failing := es[1].ID
-	col := newCollector(es)
-	var mu sync.Mutex
-	failures := 0
-	subscribe(t, s, topic, func(ctx context.Context, e events.Event) error {
-		mu.Lock()
-		if e.ID == failing && failures < unavailableTries {
-			failures++
-			mu.Unlock()
-			return events.Unavailable(errors.New("eventstest: induced outage of a dependency"))
-		}
-		mu.Unlock()
-		col.record(e)
-		return nil
-	})
-	if !f.Persistence {
-		awaitReady(t, p, col)
-	}
-	publish(t, p, es...)
-	col.wait(t)
-	mu.Lock()
-	defer mu.Unlock()
+	failures, got := failMiddle(t, f, c, unavailableTries, func() error {
+		return events.Unavailable(errors.New("eventstest: induced outage of a dependency"))
+	}, false)
 	if failures != unavailableTries {
 		t.Fatalf("the event failed %d times with Unavailable before it succeeded, want %d", failures, unavailableTries)
 	}
-	if f.OrderingPerKey {
-		col.mu.Lock()
-		got := col.order["k"]
-		col.mu.Unlock()
-		if want := []int{0, 1, 2}; fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Fatalf("successful deliveries of key k: %v, want %v", got, want)
-		}
+	if want := []int{0, 1, 2}; f.OrderingPerKey && fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("successful deliveries of key k: %v, want %v", got, want)
 	}
 }
 
