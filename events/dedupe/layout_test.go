@@ -148,7 +148,7 @@ func TestRedisShardsSpread(t *testing.T) {
 // whose leases surely hold; an older claim is read, and one another
 // claimer took over is reported lost.
 func TestRedisDoneBatchChecksOldClaims(t *testing.T) {
-	s, c := layoutStore(t, RedisConfig{})
+	s, _ := layoutStore(t, RedisConfig{})
 	ctx := context.Background()
 	cs, err := s.ClaimBatch(ctx, "g", []string{"a", "b"}, 50*time.Millisecond)
 	if err != nil {
@@ -176,7 +176,6 @@ func TestRedisDoneBatchChecksOldClaims(t *testing.T) {
 	if err := s.Done(ctx, taken); err != nil && !errors.Is(err, ErrLeaseLost) {
 		t.Fatal(err)
 	}
-	_ = c
 }
 
 // TestRedisDoneWithContention: DoneWith on a shard that other events keep

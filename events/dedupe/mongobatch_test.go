@@ -47,8 +47,12 @@ func TestMongoBatch(t *testing.T) {
 	if err := s.Done(ctx, done); err != nil {
 		t.Fatal(err)
 	}
-	busy, _ := s.Claim(ctx, "g", "busy", time.Minute)
-	stale, _ := s.Claim(ctx, "g", "stale", time.Second)
+	if _, err := s.Claim(ctx, "g", "busy", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, "g", "stale", time.Second); err != nil {
+		t.Fatal(err)
+	}
 	clk.Add(2 * time.Second) // stale's lease ends; busy's holds
 
 	ids := []string{"done", "busy", "stale", "new-0", "new-0"}
@@ -136,6 +140,4 @@ func TestMongoBatch(t *testing.T) {
 	if c, _ := s.Claim(ctx, "g", "late", time.Minute); c.Status != dedupe.Done {
 		t.Fatalf("late after DoneBatch: %v, want done", c.Status)
 	}
-	_ = busy
-	_ = stale
 }

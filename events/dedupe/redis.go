@@ -901,17 +901,23 @@ func doneWithError(ctx context.Context, err error) error {
 // or unable to persist (MISCONF).
 var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "BUSY", "OOM", "NOREPLICAS", "MISCONF"}
 
+// setAs sets v on a command through set when it is a T, else ErrNoReply
+// through fail.
+func setAs[T any](v any, set func(T), fail func(error)) {
+	if x, ok := v.(T); ok {
+		set(x)
+		return
+	}
+	fail(ErrNoReply)
+}
+
 // setReply sets v, a reply from a script, on cmd.
 func setReply(cmd redis.Cmder, v any) {
 	switch c := cmd.(type) {
 	case *redis.Cmd:
 		c.SetVal(v)
 	case *redis.IntCmd:
-		if n, ok := v.(int64); ok {
-			c.SetVal(n)
-			return
-		}
-		c.SetErr(ErrNoReply)
+		setAs(v, c.SetVal, c.SetErr)
 	case *redis.BoolCmd:
 		switch x := v.(type) {
 		case int64:
@@ -924,11 +930,7 @@ func setReply(cmd redis.Cmder, v any) {
 			c.SetErr(ErrNoReply)
 		}
 	case *redis.StatusCmd:
-		if x, ok := v.(string); ok {
-			c.SetVal(x)
-			return
-		}
-		c.SetErr(ErrNoReply)
+		setAs(v, c.SetVal, c.SetErr)
 	case *redis.StringCmd:
 		switch x := v.(type) {
 		case string:
