@@ -24,7 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // store end (server-side time for Redis, an injected clock for MongoDB).
 type storeFactory func(t *testing.T) (s dedupe.Store, expire func())
 
-func redisStore(t *testing.T, c redis.UniversalClient) (*dedupe.RedisStore, string) {
+func redisStore(t testing.TB, c redis.UniversalClient) (*dedupe.RedisStore, string) {
 	prefix := testenv.Name(t) + ":"
 	testenv.CleanupRedisPrefix(t, c, prefix)
 	s, err := dedupe.NewRedisStore(c, dedupe.RedisConfig{Prefix: prefix})
