@@ -6,6 +6,7 @@ package dedupe
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -407,6 +408,23 @@ func TestRedisClaimBatchFailureReleases(t *testing.T) {
 			if cl.Status != Claimed {
 				t.Fatalf("%d IDs: %s is %v after the failed call; want claimed (released)", n, ids[i], cl.Status)
 			}
+		}
+	}
+}
+
+// TestRedisShardIsFNV1a: the shard of an ID is FNV-1a of it, as the layout
+// says; a change would move every record to another hash.
+func TestRedisShardIsFNV1a(t *testing.T) {
+	s, err := NewRedisStore(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), RedisConfig{Shards: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.c.Close()
+	for _, id := range []string{"", "a", "order-1", events.NewID(), "ünïcode"} {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(id))
+		if got, want := s.shard(id), h.Sum32()%1024; got != want {
+			t.Errorf("shard(%q) = %d, want %d", id, got, want)
 		}
 	}
 }
