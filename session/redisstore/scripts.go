@@ -238,14 +238,16 @@ if user ~= '' and olduser ~= user then
   end
 end
 local ni = now + tonumber(ARGV[6])
+local keep = false
 if not create then
-  -- Never backwards: another instance may keep a longer idle timeout. (A
-  -- Load's refresh past the absolute deadline is capped below.)
+  -- Never backwards: another instance may keep a longer idle timeout; then
+  -- the expiry is left as it is (now + PTTL only estimates it, to the ms).
+  -- A Load's refresh past the absolute deadline is capped below.
   local pttl = redis.call('PTTL', KEYS[1])
-  if pttl >= 0 and now + pttl > ni then ni = now + pttl end
+  if pttl >= 0 and now + pttl >= ni then keep, ni = true, now + pttl end
 end
-if ni > abs then ni = abs end
-redis.call('PEXPIREAT', KEYS[1], tostr(ni))
+if ni > abs then keep, ni = false, abs end
+if not keep then redis.call('PEXPIREAT', KEYS[1], tostr(ni)) end
 return {'ok', ver}
 `)
 
