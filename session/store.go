@@ -76,7 +76,11 @@ type Store interface {
 	// deadline to now+idle (never past the absolute deadline, never
 	// backwards), in the same round trip as the read (a remote store may
 	// need a second one in rare cases, such as capping the deadline at the
-	// absolute one). When id is an alias left by [Aliaser.Alias], Load
+	// absolute one). A store may skip the move when it made it less than a
+	// short resolution ago (redisstore.WithIdleResolution, at most a tenth
+	// of idle): the deadline then falls at most that resolution short of
+	// now+idle, and the Record's IdleDeadline is a lower bound of the real
+	// one. When id is an alias left by [Aliaser.Alias], Load
 	// returns the record it points to, with Record.ID set to the target's
 	// ID.
 	Load(ctx context.Context, id string, idle time.Duration) (rec Record, found bool, err error)

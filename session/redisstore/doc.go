@@ -16,6 +16,9 @@
 // ... GT moves the idle deadline on Redis's clock, HGETALL reads the hash,
 // PEXPIRETIME the deadline, and, for a user's session, HGETALL the user's
 // revocation epoch; the checks (alias, absolute deadline, epoch) run in Go.
+// Within a second of its last refresh of a session (WithIdleResolution) a
+// Store reads the hashes alone, so a burst of requests for one session moves
+// its idle deadline once per instance.
 // A second trip caps the deadline in a session's last idle period, and puts
 // back the expiry of an alias a read went through. Servers before Redis 7.0
 // get a short load script instead, found out from their first error reply.

@@ -479,33 +479,169 @@ func TestBefore7(t *testing.T) {
 	})
 }
 
-// TestLoadPlainWithoutScripts: on Redis 7 a read runs no script.
+// TestLoadPlainWithoutScripts: on Redis 7 a read runs no script; within
+// the idle resolution of the Store's last refresh of the session it sends
+// the hashes alone.
 func TestLoadPlainWithoutScripts(t *testing.T) {
 	c := testenv.Redis(t)
-	s := newStore(t, c)
+	for _, tc := range []struct {
+		name  string
+		opts  []redisstore.Option
+		again string // the commands of a second Load right after the first
+	}{
+		{"default resolution", nil, "hgetall hgetall"},
+		{"resolution 0", []redisstore.Option{redisstore.WithIdleResolution(0)}, "pexpire hgetall pexpiretime hgetall"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t, c, tc.opts...)
+			ctx := t.Context()
+			id := sessiontest.NewID(t, "alice")
+			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, User: "alice", Idle: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			rec := newRecorder(c)
+			load := func(idle time.Duration, want string) {
+				t.Helper()
+				rec.take()
+				if _, found, err := s.Load(ctx, id, idle); err != nil || !found {
+					t.Fatalf("Load: found=%v %v", found, err)
+				}
+				if got := rec.take(); got != want {
+					t.Fatalf("a read of a user's session sent %q, want %q", got, want)
+				}
+			}
+			load(time.Hour, "pexpire hgetall pexpiretime hgetall")
+			load(time.Hour, tc.again)
+			load(30*time.Minute, tc.again)                           // a shorter idle timeout is covered
+			load(2*time.Hour, "pexpire hgetall pexpiretime hgetall") // a longer one is not
+			load(0, "hgetall pexpiretime hgetall")
+		})
+	}
+}
+
+// TestIdleResolution: within the resolution a Load returns the deadline of
+// the Store's last refresh and leaves the expiry alone; after it, or near
+// the absolute deadline, every Load moves it; a session destroyed or renewed
+// meanwhile is seen at once.
+func TestIdleResolution(t *testing.T) {
+	c := testenv.Redis(t)
 	ctx := t.Context()
-	id := sessiontest.NewID(t, "alice")
-	if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, User: "alice", Idle: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Load(ctx, id, time.Hour); err != nil { // dial first
-		t.Fatal(err)
-	}
-	var names []string
-	var mu sync.Mutex
-	c.AddHook(&recorder{record: func(cmds ...redis.Cmder) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, cmd := range cmds {
-			names = append(names, cmd.Name())
-		}
-	}})
-	if _, found, err := s.Load(ctx, id, time.Hour); err != nil || !found {
+	s, _, sessionKey := keyedStore(t, c)
+	const idle = 2 * time.Second // resolution: a tenth, 200ms
+	id := sessiontest.NewID(t, "")
+	mustCreate(t, s, id, 24*time.Hour)
+	first, found, err := s.Load(ctx, id, idle)
+	if err != nil || !found {
 		t.Fatalf("Load: found=%v %v", found, err)
 	}
-	if got := strings.Join(names, " "); got != "pexpire hgetall pexpiretime hgetall" {
-		t.Fatalf("a read of a user's session sent %q, want %q", got, "pexpire hgetall pexpiretime hgetall")
+	// Apply moved the expiry an hour on; PEXPIRE ... GT leaves it. Move it
+	// to now+idle by hand so that a refresh would show.
+	if err := c.PExpire(ctx, sessionKey(id), idle).Err(); err != nil {
+		t.Fatal(err)
 	}
+	time.Sleep(20 * time.Millisecond)
+	pttl := func() time.Duration {
+		d, err := c.PTTL(ctx, sessionKey(id)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	before := pttl()
+	again, found, err := s.Load(ctx, id, idle)
+	if err != nil || !found {
+		t.Fatalf("Load: found=%v %v", found, err)
+	}
+	if !again.IdleDeadline.Equal(first.IdleDeadline) {
+		t.Errorf("Load within the resolution: idle deadline %v, want the last refresh's %v", again.IdleDeadline, first.IdleDeadline)
+	}
+	if after := pttl(); after > before {
+		t.Errorf("Load within the resolution moved the expiry: PTTL %v, then %v", before, after)
+	}
+	time.Sleep(250 * time.Millisecond)
+	if _, _, err := s.Load(ctx, id, idle); err != nil {
+		t.Fatal(err)
+	}
+	if d := pttl(); d < idle-100*time.Millisecond {
+		t.Errorf("Load after the resolution: PTTL %v, want about %v", d, idle)
+	}
+
+	// Renewed within the resolution: the old ID is an alias, followed.
+	if _, _, err := s.Load(ctx, id, idle); err != nil {
+		t.Fatal(err)
+	}
+	to := sessiontest.NewID(t, "")
+	mustCreate(t, s, to, 24*time.Hour)
+	if err := s.Alias(ctx, id, to, 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	rec, found, err := s.Load(ctx, id, idle)
+	if err != nil || !found || rec.ID != to {
+		t.Fatalf("Load of a renewed ID: %q found=%v %v, want %q", rec.ID, found, err, to)
+	}
+	g := hgetInt(t, c, sessionKey(id), "_g")
+	expiryWithin(t, c, sessionKey(id), g)
+
+	// Destroyed within the resolution.
+	if _, _, err := s.Load(ctx, to, idle); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Del(ctx, sessionKey(to)).Err(); err != nil { // as another instance's Delete
+		t.Fatal(err)
+	}
+	if _, found, err := s.Load(ctx, to, idle); err != nil || found {
+		t.Fatalf("Load of a deleted session: found=%v %v", found, err)
+	}
+
+	// Near the absolute deadline every Load refreshes (and caps).
+	near := sessiontest.NewID(t, "")
+	mustCreate(t, s, near, 30*time.Second)
+	r := newRecorder(c)
+	for range 2 {
+		r.take()
+		if _, found, err := s.Load(ctx, near, idle); err != nil || !found {
+			t.Fatalf("Load: found=%v %v", found, err)
+		}
+		if got := r.take(); got != "pexpire hgetall pexpiretime" {
+			t.Errorf("a read near the absolute deadline sent %q", got)
+		}
+	}
+}
+
+// TestIdleResolutionInvalid: a negative resolution is refused.
+func TestIdleResolutionInvalid(t *testing.T) {
+	if _, err := redisstore.New(testenv.Redis(t), redisstore.WithIdleResolution(-time.Second)); err == nil {
+		t.Fatal("New(WithIdleResolution(-1s)): no error")
+	}
+}
+
+// cmdRecorder collects the names of the commands a client sends.
+type cmdRecorder struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func newRecorder(c redis.UniversalClient) *cmdRecorder {
+	r := &cmdRecorder{}
+	c.AddHook(&recorder{record: func(cmds ...redis.Cmder) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, cmd := range cmds {
+			if n := cmd.Name(); n != "hello" && n != "client" { // a new connection's handshake
+				r.names = append(r.names, n)
+			}
+		}
+	}})
+	return r
+}
+
+// take returns the commands sent since the last take.
+func (r *cmdRecorder) take() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := strings.Join(r.names, " ")
+	r.names = nil
+	return s
 }
 
 // recorder calls record with the commands the client sends.

@@ -1,0 +1,112 @@
+package redisstore
+
+import (
+	"sync"
+	"time"
+)
+
+// DefaultIdleResolution is how long after moving a session's idle deadline a
+// Store reads the session without moving it again, unless WithIdleResolution
+// says otherwise.
+const DefaultIdleResolution = time.Second
+
+// absMargin: a Load moves the idle deadline whenever the absolute deadline
+// is less than the idle timeout plus absMargin away on the local clock, so
+// that the check against the absolute deadline (made on Redis's clock, see
+// loadPlain) is never skipped near it, whatever the skew between the clocks.
+const absMargin = time.Minute
+
+// refreshShards and refreshShardCap bound the memory of the refreshed set:
+// 32 shards of at most 2,048 sessions each.
+const (
+	refreshShards   = 32
+	refreshShardCap = 2048
+)
+
+// refreshed remembers, per session key, when this Store last moved its idle
+// deadline and what the deadline then was, so that a Load within the
+// resolution sends HGETALL alone instead of PEXPIRE ... GT, HGETALL and
+// PEXPIRETIME: two fewer commands on the read of every request in a burst
+// of requests for one session. The deadline it returns is then a lower bound
+// (other instances may have moved it since), which never moves backwards.
+// Entries lapse by themselves; a shard that reaches its capacity drops its
+// lapsed entries, or, when none has lapsed, all of them. No goroutine.
+type refreshed struct {
+	epoch  time.Time // the monotonic origin of the times below
+	shards [refreshShards]refreshShard
+}
+
+type refreshShard struct {
+	mu sync.Mutex
+	m  map[string]refreshEntry
+}
+
+type refreshEntry struct {
+	until    time.Duration // since epoch: the entry lapses then
+	idle     int64         // the idle timeout of the refresh, ms
+	deadline int64         // the idle deadline after the refresh, ms on Redis's clock
+}
+
+func newRefreshed() *refreshed { return &refreshed{epoch: time.Now()} }
+
+// shard picks a key's shard from its last byte: a key ends in the hex or
+// base64url SHA-256 of a token (see sessionKey), evenly spread.
+func (r *refreshed) shard(key string) *refreshShard {
+	return &r.shards[key[len(key)-1]%refreshShards]
+}
+
+// fresh returns the idle deadline that a Load of key with an idle timeout
+// of idle ms may report without moving it, and whether there is one.
+func (r *refreshed) fresh(key string, idle int64) (int64, bool) {
+	sh := r.shard(key)
+	sh.mu.Lock()
+	e, ok := sh.m[key]
+	sh.mu.Unlock()
+	if !ok || e.idle < idle || time.Since(r.epoch) >= e.until {
+		return 0, false
+	}
+	return e.deadline, true
+}
+
+// store records that key's idle deadline was just moved to deadline (ms) by
+// a refresh with idle ms, for res; abs is the record's absolute deadline
+// (ms). Nothing is recorded near the absolute deadline (see absMargin).
+func (r *refreshed) store(key string, idle, deadline, abs int64, res time.Duration) {
+	now := time.Now()
+	if res <= 0 || now.UnixMilli()+idle+absMargin.Milliseconds() >= abs {
+		return
+	}
+	e := refreshEntry{until: now.Sub(r.epoch) + res, idle: idle, deadline: deadline}
+	sh := r.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.m == nil {
+		sh.m = make(map[string]refreshEntry)
+	}
+	if _, ok := sh.m[key]; !ok && len(sh.m) >= refreshShardCap {
+		at := now.Sub(r.epoch)
+		for k, old := range sh.m {
+			if at >= old.until {
+				delete(sh.m, k)
+			}
+		}
+		if len(sh.m) >= refreshShardCap {
+			clear(sh.m)
+		}
+	}
+	sh.m[key] = e
+}
+
+// forget drops key: its record was not found.
+func (r *refreshed) forget(key string) {
+	sh := r.shard(key)
+	sh.mu.Lock()
+	delete(sh.m, key)
+	sh.mu.Unlock()
+}
+
+// resolution is the resolution for an idle timeout of idle: the Store's,
+// but never more than a tenth of the timeout.
+func resolution(res time.Duration, idle time.Duration) time.Duration {
+	return min(res, idle/10)
+}
