@@ -173,7 +173,8 @@ type Delta struct {
 	// to apply; 0 means "absent".
 	Expect map[string]uint64
 	// Idle moves the idle deadline to now+Idle (capped at the absolute
-	// deadline), never backwards. It must be positive.
+	// deadline), never backwards; as in Store.Load, a store may skip the
+	// move within a short resolution of its last one. It must be positive.
 	Idle time.Duration
 	// User, when not empty, binds the record to that user at the user's
 	// current revocation epoch and adds it to the user's index. Stores that

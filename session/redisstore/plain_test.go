@@ -694,3 +694,60 @@ func TestAliasChain(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleResolutionApply: an Apply within the resolution of the Store's
+// last move of the idle deadline leaves the expiry alone, unless the
+// absolute deadline is near; after the resolution it moves it again.
+func TestIdleResolutionApply(t *testing.T) {
+	c := testenv.Redis(t)
+	ctx := t.Context()
+	s, _, sessionKey := keyedStore(t, c)
+	const idle = 2 * time.Second // resolution: a tenth, 200ms
+	pttl := func(key string) time.Duration {
+		t.Helper()
+		d, err := c.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	put := func(id string) {
+		t.Helper()
+		if _, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"a": []byte("1")}, Idle: idle}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		absolute time.Duration
+		skips    bool
+	}{
+		{"far from the absolute deadline", 24 * time.Hour, true},
+		{"near the absolute deadline", 30 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := sessiontest.NewID(t, "")
+			if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: tc.absolute}, Idle: time.Millisecond * 100}); err != nil {
+				t.Fatal(err)
+			}
+			key := sessionKey(id)
+			put(id) // moves the expiry to now+idle, and starts the resolution
+			if d := pttl(key); d < idle-100*time.Millisecond {
+				t.Fatalf("first Apply: PTTL %v, want about %v", d, idle)
+			}
+			if err := c.PExpire(ctx, key, time.Second).Err(); err != nil { // so that a move would show
+				t.Fatal(err)
+			}
+			put(id)
+			moved := pttl(key) > time.Second
+			if moved == tc.skips {
+				t.Fatalf("second Apply within the resolution: moved the expiry %v, want %v", moved, !tc.skips)
+			}
+			time.Sleep(250 * time.Millisecond)
+			put(id)
+			if d := pttl(key); d < idle-100*time.Millisecond {
+				t.Errorf("Apply after the resolution: PTTL %v, want about %v", d, idle)
+			}
+		})
+	}
+}

@@ -610,7 +610,8 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		return 0, err
 	}
 	args := make([]any, 0, 11+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
-	args = append(args, "", "0", int64(0), int64(0), int64(0), d.Idle.Milliseconds(), d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
+	ms := d.Idle.Milliseconds()
+	args = append(args, "", "0", int64(0), int64(0), int64(0), ms, d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
 	if c := d.Create; c != nil {
 		args[1], args[2] = "1", c.Absolute.Milliseconds()
 		if !c.Deadline.IsZero() {
@@ -642,6 +643,15 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			keys[2] = s.indexKey(tag, d.User)
 		}
 		args[0] = id
+		if fast {
+			// Within the resolution of this Store's last move of the idle
+			// deadline, applyFastScript leaves the expiry alone unless
+			// the absolute deadline is near (see refreshed.store).
+			args[2] = int64(0)
+			if ms > 0 && s.fresh.moved(keys[0], ms) {
+				args[2] = time.Now().UnixMilli() + ms + absMargin.Milliseconds()
+			}
+		}
 		res, werr, err := s.applyHop(ctx, fast, keys, args)
 		if err != nil {
 			return 0, fmt.Errorf("redisstore: apply: %w", err)
@@ -649,6 +659,9 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		status, _ := res[0].(string)
 		switch {
 		case status == "ok" && len(res) == 2:
+			if ms > 0 && d.Create == nil {
+				s.fresh.wrote(keys[0], ms, resolution(s.idleRes, d.Idle))
+			}
 			v, _ := res[1].(int64)
 			return uint64(v), werr
 		case status == "notfound":

@@ -58,14 +58,41 @@ func (r *refreshed) shard(key string) *refreshShard {
 // fresh returns the idle deadline that a Load of key with an idle timeout
 // of idle ms may report without moving it, and whether there is one.
 func (r *refreshed) fresh(key string, idle int64) (int64, bool) {
+	e, ok := r.get(key, idle)
+	if !ok || e.deadline == 0 {
+		return 0, false // none, or made by an Apply, which knows no deadline
+	}
+	return e.deadline, true
+}
+
+// moved reports whether this Store moved key's idle deadline, by a Load or
+// an Apply with an idle timeout of at least idle ms, within the resolution.
+func (r *refreshed) moved(key string, idle int64) bool {
+	_, ok := r.get(key, idle)
+	return ok
+}
+
+func (r *refreshed) get(key string, idle int64) (refreshEntry, bool) {
 	sh := r.shard(key)
 	sh.mu.Lock()
 	e, ok := sh.m[key]
 	sh.mu.Unlock()
 	if !ok || e.idle < idle || time.Since(r.epoch) >= e.until {
-		return 0, false
+		return refreshEntry{}, false
 	}
-	return e.deadline, true
+	return e, true
+}
+
+// wrote records that an Apply with an idle timeout of idle ms left key's
+// idle deadline at least idle ms away (applyFastScript moved it, or skipped
+// the move within the resolution of an earlier entry, which then stays as
+// it is). The entry knows no deadline, so a Load does not use it; an Apply
+// does, and applyFastScript checks the absolute deadline itself.
+func (r *refreshed) wrote(key string, idle int64, res time.Duration) {
+	if res <= 0 || r.moved(key, idle) {
+		return
+	}
+	r.put(key, refreshEntry{until: time.Since(r.epoch) + res, idle: idle})
 }
 
 // store records that key's idle deadline was just moved to deadline (ms) by
@@ -76,7 +103,10 @@ func (r *refreshed) store(key string, idle, deadline, abs int64, res time.Durati
 	if res <= 0 || now.UnixMilli()+idle+absMargin.Milliseconds() >= abs {
 		return
 	}
-	e := refreshEntry{until: now.Sub(r.epoch) + res, idle: idle, deadline: deadline}
+	r.put(key, refreshEntry{until: now.Sub(r.epoch) + res, idle: idle, deadline: deadline})
+}
+
+func (r *refreshed) put(key string, e refreshEntry) {
 	sh := r.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -84,7 +114,7 @@ func (r *refreshed) store(key string, idle, deadline, abs int64, res time.Durati
 		sh.m = make(map[string]refreshEntry)
 	}
 	if _, ok := sh.m[key]; !ok && len(sh.m) >= refreshShardCap {
-		at := now.Sub(r.epoch)
+		at := time.Since(r.epoch)
 		for k, old := range sh.m {
 			if at >= old.until {
 				delete(sh.m, k)

@@ -253,8 +253,12 @@ return {'ok', ver}
 
 // applyFastScript is applyScript for the common write on Redis 7 and later:
 // no Create, a record (not an alias) that has _s, and no new user binding.
-// Same KEYS and ARGV; the same replies, except the version alone (an
-// integer) for ok, and {'slow'} (nothing done: run applyScript) for anything
+// Same KEYS and ARGV, but for ARGV[3] (the absolute timeout, which a delta
+// without Create does not use): when it is not 0, the expiry is left alone
+// if the absolute deadline _a comes after it (the Store moved the idle
+// deadline within its resolution, see WithIdleResolution, and passes the
+// time on its clock before which _a would be too near to skip). The same
+// replies, except the version alone (an integer) for ok, and {'slow'} (nothing done: run applyScript) for anything
 // else, {'old'} (nothing done) on a server before Redis 7.0. It takes no
 // TIME and reads no PTTL: the idle deadline moves on
 // Redis's clock with PEXPIRE ... GT (never backwards), then PEXPIREAT _a LT
@@ -334,9 +338,12 @@ if refused then
   return refused
 end
 w[4] = size
-redis.call('PEXPIRE', KEYS[1], ARGV[6], 'GT')
-if redis.call('PEXPIREAT', KEYS[1], old[1], 'LT') == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'notfound'}
+local skip = tonumber(ARGV[3])
+if skip == 0 or tonumber(old[1]) <= skip then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6], 'GT')
+  if redis.call('PEXPIREAT', KEYS[1], old[1], 'LT') == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+    return {'notfound'}
+  end
 end
 redis.call('HSET', KEYS[1], unpack(w))
 if ndel > 0 then
