@@ -276,9 +276,11 @@ func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (s
 			cached, skip = s.fresh.fresh(key, ms)
 		}
 		var t loadTrip
+		var sent time.Time // when the refresh was sent: the resolution runs from then
 		if skip && !tagged {
 			t.hash = s.c.HGetAll(ctx, key)
 		} else {
+			sent = time.Now()
 			pipe := s.c.Pipeline()
 			if fix.key != "" {
 				if fix.setG {
@@ -378,7 +380,7 @@ func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (s
 			expiry = abs
 		}
 		if t.refresh != nil {
-			s.fresh.store(key, ms, expiry, abs, resolution(s.idleRes, idle))
+			s.fresh.store(key, ms, expiry, abs, remaining(s.idleRes, idle, sent))
 		}
 		rec.IdleDeadline = time.UnixMilli(expiry)
 		return rec, true, nil
@@ -643,13 +645,17 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			keys[2] = s.indexKey(tag, d.User)
 		}
 		args[0] = id
+		// Within the resolution of this Store's last move of the idle
+		// deadline, applyFastScript leaves the expiry alone unless the
+		// absolute deadline is near (see refreshed.store). Such an Apply
+		// moved nothing: it starts no resolution of its own (see wrote).
+		skipping := false
+		sent := time.Now()
 		if fast {
-			// Within the resolution of this Store's last move of the idle
-			// deadline, applyFastScript leaves the expiry alone unless
-			// the absolute deadline is near (see refreshed.store).
 			args[2] = int64(0)
 			if ms > 0 && s.fresh.moved(keys[0], ms) {
-				args[2] = time.Now().UnixMilli() + ms + absMargin.Milliseconds()
+				args[2] = sent.UnixMilli() + ms + absMargin.Milliseconds()
+				skipping = true
 			}
 		}
 		res, werr, err := s.applyHop(ctx, fast, keys, args)
@@ -659,8 +665,8 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		status, _ := res[0].(string)
 		switch {
 		case status == "ok" && len(res) == 2:
-			if ms > 0 && d.Create == nil {
-				s.fresh.wrote(keys[0], ms, resolution(s.idleRes, d.Idle))
+			if ms > 0 && d.Create == nil && !skipping {
+				s.fresh.wrote(keys[0], ms, remaining(s.idleRes, d.Idle, sent))
 			}
 			v, _ := res[1].(int64)
 			return uint64(v), werr

@@ -83,11 +83,13 @@ func (r *refreshed) get(key string, idle int64) (refreshEntry, bool) {
 	return e, true
 }
 
-// wrote records that an Apply with an idle timeout of idle ms left key's
-// idle deadline at least idle ms away (applyFastScript moved it, or skipped
-// the move within the resolution of an earlier entry, which then stays as
-// it is). The entry knows no deadline, so a Load does not use it; an Apply
-// does, and applyFastScript checks the absolute deadline itself.
+// wrote records that an Apply with an idle timeout of idle ms moved key's
+// idle deadline, for res (see store for what is left of it). It is not
+// called for an Apply that asked applyFastScript to skip the move: that
+// moved nothing and must not start a resolution, or Applies straddling the
+// lapse of each one would keep the deadline from ever moving. The entry
+// knows no deadline, so a Load does not use it; an Apply does, and
+// applyFastScript checks the absolute deadline itself.
 func (r *refreshed) wrote(key string, idle int64, res time.Duration) {
 	if res <= 0 || r.moved(key, idle) {
 		return
@@ -95,9 +97,12 @@ func (r *refreshed) wrote(key string, idle int64, res time.Duration) {
 	r.put(key, refreshEntry{until: time.Since(r.epoch) + res, idle: idle})
 }
 
-// store records that key's idle deadline was just moved to deadline (ms) by
-// a refresh with idle ms, for res; abs is the record's absolute deadline
-// (ms). Nothing is recorded near the absolute deadline (see absMargin).
+// store records that key's idle deadline was moved to deadline (ms) by a
+// refresh with idle ms, for res from now; abs is the record's absolute
+// deadline (ms). Nothing is recorded near the absolute deadline (see
+// absMargin). The callers pass what is left of the resolution since they
+// sent the refresh (see remaining), so that a late reply does not make the
+// deadline lag more than the resolution.
 func (r *refreshed) store(key string, idle, deadline, abs int64, res time.Duration) {
 	now := time.Now()
 	if res <= 0 || now.UnixMilli()+idle+absMargin.Milliseconds() >= abs {
@@ -139,4 +144,10 @@ func (r *refreshed) forget(key string) {
 // but never more than a tenth of the timeout.
 func resolution(res time.Duration, idle time.Duration) time.Duration {
 	return min(res, idle/10)
+}
+
+// remaining is what is left of the resolution for idle of a move sent at
+// sent: the resolution runs from the request, not from its reply.
+func remaining(res time.Duration, idle time.Duration, sent time.Time) time.Duration {
+	return resolution(res, idle) - time.Since(sent)
 }
