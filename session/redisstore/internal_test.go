@@ -87,6 +87,11 @@ func TestRefreshedBounded(t *testing.T) {
 	if _, ok := r.fresh(key, 2000); ok {
 		t.Error("fresh(longer idle): fresh")
 	}
+	// Replies out of order: the deadline kept is the later one.
+	r.store(key, 1000, 41, abs, time.Hour)
+	if d, _ := r.fresh(key, 1000); d != 42 {
+		t.Errorf("fresh after an older deadline was stored: %d, want 42", d)
+	}
 	r.forget(key)
 	if _, ok := r.fresh(key, 1000); ok {
 		t.Error("fresh after forget")

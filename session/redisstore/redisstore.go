@@ -82,20 +82,19 @@ func WithWait(replicas int, timeout time.Duration) Option {
 	return optionFunc(func(s *Store) { s.waitReplicas, s.waitTimeout = replicas, timeout })
 }
 
-// WithIdleResolution sets how long after a Load moved a session's idle
-// deadline the same Store reads that session without moving it again
-// (DefaultIdleResolution, one second, by default; never more than a tenth of
-// the idle timeout the Load asks for). Within it a Load sends HGETALL alone
-// instead of also PEXPIRE ... GT and PEXPIRETIME, which takes about a fifth
-// off the CPU time of a read, client and Redis together, for the requests of
-// a burst (a page and what it fetches); the session's idle deadline may
-// then fall up to d short of the last request plus the idle timeout, and
-// the Record's IdleDeadline is the one this Store last set (a lower bound:
-// other instances may have moved it on). Everything else is still read
-// every time: a destroyed, revoked or renewed session is seen at once. A
-// Load with a longer idle timeout than the last one, or within the idle
-// timeout plus a minute of the absolute deadline, always moves it. 0 moves
-// the idle deadline on every Load.
+// WithIdleResolution sets how long after this Store moved a session's idle
+// deadline (by a Load or an Apply) it reads or writes that session without
+// moving it again: DefaultIdleResolution, one second, by default, and never
+// more than a tenth of the idle timeout. Within it a Load sends HGETALL
+// alone instead of also PEXPIRE ... GT and PEXPIRETIME, and applyFastScript
+// skips its two expiry calls, for the requests of a burst (a page and what
+// it fetches). The idle deadline may then fall up to d short of the last
+// request plus the idle timeout, and a Load's Record.IdleDeadline is the one
+// this Store last read (a lower bound: other instances may have moved it
+// on). Everything else is read every time: a destroyed, revoked or renewed
+// session is seen at once. A Load or Apply with a longer idle timeout than
+// the last move, or within the idle timeout plus a minute of the absolute
+// deadline, always moves it. 0 moves the idle deadline every time.
 func WithIdleResolution(d time.Duration) Option {
 	return optionFunc(func(s *Store) { s.idleRes = d })
 }
@@ -262,6 +261,7 @@ type loadTrip struct {
 func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
 	ms := idle.Milliseconds()
 	var fix aliasFix
+	reread := false // a hop read again in full: see the skip path below
 	for hop := 0; hop < maxHops; hop++ {
 		if !validID(id) {
 			return session.Record{}, false, nil
@@ -322,8 +322,12 @@ func (s *Store) loadPlain(ctx context.Context, id string, idle time.Duration) (s
 			if _, ok := h["_to"]; ok {
 				// Renewed since: only a trip with PEXPIRETIME can tell
 				// whether the alias is still within its grace period.
+				// Once: the entry is gone, so the next trip is a full one.
 				s.fresh.forget(key)
-				hop--
+				if !reread {
+					reread = true
+					hop--
+				}
 				continue
 			}
 		}

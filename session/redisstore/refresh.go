@@ -129,6 +129,11 @@ func (r *refreshed) put(key string, e refreshEntry) {
 			clear(sh.m)
 		}
 	}
+	if old, ok := sh.m[key]; ok && e.deadline != 0 && old.deadline > e.deadline {
+		// Two refreshes whose replies came back out of order: the later
+		// reply read the deadline before the other moved it further.
+		e.deadline = old.deadline
+	}
 	sh.m[key] = e
 }
 
