@@ -10,6 +10,7 @@ import (
 
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/activekit/activekit/session"
+	"github.com/activekit/activekit/session/redisstore"
 	"github.com/activekit/activekit/session/sessiontest"
 )
 
@@ -35,27 +36,35 @@ func (h *slowReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	}
 }
 
-// TestReviewApplySlowReplyKeepsMoving: an Apply that skipped the move within
+// slowSession makes a session with an idle timeout of idle in a store whose
+// client holds replies back as slow says; key is the session's Redis key.
+func slowSession(t *testing.T, idle time.Duration) (redis.UniversalClient, *slowReplies, *redisstore.Store, string, string) {
+	t.Helper()
+	c := testenv.Redis(t)
+	slow := &slowReplies{}
+	c.AddHook(slow)
+	s, _, sessionKey := keyedStore(t, c)
+	id := sessiontest.NewID(t, "")
+	if _, err := s.Apply(t.Context(), id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, Idle: idle}); err != nil {
+		t.Fatal(err)
+	}
+	return c, slow, s, sessionKey(id), id
+}
+
+// TestApplySlowReplyKeepsMoving: an Apply that skipped the move within
 // the resolution, and whose reply came back after the resolution lapsed,
 // must not start a new resolution: it did not move the idle deadline, so the
 // Applies after it would leave the deadline further and further behind
 // (a session written to without a read, through blind writes, would expire
 // in use).
-func TestReviewApplySlowReplyKeepsMoving(t *testing.T) {
+func TestApplySlowReplyKeepsMoving(t *testing.T) {
 	const idle = 2 * time.Second // resolution: 200ms
 	const res = 200 * time.Millisecond
-	c := testenv.Redis(t)
-	slow := &slowReplies{}
-	c.AddHook(slow)
-	s, _, sessionKey := keyedStore(t, c)
+	c, slow, s, key, id := slowSession(t, idle)
 	ctx := t.Context()
-	id := sessiontest.NewID(t, "")
-	if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, Idle: idle}); err != nil {
-		t.Fatal(err)
-	}
 	expiry := func() int64 {
 		t.Helper()
-		e, err := c.PExpireTime(ctx, sessionKey(id)).Result()
+		e, err := c.PExpireTime(ctx, key).Result()
 		if err != nil || e < 0 {
 			t.Fatalf("PEXPIRETIME: %v %v", e, err)
 		}
@@ -83,21 +92,14 @@ func TestReviewApplySlowReplyKeepsMoving(t *testing.T) {
 	}
 }
 
-// TestReviewLoadSlowReplyBoundsLag: the resolution runs from the time the
+// TestLoadSlowReplyBoundsLag: the resolution runs from the time the
 // refresh was sent, not from its reply: a Load whose reply was held back for
 // longer than the resolution does not let the next Load skip the move.
-func TestReviewLoadSlowReplyBoundsLag(t *testing.T) {
+func TestLoadSlowReplyBoundsLag(t *testing.T) {
 	const idle = 2 * time.Second // resolution: 200ms
 	const res = 200 * time.Millisecond
-	c := testenv.Redis(t)
-	slow := &slowReplies{}
-	c.AddHook(slow)
-	s, _, sessionKey := keyedStore(t, c)
+	c, slow, s, key, id := slowSession(t, idle)
 	ctx := t.Context()
-	id := sessiontest.NewID(t, "")
-	if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, Idle: idle}); err != nil {
-		t.Fatal(err)
-	}
 	slow.delay.Store(int64(res + 100*time.Millisecond))
 	if _, found, err := s.Load(ctx, id, idle); err != nil || !found {
 		t.Fatalf("Load: found=%v %v", found, err)
@@ -113,7 +115,7 @@ func TestReviewLoadSlowReplyBoundsLag(t *testing.T) {
 		t.Errorf("Load: idle deadline %v short of the request's time plus the idle timeout; the resolution is %v",
 			start.Add(idle).Sub(rec.IdleDeadline), res)
 	}
-	e, err := c.PExpireTime(ctx, sessionKey(id)).Result()
+	e, err := c.PExpireTime(ctx, key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
