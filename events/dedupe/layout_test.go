@@ -428,3 +428,144 @@ func TestRedisShardIsFNV1a(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisGenerationExpiry: every script that writes a generation's hash
+// sets its expiry to a generation after the next one ends, (g + 3) times
+// the retention: the time Go passes them.
+func TestRedisGenerationExpiry(t *testing.T) {
+	const retention = time.Hour
+	s, c := layoutStore(t, RedisConfig{Retention: retention, Shards: 1})
+	ctx := context.Background()
+	check := func(what string) {
+		t.Helper()
+		keys, err := c.Keys(ctx, s.prefix+"*").Result()
+		if err != nil || len(keys) != 1 {
+			t.Fatalf("%s: keys %v, %v; want one hash", what, keys, err)
+		}
+		g, err := strconv.ParseInt(keys[0][strings.LastIndex(keys[0], ":")+1:], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttl, err := c.PTTL(ctx, keys[0]).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := time.Until(time.UnixMilli((g + 3) * retention.Milliseconds()))
+		if d := ttl - want; d < -time.Minute || d > time.Minute {
+			t.Fatalf("%s: %s expires in %v, want %v", what, keys[0], ttl, want)
+		}
+		if err := c.Persist(ctx, keys[0]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, err := s.Claim(ctx, "g", "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("Claim")
+	if err := s.Done(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	check("Done")
+	cs, err := s.ClaimBatch(ctx, "g", []string{"b"}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Persist(ctx, s.genKeys("g", 0, s.generation())[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DoneBatch(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	check("DoneBatch")
+	cl, err = s.Claim(ctx, "g", "c", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Persist(ctx, s.genKeys("g", 0, s.generation())[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DoneWith(ctx, cl, func(context.Context, redis.Pipeliner) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	check("DoneWith")
+}
+
+// TestRedisScriptsReadEachValue: the scripts read a claim's value once for
+// a run of IDs that share it (and, for done and release, their token), so
+// a batch whose IDs hold the same value with other tokens, or other values
+// in turn, must still get each ID's own answer.
+func TestRedisScriptsReadEachValue(t *testing.T) {
+	s, c := layoutStore(t, RedisConfig{Retention: 2 * time.Hour, Shards: 1})
+	ctx := context.Background()
+	if _, err := s.Claim(ctx, "g", "x", time.Minute); err != nil { // learns Redis's clock
+		t.Fatal(err)
+	}
+	key := s.genKeys("g", 0, s.generation())[0]
+	live := strconv.FormatInt(time.Now().Add(time.Duration(s.offset.Load())*time.Millisecond+time.Hour).UnixMilli(), 10)
+	records := map[string]string{
+		"a": "c:T1:" + live,
+		"b": "c:T1:" + live,
+		"c": "c:T1:1",
+		"d": "d",
+		"e": "c:T1:" + live,
+		"f": "c:T2:" + live,
+	}
+	set := func() {
+		t.Helper()
+		if err := c.Del(ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.HSet(ctx, key, records).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	set()
+	ids := []string{"a", "b", "c", "d", "e", "f"}
+	cs, err := s.ClaimBatch(ctx, "g", ids, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatus := []Status{Busy, Busy, Claimed, Done, Busy, Busy}
+	for i, cl := range cs {
+		if cl.Status != wantStatus[i] || cl.Status == Busy && cl.Remaining < 50*time.Minute {
+			t.Errorf("ClaimBatch: %s %v (%v left), want %v", cl.ID, cl.Status, cl.Remaining, wantStatus[i])
+		}
+	}
+
+	set()
+	held := func(id, token string) Claim { return Claim{Group: "g", ID: id, Token: token, Status: Claimed} }
+	if err := s.ReleaseBatch(ctx, []Claim{held("a", "T2"), held("b", "T1"), held("c", "T1"), held("d", "T1"), held("e", "T2"), held("f", "T2")}); err != nil {
+		t.Fatal(err)
+	}
+	left, err := c.HGetAll(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		_, kept := left[id]
+		if want := id == "a" || id == "d" || id == "e"; kept != want {
+			t.Errorf("ReleaseBatch: %s kept %v, want %v", id, kept, want)
+		}
+	}
+
+	set()
+	res, err := s.DoneBatch(ctx, []Claim{held("a", "T1"), held("b", "T2"), held("c", "T1"), held("d", "T1"), held("e", "T1"), held("f", "T1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if lost := errors.Is(res[i], ErrLeaseLost); lost != (id == "b" || id == "c" || id == "f") {
+			t.Errorf("DoneBatch: %s %v", id, res[i])
+		}
+	}
+	if left, err = c.HGetAll(ctx, key).Result(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if left[id] != "d" {
+			t.Errorf("DoneBatch: %s holds %q, want done", id, left[id])
+		}
+	}
+}

@@ -162,6 +162,13 @@ func (s *RedisStore) generation() int64 {
 	return (time.Now().UnixMilli() + s.offset.Load()) / s.gen
 }
 
+// expiry returns when the hashes of generation g expire (Unix ms): a
+// generation after the next one ends, so that a record written at its end
+// is read for a whole generation more.
+func (s *RedisStore) expiry(g int64) int64 {
+	return (g + generations + 1) * s.gen
+}
+
 // learn records Redis's clock from a reply.
 func (s *RedisStore) learn(redisNow int64) {
 	s.offset.Store(redisNow - time.Now().UnixMilli())
@@ -172,108 +179,149 @@ func (s *RedisStore) learn(redisNow int64) {
 // calls again), newest, and write.
 //
 // ARGV[1] is the generation the caller named the keys for, ARGV[2] the
-// generation length in ms. KEYS holds, for each shard of the call, its
-// generations newest first. Every script then takes ARGV[3] as the number
-// of shards and, from ARGV[4 + its own head], for each shard n and its n
-// IDs, then whatever per-ID values it takes (n of each).
+// generation length in ms, ARGV[3] the time the current generation's hashes
+// expire at ((generation + 3) * length, Unix ms; see expiry). KEYS holds,
+// for each shard of the call, its generations newest first. Every script
+// then takes ARGV[4] as the number of shards and, from ARGV[5 + its own
+// head], for each shard n and its n IDs, then whatever per-ID values it
+// takes (n of each).
 //
-// The scripts do as little per ID as they can: in Redis each ID passed to
-// or returned from a command inside a script is converted between Lua and
-// Redis, and that, not the hash operations, is most of their cost.
+// Most of the scripts' cost is Redis's own: writing the fields (the more
+// while a hash is small enough to be a listpack, which Redis scans for each
+// field), each redis.call, and converting each ID passed to or returned from
+// a command between Lua and Redis. The scripts add as little per ID as they
+// can: table indexing and comparing strings for equality, which is cheap
+// because Lua interns them (equal strings are one object); counters instead
+// of the length operator, and no tonumber, string.sub, string.match or
+// concatenation per ID. Go passes what it can format itself: the expiry, and
+// a token as the prefix of the values of claims that hold it, "c:<token>:"
+// (mine). What comes from Redis is converted once per call (TIME, the
+// deadline of a new claim) or once per run of IDs that share a value: a
+// claim's value is parsed (its deadline, whether it starts with mine) only
+// when it, or the token asked about, differs from the previous ID's. The IDs
+// of a batch were mostly claimed by one call, all with one value, and are
+// done or released with one token, so a batch parses a few values rather
+// than one per ID.
 const prologue = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local L = tonumber(ARGV[2])
-local gen = tonumber(ARGV[1])
-if math.floor(now / L) ~= gen then return {-1, now} end
+local A = ARGV
+if math.floor(now / tonumber(A[2])) ~= tonumber(A[1]) then return {-1, now} end
 local G = 2
-local exp = string.format('%d', (gen + G + 1) * L)
--- newest(k, a, n): the newest value of each of the n IDs ARGV[a+1..a+n]
--- in shard k; the previous generation is read only for IDs the current
--- one lacks.
+local exp = A[3]
+-- newest(k, a, n): the newest value of each of the n IDs A[a+1..a+n] in
+-- shard k; the previous generation is read only for IDs the current one
+-- lacks.
 local function newest(k, a, n)
-  local v = redis.call('HMGET', KEYS[k * G + 1], unpack(ARGV, a + 1, a + n))
-  local miss, pos = {}, {}
+  local v = redis.call('HMGET', KEYS[k * G + 1], unpack(A, a + 1, a + n))
+  local m = 0
   for i = 1, n do
-    if not v[i] then miss[#miss + 1] = ARGV[a + i]; pos[#pos + 1] = i end
+    if not v[i] then m = m + 1 end
   end
-  if #miss == n then
-    return redis.call('HMGET', KEYS[k * G + 2], unpack(ARGV, a + 1, a + n))
+  if m == n then
+    return redis.call('HMGET', KEYS[k * G + 2], unpack(A, a + 1, a + n))
   end
-  if #miss > 0 then
-    local o = redis.call('HMGET', KEYS[k * G + 2], unpack(miss))
-    for j = 1, #miss do v[pos[j]] = o[j] end
+  if m > 0 then
+    local miss, pos, j = {}, {}, 0
+    for i = 1, n do
+      if not v[i] then j = j + 1; miss[j] = A[a + i]; pos[j] = i end
+    end
+    local o = redis.call('HMGET', KEYS[k * G + 2], unpack(miss, 1, m))
+    for i = 1, m do v[pos[i]] = o[i] end
   end
   return v
 end
+-- deadline(x): the deadline of claim value x, 0 if it has none.
 local function deadline(x) return tonumber(string.match(x, ':(%d+)$')) or 0 end
-local function write(k, w)
-  if #w > 0 then
-    redis.call('HSET', KEYS[k * G + 1], unpack(w))
+-- holds(x, p): whether claim value x starts with p, the prefix "c:<token>:"
+-- of a claim that holds a token.
+local function holds(x, p) return string.sub(x, 1, #p) == p end
+-- write(k, w, nw): sets the nw/2 pairs of field and value w[1..nw] in
+-- shard k's current generation.
+local function write(k, w, nw)
+  if nw > 0 then
+    redis.call('HSET', KEYS[k * G + 1], unpack(w, 1, nw))
     redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
   end
 end
 `
 
-// claimScript: ARGV[4] the token, ARGV[5] the lease in ms; per shard n and
-// n IDs. Returns {0, now}, then for each ID its status, and for a busy one
+// claimScript: ARGV[5] "c:<token>:" (mine: the prefix of the values of
+// claims that hold the token), ARGV[6] the lease in ms; per shard n and n
+// IDs. Returns {0, now}, then for each ID its status, and for a busy one
 // also the lease it has left (ms): 1 claimed (also when the ID already
 // holds this token: a retried call that partly ran), 2 done, 3 busy.
+//
+// A claim value is read (its deadline, whether it holds this call's token)
+// once per run of IDs that share it; lx is the last value read, busy
+// whether it is another claimer's live claim, left its lease left.
 var claimScript = redis.NewScript(prologue + `
-local mine = 'c:' .. ARGV[4] .. ':'
-local val = mine .. string.format('%d', now + tonumber(ARGV[5]))
-local out = {0, now}
-local a = 6
-for k = 0, tonumber(ARGV[3]) - 1 do
-  local n = tonumber(ARGV[a])
+local mine = A[5]
+local val = mine .. string.format('%d', now + tonumber(A[6]))
+local out, o = {0, now}, 2
+local lx, busy, left = false, false, 0
+local a = 7
+for k = 0, tonumber(A[4]) - 1 do
+  local n = tonumber(A[a])
   local v = newest(k, a, n)
-  local w = {}
+  local w, nw = {}, 0
   for i = 1, n do
     local x = v[i]
-    if not x then
-      w[#w + 1] = ARGV[a + i]; w[#w + 1] = val; out[#out + 1] = 1
-    elseif x == 'd' then
-      out[#out + 1] = 2
+    if x == 'd' then
+      o = o + 1; out[o] = 2
     else
-      local dl = deadline(x)
-      if dl > now and string.sub(x, 1, #mine) ~= mine then
-        out[#out + 1] = 3; out[#out + 1] = dl - now
+      if x and x ~= lx then
+        lx = x
+        local dl = deadline(x)
+        busy = dl > now and not holds(x, mine)
+        left = dl - now
+      end
+      if x and busy then
+        out[o + 1] = 3; out[o + 2] = left; o = o + 2
       else
-        w[#w + 1] = ARGV[a + i]; w[#w + 1] = val; out[#out + 1] = 1
+        w[nw + 1] = A[a + i]; w[nw + 2] = val; nw = nw + 2
+        o = o + 1; out[o] = 1
       end
     end
   end
-  write(k, w)
+  write(k, w, nw)
   a = a + n + 1
 end
 return out
 `)
 
-// doneScript: ARGV[4] "1" to mark every ID done, held or not (DoneBatch:
-// the effects happened); per shard n, n IDs and their n tokens. Returns {0,
-// now}, then for each ID 1 when the claim was held and is now done, 2 when
-// it was done already, 0 when the claim had been lost (marked done only
-// with ARGV[4] "1").
+// doneScript: ARGV[5] "1" to mark every ID done, held or not (DoneBatch:
+// the effects happened); per shard n, n IDs and the n prefixes of their
+// tokens' claims ("c:<token>:", mine). Returns {0, now}, then for each ID 1
+// when the claim was held and is now done, 2 when it was done already, 0
+// when the claim had been lost (marked done only with ARGV[5] "1"). A claim
+// value is read once per run of IDs that share it and their token (lx, lp;
+// held the answer).
 var doneScript = redis.NewScript(prologue + `
-local force = ARGV[4] == '1'
-local out = {0, now}
-local a = 5
-for k = 0, tonumber(ARGV[3]) - 1 do
-  local n = tonumber(ARGV[a])
+local force = A[5] == '1'
+local out, o = {0, now}, 2
+local lx, lp, held = false, false, false
+local a = 6
+for k = 0, tonumber(A[4]) - 1 do
+  local n = tonumber(A[a])
   local v = newest(k, a, n)
-  local w = {}
+  local w, nw = {}, 0
   for i = 1, n do
     local x, r = v[i], 0
     if x == 'd' then
       r = 2
     elseif x then
-      local mine = 'c:' .. ARGV[a + n + i] .. ':'
-      if string.sub(x, 1, #mine) == mine and deadline(x) > now then r = 1 end
+      local p = A[a + n + i]
+      if x ~= lx or p ~= lp then
+        lx, lp = x, p
+        held = holds(x, p) and deadline(x) > now
+      end
+      if held then r = 1 end
     end
-    if r == 1 or (r == 0 and force) then w[#w + 1] = ARGV[a + i]; w[#w + 1] = 'd' end
-    out[#out + 1] = r
+    if r == 1 or (r == 0 and force) then w[nw + 1] = A[a + i]; w[nw + 2] = 'd'; nw = nw + 2 end
+    o = o + 1; out[o] = r
   end
-  write(k, w)
+  write(k, w, nw)
   a = a + 2 * n + 1
 end
 return out
@@ -283,30 +331,40 @@ return out
 // unread: for claims the caller knows are held (their leases have not
 // ended, and nobody else can take a claim before then). Returns {0, now}.
 var markScript = redis.NewScript(prologue + `
-local a = 4
-for k = 0, tonumber(ARGV[3]) - 1 do
-  local n = tonumber(ARGV[a])
-  redis.call('HSET', KEYS[k * G + 1], unpack(ARGV, a + 1, a + 2 * n))
+local a = 5
+for k = 0, tonumber(A[4]) - 1 do
+  local n = tonumber(A[a])
+  redis.call('HSET', KEYS[k * G + 1], unpack(A, a + 1, a + 2 * n))
   redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
   a = a + 2 * n + 1
 end
 return {0, now}
 `)
 
-// releaseScript: per shard n, n IDs and their n tokens. Deletes each ID's
-// claim where it holds the token, in every generation. Returns {0, now}.
+// releaseScript: per shard n, n IDs and the n prefixes of their tokens'
+// claims ("c:<token>:", mine). Deletes each ID's claim where it holds the
+// token, in every generation. Returns {0, now}. A value is read once per
+// run of IDs that share it and their token (lx, lp; held the answer).
 var releaseScript = redis.NewScript(prologue + `
-local a = 4
-for k = 0, tonumber(ARGV[3]) - 1 do
-  local n = tonumber(ARGV[a])
+local lx, lp, held = false, false, false
+local a = 5
+for k = 0, tonumber(A[4]) - 1 do
+  local n = tonumber(A[a])
   for g = 1, G do
-    local v = redis.call('HMGET', KEYS[k * G + g], unpack(ARGV, a + 1, a + n))
-    local d = {}
+    local v = redis.call('HMGET', KEYS[k * G + g], unpack(A, a + 1, a + n))
+    local d, nd = {}, 0
     for i = 1, n do
-      local mine = 'c:' .. ARGV[a + n + i] .. ':'
-      if v[i] and string.sub(v[i], 1, #mine) == mine then d[#d + 1] = ARGV[a + i] end
+      local x = v[i]
+      if x and x ~= 'd' then
+        local p = A[a + n + i]
+        if x ~= lx or p ~= lp then
+          lx, lp = x, p
+          held = holds(x, p)
+        end
+        if held then nd = nd + 1; d[nd] = A[a + i] end
+      end
     end
-    if #d > 0 then redis.call('HDEL', KEYS[k * G + g], unpack(d)) end
+    if nd > 0 then redis.call('HDEL', KEYS[k * G + g], unpack(d, 1, nd)) end
   end
   a = a + 2 * n + 1
 end
@@ -412,8 +470,8 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string
 				g = cur
 			}
 			keys := make([]string, 0, generations*len(c.shards))
-			argv := make([]any, 0, 3+len(head)+len(c.shards))
-			argv = append(argv, g, s.gen, len(c.shards))
+			argv := make([]any, 0, 4+len(head)+len(c.shards))
+			argv = append(argv, g, s.gen, s.expiry(g), len(c.shards))
 			argv = append(argv, head...)
 			for j, k := range c.shards {
 				keys = append(keys, s.genKeys(group, k, g)...)
@@ -499,14 +557,24 @@ func idArgs(its []item) []any {
 	return a
 }
 
-// tokenArgs is those of the done and release scripts: the IDs, then their
-// tokens.
+// tokenArgs is those of the done and release scripts: the IDs, then the
+// prefixes of the values of claims that hold their tokens (mine).
 func tokenArgs(its []item) []any {
 	a := make([]any, 2*len(its))
+	var tok, prefix string
 	for i, it := range its {
-		a[i], a[len(its)+i] = it.id, it.token
+		if i == 0 || it.token != tok {
+			tok, prefix = it.token, mine(it.token)
+		}
+		a[i], a[len(its)+i] = it.id, prefix
 	}
 	return a
+}
+
+// mine returns the prefix of the value of a claim that holds token:
+// "c:<token>:", then the deadline.
+func mine(token string) string {
+	return "c:" + token + ":"
 }
 
 // markArgs is those of the mark script: pairs of ID and "d".
@@ -540,7 +608,7 @@ func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lea
 	}
 	calls := s.plan(group, items)
 	sent := time.Now()
-	res, err := s.run(ctx, claimScript, group, calls, []any{token, lease.Milliseconds()}, idArgs)
+	res, err := s.run(ctx, claimScript, group, calls, []any{mine(token), lease.Milliseconds()}, idArgs)
 	if err != nil {
 		// Some of the claims may have been taken (a reply lost after the
 		// write, one node of a Cluster failing): nobody holds their token,
@@ -782,22 +850,21 @@ func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
 	})
 }
 
-// doneWithScript: KEYS the claim's shard, ARGV[3] the ID, ARGV[4] the
-// token, ARGV[5] the number of commands, then for each its argument count
+// doneWithScript: KEYS the claim's shard, ARGV[4] the ID, ARGV[5]
+// "c:<token>:" (mine), ARGV[6] the number of commands, then for each its argument count
 // and arguments. When the claim is held, runs the commands and marks the ID
 // done, atomically, and returns {0, now, replies...}; else {1, now}.
 var doneWithScript = redis.NewScript(prologue + `
-local x = newest(0, 2, 1)[1]
-local mine = 'c:' .. ARGV[4] .. ':'
-if not x or string.sub(x, 1, #mine) ~= mine or deadline(x) <= now then return {1, now} end
+local x = newest(0, 3, 1)[1]
+if not x or x == 'd' or not holds(x, A[5]) or deadline(x) <= now then return {1, now} end
 local out = {0, now}
-local a = 6
-for i = 1, tonumber(ARGV[5]) do
-  local n = tonumber(ARGV[a])
-  out[#out + 1] = redis.call(unpack(ARGV, a + 1, a + n))
+local a = 7
+for i = 1, tonumber(A[6]) do
+  local n = tonumber(A[a])
+  out[i + 2] = redis.call(unpack(A, a + 1, a + n))
   a = a + n + 1
 end
-write(0, {ARGV[3], 'd'})
+write(0, {A[4], 'd'}, 2)
 return out
 `)
 
@@ -830,7 +897,7 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 	}
 	cmds := pipe.Cmds()
 	pipe.Discard()
-	args := []any{c.ID, c.Token, len(cmds)}
+	args := []any{c.ID, mine(c.Token), len(cmds)}
 	for _, cmd := range cmds {
 		a := cmd.Args()
 		args = append(args, len(a))
@@ -839,7 +906,7 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 	shard := s.shard(c.ID)
 	g := s.generation()
 	for try := 0; ; try++ {
-		res, err := doneWithScript.Run(ctx, s.c, s.genKeys(c.Group, shard, g), append([]any{g, s.gen}, args...)...).Slice()
+		res, err := doneWithScript.Run(ctx, s.c, s.genKeys(c.Group, shard, g), append([]any{g, s.gen, s.expiry(g)}, args...)...).Slice()
 		if err != nil {
 			return doneWithError(ctx, err)
 		}
