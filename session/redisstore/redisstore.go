@@ -743,8 +743,9 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		if !validID(id) {
 			return werrs
 		}
-		s.fresh.forget(s.sessionKey(id))
-		cmd, werr := s.write(ctx, deleteScript, []string{s.sessionKey(id)})
+		key := s.sessionKey(id)
+		s.fresh.forget(key)
+		cmd, werr := s.write(ctx, deleteScript, []string{key})
 		to, err := cmd.Text()
 		if errors.Is(err, redis.Nil) {
 			return cmp.Or(werrs, werr)

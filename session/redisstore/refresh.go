@@ -13,7 +13,8 @@ const DefaultIdleResolution = time.Second
 // absMargin: a Load moves the idle deadline whenever the absolute deadline
 // is less than the idle timeout plus absMargin away on the local clock, so
 // that the check against the absolute deadline (made on Redis's clock, see
-// loadPlain) is never skipped near it, whatever the skew between the clocks.
+// loadPlain) is never skipped near it, as long as the local clock and
+// Redis's are less than a minute apart.
 const absMargin = time.Minute
 
 // refreshShards and refreshShardCap bound the memory of the refreshed set:
