@@ -14,6 +14,7 @@ import (
 	"github.com/alexedwards/scs/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/gorilla/sessions"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/activekit/activekit/session"
 	akredis "github.com/activekit/activekit/session/redisstore"
@@ -59,6 +60,7 @@ var contestants = []contestant{
 	{name: "scs", newInstance: newSCS, full: true},
 	{name: "gorilla", newInstance: newGorilla, full: true},
 	{name: "bare", newInstance: newBare},
+	{name: "floor", newInstance: newFloor},
 }
 
 func fail(w http.ResponseWriter, err error) {
@@ -318,6 +320,86 @@ func newBare(tb testing.TB, addr, prefix string, _ []byte) http.Handler {
 			return
 		}
 		if err := c.Set(r.Context(), prefix+id+":last", time.Now().UnixNano(), idle).Err(); err != nil {
+			fail(w, err)
+			return
+		}
+		io.WriteString(w, writeBody)
+	})
+	return mux
+}
+
+// floorScript is the least a write to a hash-per-session record can run
+// atomically: refuse to resurrect a session that is gone, then set the
+// field. It keeps no version, checks no size and moves no expiry.
+var floorScript = goredis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`)
+
+// newFloor: not a library but the floor under any store that keeps a
+// session as one Redis hash with a version per key, as activekit does, by
+// hand: a read is one raw HGETALL of a hash with the fields activekit's
+// record of the same session has (version, created, absolute deadline,
+// size and the four values, each "<version>:<JSON>") and answers the user
+// value as stored; a write is one EVALSHA of floorScript. The difference
+// between it and bare is the price of the hash and of Lua; between
+// activekit and it, of everything activekit does on top (the middleware,
+// the token's hash, decoding, compare-and-set, the size limit, expiry).
+func newFloor(tb testing.TB, addr, prefix string, _ []byte) http.Handler {
+	c := newRedis(tb, addr)
+	key := func(w http.ResponseWriter, r *http.Request) (string, bool) {
+		ck, err := r.Cookie(cookieName)
+		if err != nil {
+			http.Error(w, "no session", http.StatusUnauthorized)
+			return "", false
+		}
+		return prefix + ck.Value, true
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/seed", func(w http.ResponseWriter, r *http.Request) {
+		id := randomHex(16)
+		now := time.Now()
+		k := prefix + id
+		if _, err := c.TxPipelined(r.Context(), func(p goredis.Pipeliner) error {
+			p.HSet(r.Context(), k, "_v", 4, "_c", now.UnixMilli(), "_a", now.Add(absolute).UnixMilli(), "_s", 80,
+				"k:user", `1:"alice"`, "k:cart", `2:["book","pen","lamp"]`, "k:theme", `3:"dark"`,
+				"k:csrf", `4:"`+randomHex(16)+`"`)
+			p.PExpire(r.Context(), k, idle)
+			return nil
+		}); err != nil {
+			fail(w, err)
+			return
+		}
+		http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", HttpOnly: true})
+	})
+	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
+		k, ok := key(w, r)
+		if !ok {
+			return
+		}
+		h, err := c.HGetAll(r.Context(), k).Result()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		u, ok := h["k:user"]
+		if !ok || !strings.HasPrefix(u, `1:"`) || len(u) < 4 {
+			fail(w, fmt.Errorf("no user in %v", h))
+			return
+		}
+		io.WriteString(w, u[3:len(u)-1])
+	})
+	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
+		k, ok := key(w, r)
+		if !ok {
+			return
+		}
+		n, err := floorScript.Run(r.Context(), c, []string{k}, "k:last", "5:"+strconv.FormatInt(time.Now().UnixNano(), 10)).Int()
+		if err == nil && n == 0 {
+			err = errors.New("session gone")
+		}
+		if err != nil {
 			fail(w, err)
 			return
 		}
