@@ -244,6 +244,12 @@ func (w *writer) commit() bool {
 }
 
 func (w *writer) WriteHeader(code int) {
+	// An informational response (103 Early Hints) goes out before the
+	// response's own headers: the handler may still change the session.
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols && !w.done {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
 	if w.commit() {
 		w.ResponseWriter.WriteHeader(code)
 	}
