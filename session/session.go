@@ -504,11 +504,12 @@ func (s *Session) save(h http.Header) error {
 	}
 	m := s.m
 	if s.destroy {
-		// No read needed: deleting an alias deletes its target too.
+		// No read needed: deleting an alias deletes its target too. A read
+		// that failed says nothing: the session may well be there.
 		id := s.id
 		if s.found {
 			id = s.rec.ID
-		} else if s.loaded {
+		} else if s.loaded && s.loadErr == nil {
 			id = "" // read and found missing: nothing to delete
 		}
 		if id != "" {
