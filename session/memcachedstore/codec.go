@@ -334,11 +334,11 @@ func (u *users) entry(user string) *userEntry {
 	return &u.entries[i]
 }
 
-// ensure returns the entry of user, adding it if missing.
-func (u *users) ensure(user string) *userEntry {
+// ensure returns the entry of user, adding it at epoch if missing.
+func (u *users) ensure(user string, epoch uint64) *userEntry {
 	i, ok := slices.BinarySearchFunc(u.entries, user, func(e userEntry, user string) int { return strings.Compare(e.user, user) })
 	if !ok {
-		u.entries = slices.Insert(u.entries, i, userEntry{user: user})
+		u.entries = slices.Insert(u.entries, i, userEntry{user: user, epoch: epoch})
 	}
 	return &u.entries[i]
 }

@@ -135,8 +135,10 @@ func WithClock(now func() time.Time) Option {
 // Memcached is a cache: it may evict any item under memory pressure, and a
 // restart loses everything. An evicted session is a logged-out user. An
 // evicted user item would lose revocation epochs, so a bound session whose
-// user item is missing counts as revoked: eviction never brings back a
-// session that "log out everywhere" ended. Give Memcached enough memory, or
+// user item is missing counts as revoked, and a user item made again (at
+// the next login) starts at a random epoch, not 0, so that those sessions
+// stay revoked: eviction never brings back a session that "log out
+// everywhere" (or the eviction itself) ended. Give Memcached enough memory, or
 // use redisstore, if logging users out under memory pressure is not
 // acceptable.
 type Store struct {
@@ -564,7 +566,10 @@ func (r *record) find(key string) (int, bool) {
 func (s *Store) index(ctx context.Context, id, user string, deadline int64) (uint64, error) {
 	var epoch uint64
 	err := s.updateUsers(ctx, "index", session.UserTag(user), func(u *users) bool {
-		e := u.ensure(user)
+		// A new entry starts at a random epoch, not 0: the entry may be new
+		// because Memcached evicted the old one, and sessions bound at the
+		// old entry's epochs must stay revoked (see Store).
+		e := u.ensure(user, rand.Uint64())
 		e.add(id, deadline)
 		epoch = e.epoch
 		return true
