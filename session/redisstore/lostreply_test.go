@@ -1,0 +1,128 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/internal/testenv"
+	"github.com/activekit/activekit/session"
+	"github.com/activekit/activekit/session/sessiontest"
+)
+
+// lossyConn drops the connection instead of delivering the first reply read
+// while lose is set: Redis ran the command, and the client never hears of it
+// (a primary killed, a connection reset, as in a Sentinel failover).
+type lossyConn struct {
+	net.Conn
+	lose *atomic.Bool
+}
+
+func (c *lossyConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.lose.CompareAndSwap(true, false) {
+		_ = c.Conn.Close()
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// TestLostReplyIsNotRetried: a write whose reply is lost is reported as a
+// failure of unknown outcome, never answered by a second run of the same
+// script, which sees the first run's effect and answers something false: a
+// conflict for a delta that was applied (the Manager's Update then applies
+// it again), not found for an alias that was made (the Manager then deletes
+// the renewed session), success for a Delete that stopped at the alias (the
+// renewed session lives on). The client has go-redis's default retries, as
+// testenv.Redis and most applications do.
+func TestLostReplyIsNotRetried(t *testing.T) {
+	lose := &atomic.Bool{}
+	var d net.Dialer
+	c := redis.NewClient(&redis.Options{
+		Addr: testenv.RedisAddr(t),
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &lossyConn{Conn: conn, lose: lose}, nil
+		},
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	s := newStore(t, c)
+	ctx := t.Context()
+	create := func() string {
+		id := sessiontest.NewID(t, "")
+		if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, Idle: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	// Every script once, so that the reply lost is the script's own, not
+	// a NOSCRIPT.
+	warm, warmTo := create(), create()
+	if _, err := s.Apply(ctx, warm, session.Delta{Set: map[string][]byte{"w": []byte("1")}, Idle: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Alias(ctx, warm, warmTo, 2, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, warm); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("apply", func(t *testing.T) {
+		id := create()
+		lose.Store(true)
+		_, err := s.Apply(ctx, id, session.Delta{Set: map[string][]byte{"n": []byte("1")}, Expect: map[string]uint64{"n": 0}, Idle: time.Hour})
+		if lose.Swap(false) {
+			t.Fatal("no reply was lost")
+		}
+		rec, _, lerr := s.Load(ctx, id, 0)
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		if errors.Is(err, session.ErrConflict) && rec.Version != 1 {
+			t.Fatalf("Apply answered %v, yet applied the delta (version %d, values %v)", err, rec.Version, rec.Values)
+		}
+	})
+	t.Run("alias", func(t *testing.T) {
+		old, renewed := create(), create()
+		lose.Store(true)
+		err := s.Alias(ctx, old, renewed, 1, time.Minute)
+		if lose.Swap(false) {
+			t.Fatal("no reply was lost")
+		}
+		rec, found, lerr := s.Load(ctx, old, 0)
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		if errors.Is(err, session.ErrNotFound) && found && rec.ID == renewed {
+			t.Fatalf("Alias answered %v, yet made the alias", err)
+		}
+	})
+	t.Run("delete", func(t *testing.T) {
+		old, renewed := create(), create()
+		if err := s.Alias(ctx, old, renewed, 1, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		lose.Store(true)
+		err := s.Delete(ctx, old)
+		if lose.Swap(false) {
+			t.Fatal("no reply was lost")
+		}
+		_, found, lerr := s.Load(ctx, renewed, 0)
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		if err == nil && found {
+			t.Fatal("Delete through an alias answered success, yet the renewed session lives on")
+		}
+	})
+}
