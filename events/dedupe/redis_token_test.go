@@ -9,7 +9,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,13 +188,16 @@ func TestRedisDoneBatchByToken(t *testing.T) {
 				t.Fatalf("%s: %s %v after Release, want done", when, id, st)
 			}
 		}
-		var ran atomic.Bool
-		err = f.s.DoneWith(f.ctx, cs[7], func(context.Context, redis.Pipeliner) error {
-			ran.Store(true)
+		effect := f.s.Key("g", cs[7].ID) + ":effect"
+		err = f.s.DoneWith(f.ctx, cs[7], func(ctx context.Context, p redis.Pipeliner) error {
+			p.Incr(ctx, effect)
 			return nil
 		})
 		if !errors.Is(err, ErrLeaseLost) {
 			t.Fatalf("%s: DoneWith: %v, want ErrLeaseLost", when, err)
+		}
+		if n := f.c.Exists(f.ctx, effect).Val(); n != 0 {
+			t.Fatalf("%s: DoneWith ran its effect", when)
 		}
 	}
 	check("leases held")
@@ -310,6 +312,53 @@ func TestRedisDoneBatchByTokenFallbacks(t *testing.T) {
 		f.doneBatch(t, cs)
 		f.byID(t, cs)
 	})
+	t.Run("claim call made again in the next generation", func(t *testing.T) {
+		// The first run claimed 15 of the 20 events (5 were busy), the
+		// second, a generation on, finds those its own and claims the
+		// other 5: a count of 5 would let a DoneBatch of 5 of the 15
+		// mark all 20 by token.
+		f := newTokenFixture(t)
+		ids := make([]string, 20)
+		for i := range ids {
+			ids[i] = "e" + strconv.Itoa(i)
+		}
+		token := NewToken()
+		items := make([]item, len(ids))
+		for i, id := range ids {
+			items[i] = item{at: i, id: id}
+		}
+		calls := f.s.plan("g", items)
+		head := []any{mine(token), time.Minute.Milliseconds(), "n:" + token}
+		if _, err := f.s.run(f.ctx, claimScript, "g", calls, head, claimArgs(calls)); err != nil {
+			t.Fatal(err)
+		}
+		g := f.s.generation()
+		prev, cur := f.s.genKeys("g", 0, g-1), f.s.genKeys("g", 0, g)
+		for i := range generations {
+			if err := f.c.Rename(f.ctx, cur[i*generations], prev[i*generations]).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.c.HDel(f.ctx, prev[0], ids[15:]...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.s.run(f.ctx, claimScript, "g", calls, head, claimArgs(calls)); err != nil {
+			t.Fatal(err)
+		}
+		_, tokens := f.keys()
+		if v := f.hash(t, tokens)["n:"+token]; v != "x" {
+			t.Fatalf("count %q after the call ran again, want x", v)
+		}
+		cs := make([]Claim, 5)
+		for i := range cs {
+			cs[i] = Claim{Group: "g", ID: ids[i], Token: token, Status: Claimed, held: time.Now().Add(time.Minute / 2)}
+		}
+		f.doneBatch(t, cs)
+		f.byID(t, cs)
+		if st := f.status(t, ids[19]); st != Busy {
+			t.Fatalf("%s: %v, want busy (still claimed)", ids[19], st)
+		}
+	})
 	t.Run("claims of an earlier generation", func(t *testing.T) {
 		f := newTokenFixture(t)
 		cs := f.claim(t, 20, "e")
@@ -379,6 +428,12 @@ func TestRedisDoneBatchByTokenSplitShard(t *testing.T) {
 		if marked != (k == first) {
 			t.Errorf("shard %d (first %d): marked by token %v", k, first, marked)
 		}
+		// Not counted at all: calls straddling a generation's end would
+		// each count theirs, in their own generation, without a clash.
+		counted := c.HExists(ctx, keys[generations], "n:"+cs[0].Token).Val()
+		if counted != (k == first) {
+			t.Errorf("shard %d (first %d): counted %v", k, first, counted)
+		}
 	}
 	other, _ := NewRedisStore(c, RedisConfig{Prefix: s.prefix, Retention: time.Hour, Shards: 2})
 	again, err := other.ClaimBatch(ctx, "g", ids, time.Minute)
@@ -407,16 +462,34 @@ func TestRedisDoneBatchByTokenCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	other, _ := NewRedisStore(c, RedisConfig{Prefix: prefix, Shards: 8})
+	// The master of shard 0, and which shards it has.
+	master, err := c.MasterForKey(ctx, s.genKeys("g", 0, 0)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	onMaster := make(map[uint32]bool)
+	for k := range uint32(8) {
+		m, err := c.MasterForKey(ctx, s.genKeys("g", k, 0)[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		onMaster[k] = m.Options().Addr == master.Options().Addr
+	}
 	for round, flush := range []bool{false, true} {
-		if flush {
-			// Only one master forgets the scripts.
-			var once atomic.Bool
-			if err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-				if once.CompareAndSwap(false, true) {
-					return n.ScriptFlush(ctx).Err()
+		// Every master has the scripts (other tests flush them)...
+		if err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			for _, sc := range []*redis.Script{claimScript, markScript} {
+				if err := sc.Load(ctx, n).Err(); err != nil {
+					return err
 				}
-				return nil
-			}); err != nil {
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if flush {
+			// ...but, in the second round, shard 0's.
+			if err := master.ScriptFlush(ctx).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -443,12 +516,14 @@ func TestRedisDoneBatchByTokenCluster(t *testing.T) {
 			if marked == (count == "x") {
 				t.Errorf("round %d shard %d: count %q, marked by token %v", round, k, count, marked)
 			}
+			// The flushed node's calls ran once (after NOSCRIPT),
+			// the others' twice.
+			if want := !flush || onMaster[k]; marked != want {
+				t.Errorf("round %d shard %d (on the flushed node %v): marked by token %v, want %v", round, k, flush && onMaster[k], marked, want)
+			}
 		}
-		if !flush && byToken != 8 {
-			t.Errorf("%d of 8 shards marked by token, want all", byToken)
-		}
-		if flush && (byToken == 0 || byToken == 8) {
-			t.Errorf("after one node's NOSCRIPT: %d of 8 shards marked by token, want some (that node's)", byToken)
+		if flush && byToken == 8 {
+			t.Errorf("after one node's NOSCRIPT: all 8 shards marked by token")
 		}
 		again, err := other.ClaimBatch(ctx, "g", ids, time.Minute)
 		if err != nil {
