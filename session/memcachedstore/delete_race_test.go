@@ -1,6 +1,8 @@
 package memcachedstore_test
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,5 +54,38 @@ func TestDeleteRacesAlias(t *testing.T) {
 		if _, found, err := other.Load(ctx, id, 0); err != nil || found {
 			t.Errorf("Load %s after Delete raced with an Alias: found=%v %v; want gone", id, found, err)
 		}
+	}
+}
+
+// TestDeleteCancelledThroughAlias: a Delete through an alias whose context
+// ends half-way leaves a state that a second Delete of the same ID ends:
+// never the alias gone and its target (the renewed session) alive, which no
+// ID the caller knows reaches any more.
+func TestDeleteCancelledThroughAlias(t *testing.T) {
+	c := newClient(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var reads atomic.Int32 // Delete reads the clock once per item read
+	s := newStore(t, c, prefix(t), memcachedstore.WithClock(func() time.Time {
+		if reads.Load() > 0 && reads.Add(-1) == 0 {
+			cancel()
+		}
+		return time.Now()
+	}))
+	oldID, newID := sessiontest.NewID(t, ""), sessiontest.NewID(t, "")
+	create(t, s, oldID, session.Delta{})
+	create(t, s, newID, session.Delta{})
+	if err := s.Alias(t.Context(), oldID, newID, 1, hour); err != nil {
+		t.Fatal(err)
+	}
+	reads.Store(2) // cancelled in the second read: the alias's target
+	if err := s.Delete(ctx, oldID); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Delete cancelled half-way: %v, want context.Canceled", err)
+	}
+	if err := s.Delete(t.Context(), oldID); err != nil {
+		t.Fatal(err)
+	}
+	if found(t, s, newID) {
+		t.Fatal("after a cancelled Delete and a second one, the renewed session lives on")
 	}
 }

@@ -620,61 +620,64 @@ func (s *Store) updateUsers(ctx context.Context, op, tag string, change func(*us
 
 // Delete implements session.Store: a read (to follow an alias) and a cas
 // that expires the item read at once; read and cas again if it changed
-// meanwhile (a concurrent renewal may have made it an alias).
+// meanwhile (a concurrent renewal may have made it an alias). An alias's
+// target is deleted before the alias, so that a Delete that ends half-way
+// (its context cancelled, a failure) leaves the alias leading to a deleted
+// target, which a second Delete of the same ID finishes; never the alias
+// gone and the renewed session alive under an ID the caller does not know.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for range maxHops {
-		if !validID(id) {
-			return nil
-		}
-		var next string
-		err := s.cas(ctx, "delete", func() error {
-			next = ""
-			key := s.sessionKey(id)
-			v, err := s.read(ctx, id)
-			if errors.Is(err, ErrCorrupt) {
-				// Delete it all the same.
-				if err := s.c.Delete(key); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
-					return fmt.Errorf("memcachedstore: delete: %w", err)
-				}
-				return nil
-			}
-			if err != nil {
+	return s.delete(ctx, id, maxHops)
+}
+
+// delete deletes id, after the target of its alias (following up to hops
+// items in all).
+func (s *Store) delete(ctx context.Context, id string, hops int) error {
+	if hops == 0 || !validID(id) {
+		return nil
+	}
+	return s.cas(ctx, "delete", func() error {
+		key := s.sessionKey(id)
+		v, err := s.read(ctx, id)
+		if errors.Is(err, ErrCorrupt) {
+			// Delete it all the same.
+			if err := s.c.Delete(key); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
 				return fmt.Errorf("memcachedstore: delete: %w", err)
 			}
-			if v.state == missing {
-				return nil
-			}
-			if err := ctx.Err(); err != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("memcachedstore: delete: %w", err)
+		}
+		if v.state == missing {
+			return nil
+		}
+		if v.state == aliased {
+			if err := s.delete(ctx, v.target, hops-1); err != nil {
 				return err
 			}
-			// A cas that expires the item at once: deleted only if it is
-			// still what was read. A plain delete would also delete an
-			// alias that a concurrent renewal made of a record read here,
-			// and leave its target (the renewed session) alive.
-			err = s.c.CompareAndSwap(&memcache.Item{Key: key, Value: v.item.Value, Flags: v.item.Flags, Expiration: -1, CasID: v.item.CasID})
-			switch {
-			case err == nil:
-			case errors.Is(err, memcache.ErrCacheMiss):
-				return nil // gone meanwhile (another Delete follows its alias)
-			case lostRace(err):
-				return errRetry
-			default:
-				return fmt.Errorf("memcachedstore: delete: %w", err)
-			}
-			if v.state == aliased {
-				next = v.target
-			}
-			return nil
-		})
-		if err != nil || next == "" {
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		id = next
-	}
-	return nil
+		// A cas that expires the item at once: deleted only if it is
+		// still what was read. A plain delete would also delete an
+		// alias that a concurrent renewal made of a record read here,
+		// and leave its target (the renewed session) alive.
+		err = s.c.CompareAndSwap(&memcache.Item{Key: key, Value: v.item.Value, Flags: v.item.Flags, Expiration: -1, CasID: v.item.CasID})
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, memcache.ErrCacheMiss):
+			return nil // gone meanwhile
+		case lostRace(err):
+			return errRetry
+		default:
+			return fmt.Errorf("memcachedstore: delete: %w", err)
+		}
+	})
 }
 
 // Alias implements session.Aliaser: the record of oldID is replaced, under

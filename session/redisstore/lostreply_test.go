@@ -126,3 +126,54 @@ func TestLostReplyIsNotRetried(t *testing.T) {
 		}
 	})
 }
+
+// cancelAfter cancels when a command whose first key is key has run (not
+// a NOSCRIPT: one that Redis ran).
+type cancelAfter struct {
+	key    string
+	cancel context.CancelFunc
+}
+
+func (h *cancelAfter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *cancelAfter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if args := cmd.Args(); err == nil && len(args) > 3 && args[3] == h.key {
+			h.cancel()
+		}
+		return err
+	}
+}
+func (h *cancelAfter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestDeleteCancelledThroughAlias: a Delete through an alias whose context
+// ends half-way leaves a state that a second Delete of the same ID ends:
+// never the alias gone and its target (the renewed session) alive, which
+// no ID the caller knows reaches any more.
+func TestDeleteCancelledThroughAlias(t *testing.T) {
+	for name, c := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			s, _, sessionKey := keyedStore(t, c)
+			old, renewed := sessiontest.NewID(t, ""), sessiontest.NewID(t, "")
+			mustCreate(t, s, old, time.Hour)
+			mustCreate(t, s, renewed, time.Hour)
+			if err := s.Alias(t.Context(), old, renewed, 1, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			c.AddHook(&cancelAfter{key: sessionKey(old), cancel: cancel})
+			if err := s.Delete(ctx, old); !errors.Is(err, context.Canceled) {
+				t.Fatalf("Delete cancelled after its first command: %v, want context.Canceled", err)
+			}
+			if err := s.Delete(t.Context(), old); err != nil {
+				t.Fatal(err)
+			}
+			if _, found, err := s.Load(t.Context(), renewed, 0); err != nil || found {
+				t.Fatalf("after a cancelled Delete and a second one, the renewed session: found=%v, %v", found, err)
+			}
+		})
+	}
+}

@@ -730,31 +730,46 @@ func (s *Store) applyHop(ctx context.Context, fast bool, keys []string, args []a
 	return res, werr, err
 }
 
-// Delete implements session.Store.
+// Delete implements session.Store: one round trip for a record; through
+// an alias, the alias's trip, the target's, then one more to delete the
+// alias. The target goes first, so that a Delete that ends half-way (its
+// context cancelled, a failure) leaves the alias leading to a deleted
+// target, which a second Delete of the same ID finishes; never the alias
+// gone and the renewed session alive under an ID the caller does not know.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// A replica shortfall (WithWait) on one hop is reported at the end: the
-	// target of an alias is deleted all the same, or a Destroy through an
-	// old token would leave the session alive under its new one.
+	// A replica shortfall (WithWait) on one trip is reported at the end: the
+	// rest of the chain is deleted all the same.
 	var werrs error
+	var aliases [maxHops]string
+	n := 0
 	for range maxHops {
 		if !validID(id) {
-			return werrs
+			break
 		}
 		key := s.sessionKey(id)
 		s.fresh.forget(key)
-		cmd, werr := s.write(ctx, deleteScript, []string{key})
+		cmd, werr := s.write(ctx, deleteScript, []string{key}, "0")
 		to, err := cmd.Text()
-		if errors.Is(err, redis.Nil) {
-			return cmp.Or(werrs, werr)
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("redisstore: delete: %w", err)
 		}
 		werrs = cmp.Or(werrs, werr)
+		if err != nil { // deleted: not a live alias
+			break
+		}
+		aliases[n] = key
+		n++
 		id = to
+	}
+	for i := n - 1; i >= 0; i-- {
+		cmd, werr := s.write(ctx, deleteScript, []string{aliases[i]}, "1")
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("redisstore: delete: %w", err)
+		}
+		werrs = cmp.Or(werrs, werr)
 	}
 	return werrs
 }

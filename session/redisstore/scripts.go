@@ -368,17 +368,23 @@ redis.call('PEXPIREAT', KEYS[1], g)
 return 'ok'
 `)
 
-// deleteScript: KEYS = session; returns the alias target or nil (also for an
-// alias past its grace deadline, which is gone).
+// deleteScript: KEYS = session; ARGV = '1' to delete whatever the key
+// holds, else '0'. With '0', a live alias is left in place and its target
+// returned (the caller deletes the target first, then the alias with '1');
+// anything else (a record, an alias past its grace deadline, which is gone)
+// is deleted, and the reply is nil.
 var deleteScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], '_to', '_g')
-local to = m[1]
-if to and m[2] then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= tonumber(m[2]) then to = false end
+if ARGV[1] == '0' then
+  local m = redis.call('HMGET', KEYS[1], '_to', '_g')
+  local to = m[1]
+  if to and m[2] then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= tonumber(m[2]) then to = false end
+  end
+  if to then return to end
 end
 redis.call('DEL', KEYS[1])
-return to
+return false
 `)
 
 // sessionsScript: KEYS = index, epochs, then one session key per member;
