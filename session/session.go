@@ -379,8 +379,9 @@ func (s *Session) SetUser(user string) error {
 // period (WithRenewGrace), for requests already in flight.
 //
 // When requests of one session renew it at once, on any instances, one of
-// them issues the new token; the others save their changes to the session
-// under that token and set no cookie. A SetUser among them that the winner
+// them issues the new token; the others, and any request that renews
+// through the old token during the grace period, save their changes to the
+// session under that token and set no cookie. A SetUser among them that the winner
 // did not make as well (same user) fails with an error matching ErrConflict
 // and changes nothing: a retry logs in on the renewed session.
 func (s *Session) Renew() error {
@@ -653,10 +654,14 @@ func (s *Session) saveBlind(h http.Header) error {
 // earlier in the request (stale) is read again first: a session revoked or
 // ended since then is not copied, since the copy, bound to the user at
 // the current revocation epoch, would be in the user's index until deleted.
-// s.mu must be held.
+// A session reached through an alias (the request's token is one a renewal
+// replaced) was renewed meanwhile, however long ago: it is not renewed
+// again (see renewedMeanwhile), or an old token (one planted before a
+// login, too) would get a new token that outlives the grace period, and
+// the renewed token would end with it. s.mu must be held.
 func (s *Session) rotate(h http.Header, stale bool) error {
 	m := s.m
-	from := s.rec.ID
+	from := s.id
 	if stale {
 		if err := s.reload(); err != nil {
 			return err
