@@ -95,9 +95,14 @@ const generations = 2
 // claim value whose token has that mark, in either generation of the
 // shard's tokens, as "d": the mark is in the generation of the claims it
 // covers, so it lasts as long as they are read. Anything else marks each
-// event, as before. Claims marked by token keep their values
-// ("c:<token>:<deadline>", some 50 bytes instead of 1) until their
-// generation expires.
+// event with its own "d".
+//
+// Claims marked by token keep their values ("c:<token>:<deadline>", 48
+// bytes instead of 1) until their generation expires: a done event takes
+// some 60% more memory (156 bytes instead of 93 in a hash of 10,000 events
+// on Redis 7.0). A store of a version that does not read the tokens' marks
+// would take those events for claims, busy until their deadline and free to
+// take over after it: do not run one on the same records as this one.
 //
 // # Round trips
 //
@@ -212,8 +217,8 @@ func (s *RedisStore) learn(redisNow int64) {
 // for each shard of the call, the hashes of its records' generations newest
 // first, then of its tokens' (S keys a shard). Every script
 // then takes ARGV[4] as the number of shards and, from ARGV[5 + its own
-// head], for each shard n and its n IDs, then whatever per-ID values it
-// takes (n of each).
+// head], for each shard n, then what it takes for the shard's n IDs (the
+// IDs, values for each, a flag or a token; each script says).
 //
 // Most of the scripts' cost is Redis's own: writing the fields (the more
 // while a hash is small enough to be a listpack, which Redis scans for each
