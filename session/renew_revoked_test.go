@@ -65,8 +65,10 @@ func TestRenewRevokedSession(t *testing.T) {
 					}
 				}))
 				w := (&client{h: rh, cookie: c.cookie}).do(t, "GET", "/")
-				if w.Code != http.StatusOK || cookieAfter(w, c.cookie) != nil {
-					t.Errorf("renewal of a revoked session: %d %q, cookies %v; want 200 and the cookie cleared", w.Code, body(w), w.Result().Cookies())
+				// No cookie change: the browser may hold a newer token by
+				// now (see TestLongRequestOutlivesRenewal).
+				if w.Code != http.StatusOK || len(w.Result().Cookies()) != 0 {
+					t.Errorf("renewal of a revoked session: %d %q, cookies %v; want 200 and no cookie change", w.Code, body(w), w.Result().Cookies())
 				}
 				for _, ids := range listed {
 					if len(ids) != 0 {

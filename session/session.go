@@ -555,10 +555,11 @@ func (s *Session) save(h http.Header) error {
 		}
 		if err := s.write(dels); err != nil {
 			if errors.Is(err, ErrNotFound) {
-				// Ended since it was read (revoked, destroyed, expired):
-				// writing would resurrect it. The changes are dropped.
+				// Ended since it was read (revoked, destroyed, expired, or
+				// renewed and its alias ended): writing would resurrect it.
+				// The changes are dropped. The cookie is left alone (see
+				// clearCookie).
 				m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended before its changes were saved")
-				s.clearCookie(h)
 				return nil
 			}
 			return fmt.Errorf("session: save: %w", err)
@@ -669,10 +670,11 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 	}
 	for range 4 {
 		if !s.found {
-			// Ended since it was read (revoked, destroyed, expired): a copy
-			// would resurrect it. The changes are dropped.
+			// Ended since it was read (revoked, destroyed, expired, or
+			// renewed and its alias ended): a copy would resurrect it. The
+			// changes are dropped, and the cookie left alone (see
+			// clearCookie).
 			m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended before it was renewed")
-			s.clearCookie(h)
 			return nil
 		}
 		if s.rec.ID != from {
@@ -825,8 +827,7 @@ func (s *Session) renewedMeanwhile(h http.Header) error {
 		dels = append(dels, k)
 	}
 	if err := s.write(dels); err != nil {
-		if errors.Is(err, ErrNotFound) { // ended meanwhile
-			s.clearCookie(h)
+		if errors.Is(err, ErrNotFound) { // ended meanwhile: see clearCookie
 			return nil
 		}
 		return fmt.Errorf("session: renew: %w", err)
@@ -852,6 +853,14 @@ func (s *Session) setCookie(h http.Header, maxAge time.Duration) {
 	h.Set("Cache-Control", `no-cache="Set-Cookie"`)
 }
 
+// clearCookie clears the session cookie: on Destroy, and for a token that
+// led nowhere when the request read it. A session found when the request
+// read it, and gone when it saves (destroyed, revoked or expired meanwhile,
+// or renewed by another request and its alias ended with the grace period),
+// gets no cookie change: cookies go by name, not value, and by then the
+// browser may hold a newer token (the renewal's, a new login's), which
+// clearing would delete. An ended token left in the browser is cleared by
+// its next request.
 func (s *Session) clearCookie(h http.Header) {
 	c := s.cookie()
 	c.MaxAge = -1
