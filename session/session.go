@@ -671,9 +671,13 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 	for range 4 {
 		if !s.found {
 			// Ended since it was read (revoked, destroyed, expired, or
-			// renewed and its alias ended): a copy would resurrect it. The
+			// renewed and its alias ended): a copy would resurrect it. A
+			// login gets a new session, as without one; otherwise the
 			// changes are dropped, and the cookie left alone (see
 			// clearCookie).
+			if s.user != "" {
+				return s.login(h)
+			}
 			m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended before it was renewed")
 			return nil
 		}
@@ -724,6 +728,9 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 			Set:    sealed, User: user, Idle: m.cfg.idle,
 		}); err != nil {
 			if errors.Is(err, ErrNotFound) { // the absolute deadline has passed
+				if s.user != "" {
+					return s.login(h)
+				}
 				s.clearCookie(h)
 				return nil
 			}
@@ -769,6 +776,18 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 		}
 	}
 	return fmt.Errorf("session: renew: %w", ErrConflict)
+}
+
+// login binds a new session, holding the pending values, to s.user and
+// issues its token: a login whose session ended before it could be renewed.
+// s.mu must be held.
+func (s *Session) login(h http.Header) error {
+	s.found = false
+	if err := s.create(s.set); err != nil {
+		return err
+	}
+	s.setCookie(h, s.m.cfg.absolute)
+	return nil
 }
 
 // discardTimeout bounds the deletion of a failed renewal's copy.
