@@ -209,7 +209,9 @@ func (s *Session) Delete(key string) error {
 // reads again and calls fn again, up to WithUpdateAttempts times. Use it for
 // read-modify-write (a counter, a cart) that concurrent requests on other
 // instances also perform: none of their updates is lost. An error from fn
-// aborts without writing. A pending Put or Delete of key is dropped.
+// aborts without writing. A pending Put or Delete of key is dropped. The
+// session is held while fn runs: fn must not call its methods (it would
+// wait for itself forever).
 func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) error {
 	if s == nil {
 		return ErrNoSession
