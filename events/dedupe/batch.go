@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"math/bits"
 	"time"
 
 	"github.com/activekit/activekit/events"
@@ -70,43 +72,88 @@ const (
 // marked done without running the handler, since its effect happened; only
 // if another claimer took it over in between may its effect run twice.
 func (d *Deduper) Begin(ctx context.Context, es []events.Event) (events.Batch, error) {
-	b := &batch{d: d, es: es, claims: make([]Claim, len(es)), st: make([]state, len(es))}
-	seen := make(map[string]bool, len(es))
-	for i, e := range es {
-		if seen[e.ID] {
-			// A copy of an earlier event of the batch (a republication):
-			// never claimed by the batch, so Handle takes the per-event
-			// path, which finds the first copy's effect recorded (or
-			// runs it, as for a redelivery, when that copy failed).
-			if b.dup == nil {
-				b.dup = make([]bool, len(es))
-			}
-			b.dup[i] = true
-		}
-		seen[e.ID] = true
-	}
+	b := &batch{d: d, es: es, st: make([]state, len(es)), dup: repeats(es)}
 	if err := b.claim(ctx, 0); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
+// repeats marks the events whose ID an earlier event of es has (copies of
+// it, republished): those are never claimed by the batch, so Handle takes
+// the per-event path for them, which finds the first copy's effect recorded
+// (or runs it, as for a redelivery, when that copy failed). It returns nil
+// when there are none.
+//
+// It finds them with an open-addressing table of event indexes, at most
+// half full: one allocation of 4 to 8 bytes per event, where a map of the
+// IDs took some 50.
+func repeats(es []events.Event) []bool {
+	if len(es) < 2 {
+		return nil
+	}
+	mask := uint64(1)<<bits.Len(uint(2*len(es)-1)) - 1
+	slots := make([]int32, mask+1) // 1 + the index of the event holding the slot; 0: free
+	seed := maphash.MakeSeed()
+	var dup []bool
+	for i, e := range es {
+		for j := maphash.String(seed, e.ID) & mask; ; j = (j + 1) & mask {
+			k := slots[j]
+			if k == 0 {
+				slots[j] = int32(i + 1)
+				break
+			}
+			if es[k-1].ID == e.ID {
+				if dup == nil {
+					dup = make([]bool, len(es))
+				}
+				dup[i] = true
+				break
+			}
+		}
+	}
+	return dup
+}
+
 // batch is one Begin's state; the subscriber uses it from one goroutine.
 type batch struct {
-	d       *Deduper
-	es      []events.Event
-	claims  []Claim
-	st      []state
-	at      time.Time // when the batch's live claims were taken
-	pending []int     // stSucceeded events, in order
-	dup     []bool    // events whose ID an earlier event of the batch has; nil when none
+	d      *Deduper
+	es     []events.Event
+	claims []Claim // made by the first claim; nil before
+	st     []state
+	at     time.Time // when the batch's live claims were taken
+	// pending are the stSucceeded events, in order; consecutive unless
+	// Handle skipped an index or a flush stopped partway.
+	pending []int
+	dup     []bool // events whose ID an earlier event of the batch has; nil when none
 
-	// The handlers' ctx, ending a tenth of the lease before the claims
-	// taken at lat: made once for a parent ctx (the subscriber passes the
-	// same one for every event) rather than a timer per event.
+	// hctx are the handlers' ctx, one per event (each carries its claim),
+	// made in one allocation; an event run again after a renewal gets a
+	// new one, as its first handler may have kept its own.
+	hctx []claimCtx
+
+	// The handlers' ctx end a tenth of the lease before the claims taken
+	// at lat: that ctx is made once for a parent ctx (the subscriber
+	// passes the same one for every event) rather than a timer per event.
 	lctx, lparent context.Context
 	lat           time.Time
 	lcancel       context.CancelFunc
+}
+
+// claimCtx is the ctx an event's handler runs with: its parent's, plus the
+// claim the batch holds for the event (FromContext). It answers as
+// context.WithValue(parent, claimKey{}, c) would, with one allocation per
+// batch (batch.hctx) instead of two per event.
+type claimCtx struct {
+	context.Context
+	c Claim
+}
+
+func (c *claimCtx) Value(key any) any {
+	if _, ok := key.(claimKey); ok {
+		return c.c
+	}
+	return c.Context.Value(key)
 }
 
 // leaseCtx returns a ctx under parent that ends a tenth of the lease before
@@ -127,14 +174,9 @@ func (b *batch) leaseCtx(parent context.Context) context.Context {
 // claim claims, in one round trip, every event from index from on that is
 // not known done or held by the batch.
 func (b *batch) claim(ctx context.Context, from int) error {
-	var idx []int
-	var ids []string
+	ids := make([]string, 0, len(b.es)-from)
 	for i := from; i < len(b.es); i++ {
-		if b.dup != nil && b.dup[i] {
-			continue
-		}
-		if b.st[i] == stUnclaimed || b.st[i] == stBusy || b.st[i] == stReleased {
-			idx = append(idx, i)
+		if b.claimable(i) {
 			ids = append(ids, b.es[i].ID)
 		}
 	}
@@ -147,7 +189,16 @@ func (b *batch) claim(ctx context.Context, from int) error {
 		return storeError(fmt.Errorf("dedupe: claim batch: %w", err))
 	}
 	b.at = now
-	for k, i := range idx {
+	switch {
+	case b.claims == nil && len(cs) == len(b.es):
+		b.claims = cs // one claim per event, in order: no copy needed
+	case b.claims == nil:
+		b.claims = make([]Claim, len(b.es))
+	}
+	for i, k := from, 0; k < len(cs); i++ {
+		if !b.claimable(i) {
+			continue
+		}
 		b.claims[i] = cs[k]
 		switch cs[k].Status {
 		case Claimed:
@@ -157,8 +208,18 @@ func (b *batch) claim(ctx context.Context, from int) error {
 		default:
 			b.st[i] = stBusy
 		}
+		k++
 	}
 	return nil
+}
+
+// claimable reports whether claim should claim es[i]: it is no copy of an
+// earlier event, and neither known done nor held by the batch.
+func (b *batch) claimable(i int) bool {
+	if b.dup != nil && b.dup[i] {
+		return false
+	}
+	return b.st[i] == stUnclaimed || b.st[i] == stBusy || b.st[i] == stReleased
 }
 
 // Handle implements events.Batch.
@@ -206,15 +267,31 @@ func (b *batch) holds(i int) bool {
 
 // run runs the handler on es[i] under the batch's claim.
 func (b *batch) run(ctx context.Context, i int, next events.Handler) error {
-	cfg := &b.d.cfg
-	c := b.claims[i]
-	err := next(context.WithValue(b.leaseCtx(ctx), claimKey{}, c), b.es[i])
+	if b.hctx == nil {
+		b.hctx = make([]claimCtx, len(b.es))
+	}
+	hctx := &b.hctx[i]
+	if hctx.Context != nil {
+		hctx = new(claimCtx)
+	}
+	*hctx = claimCtx{b.leaseCtx(ctx), b.claims[i]}
+	err := next(hctx, b.es[i])
 	if err == nil {
 		b.st[i] = stSucceeded
+		if b.pending == nil {
+			b.pending = make([]int, 0, len(b.es)-i)
+		}
 		b.pending = append(b.pending, i)
 		return nil
 	}
 	b.st[i] = stReleased
+	return b.releaseFailed(ctx, b.claims[i], err)
+}
+
+// releaseFailed releases c, whose handler failed with err, and returns err,
+// joined with the store's error when the release failed.
+func (b *batch) releaseFailed(ctx context.Context, c Claim, err error) error {
+	cfg := &b.d.cfg
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
 	defer fcancel()
 	if rerr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return b.d.s.Release(ctx, c) }); rerr != nil {
@@ -261,10 +338,7 @@ func (b *batch) flush(ctx context.Context) error {
 	cfg := &b.d.cfg
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
 	defer cancel()
-	cs := make([]Claim, len(b.pending))
-	for k, i := range b.pending {
-		cs[k] = b.claims[i]
-	}
+	cs := b.pendingClaims()
 	var res []error
 	err := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error {
 		var err error
@@ -291,6 +365,29 @@ func (b *batch) flush(ctx context.Context) error {
 	}
 	b.pending = b.pending[:0]
 	return nil
+}
+
+// pendingClaims returns the claims of the pending events, in their order:
+// when the events are consecutive, as they are unless a failure
+// intervened, a part of b.claims (capped, so that a store appending to it
+// cannot write over the claims that follow), else a copy.
+func (b *batch) pendingClaims() []Claim {
+	p := b.pending
+	first, consecutive := p[0], true
+	for k, i := range p {
+		if i != first+k {
+			consecutive = false
+			break
+		}
+	}
+	if consecutive {
+		return b.claims[first : first+len(p) : first+len(p)]
+	}
+	cs := make([]Claim, len(p))
+	for k, i := range p {
+		cs[k] = b.claims[i]
+	}
+	return cs
 }
 
 // End implements events.Batch.

@@ -92,17 +92,39 @@ func Record(topic string, e events.Event) *kgo.Record {
 // required attribute, a time that is not RFC 3339, a structured-mode record,
 // or an event that fails Validate is an error matching ErrMalformed.
 func Decode(r *kgo.Record) (events.Event, error) {
-	var e events.Event
-	seen := make(map[string]bool, len(r.Headers))
+	// The values of the headers read become strings of the event: one
+	// string, holding them all, cut into each.
+	var n int
 	for _, h := range r.Headers {
-		if h.Key != HeaderContentType && !strings.HasPrefix(h.Key, HeaderPrefix) {
+		if ceHeader(h.Key) {
+			n += len(h.Value)
+		}
+	}
+	var all strings.Builder
+	all.Grow(n)
+	for _, h := range r.Headers {
+		if ceHeader(h.Key) {
+			all.Write(h.Value)
+		}
+	}
+	vs := all.String()
+	var e events.Event
+	var seen uint8 // the attributes read, by attrBit; extensions are in e.Extensions
+	for _, h := range r.Headers {
+		if !ceHeader(h.Key) {
 			continue
 		}
-		if seen[h.Key] {
+		v := vs[:len(h.Value)]
+		vs = vs[len(h.Value):]
+		bit := attrBit(h.Key)
+		if bit == 0 {
+			if _, dup := e.Extensions[h.Key[len(HeaderPrefix):]]; dup {
+				return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
+			}
+		} else if seen&bit != 0 {
 			return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
 		}
-		seen[h.Key] = true
-		v := string(h.Value)
+		seen |= bit
 		switch h.Key {
 		case HeaderContentType:
 			e.DataContentType = v
@@ -125,13 +147,13 @@ func Decode(r *kgo.Record) (events.Event, error) {
 			}
 			e.Time = t
 		default:
-			e.SetExtension(h.Key[len(HeaderPrefix):], v)
 			if v == "" { // an empty extension header is not absent
 				return events.Event{}, &DecodeError{Header: h.Key, Reason: "empty value"}
 			}
+			e.SetExtension(h.Key[len(HeaderPrefix):], v)
 		}
 	}
-	if !seen[HeaderSpecVersion] {
+	if seen&attrBit(HeaderSpecVersion) == 0 {
 		if strings.HasPrefix(e.DataContentType, "application/cloudevents") {
 			return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
 		}
@@ -146,6 +168,35 @@ func Decode(r *kgo.Record) (events.Event, error) {
 		return events.Event{}, &DecodeError{Header: headerOf(ve.Attribute), Reason: ve.Reason, Err: err}
 	}
 	return e, nil
+}
+
+// ceHeader reports whether Decode reads the header named k.
+func ceHeader(k string) bool {
+	return k == HeaderContentType || strings.HasPrefix(k, HeaderPrefix)
+}
+
+// attrBit is the bit of Decode's set of the headers read for the context
+// attribute header k, 0 for an extension.
+func attrBit(k string) uint8 {
+	switch k {
+	case HeaderContentType:
+		return 1 << 0
+	case HeaderSpecVersion:
+		return 1 << 1
+	case HeaderID:
+		return 1 << 2
+	case HeaderSource:
+		return 1 << 3
+	case HeaderType:
+		return 1 << 4
+	case HeaderSubject:
+		return 1 << 5
+	case HeaderDataSchema:
+		return 1 << 6
+	case HeaderTime:
+		return 1 << 7
+	}
+	return 0
 }
 
 func headerOf(attr string) string {

@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +102,49 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip: %v", err)
 		}
 	})
+}
+
+// TestDecodeRepeatedHeaders: a CloudEvents header that appears twice is
+// refused as such, whether it is a context attribute or an extension, and
+// before its second value is read.
+func TestDecodeRepeatedHeaders(t *testing.T) {
+	base := []kgo.RecordHeader{{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte("1")},
+		{Key: "ce_source", Value: []byte("/s")}, {Key: "ce_type", Value: []byte("t")},
+		{Key: "ce_time", Value: []byte("2026-01-01T00:00:00Z")}, {Key: "content-type", Value: []byte("text/plain")},
+		{Key: "ce_ext", Value: []byte("v")}, {Key: "ce_subject", Value: []byte("s")}, {Key: "ce_dataschema", Value: []byte("https://x/s")}}
+	if _, err := kafka.Decode(&kgo.Record{Headers: base}); err != nil {
+		t.Fatalf("the headers once each: %v", err)
+	}
+	for _, h := range base {
+		for _, again := range []string{string(h.Value), "", "not a time"} {
+			hs := append(slices.Clone(base), kgo.RecordHeader{Key: h.Key, Value: []byte(again)})
+			_, err := kafka.Decode(&kgo.Record{Headers: hs})
+			var de *kafka.DecodeError
+			if !errors.As(err, &de) || de.Header != h.Key || de.Reason != "appears more than once" {
+				t.Errorf("%s again as %q: %v, want it refused as repeated", h.Key, again, err)
+			}
+		}
+	}
+}
+
+// TestDecodeOwnsItsStrings: the event Decode returns does not share the
+// record's header bytes, which franz-go may reuse.
+func TestDecodeOwnsItsStrings(t *testing.T) {
+	e := events.New("/s", "t", []byte("d"))
+	e.Subject = "subject"
+	e.DataContentType = "text/plain"
+	e.SetExtension("ext", "value")
+	r := kafka.Record("topic", e)
+	got, err := kafka.Decode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range r.Headers {
+		for i := range h.Value {
+			h.Value[i] = 'X'
+		}
+	}
+	if err := eventstest.Equal(e, got); err != nil {
+		t.Fatalf("the event changed with the record's headers: %v", err)
+	}
 }

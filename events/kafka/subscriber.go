@@ -192,7 +192,7 @@ func (e retryAlways) Error() string { return e.err.Error() }
 // loop, its tries make that one attempt of the event.
 func (c *consumer) untilAvailable(ctx context.Context, fn func(context.Context) error) error {
 	err := fn(ctx)
-	if !events.IsUnavailable(err) {
+	if err == nil || !events.IsUnavailable(err) {
 		return err
 	}
 	o := outageLog{c: c}
@@ -393,15 +393,16 @@ func (c *consumer) attempt(ctx context.Context, r *kgo.Record, fn func(context.C
 // and when it never succeeds nothing of the batch is committed.
 func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Record {
 	es := make([]events.Event, 0, len(rs))
-	idx := make([]int, len(rs)) // the event index of each record; -1 when malformed
-	errs := make([]error, len(rs))
+	var malformed []error // each record's decoding error; nil when none is malformed
 	for j, r := range rs {
 		e, err := Decode(r)
 		if err != nil {
-			idx[j], errs[j] = -1, err
+			if malformed == nil {
+				malformed = make([]error, len(rs))
+			}
+			malformed[j] = err
 			continue
 		}
-		idx[j] = len(es)
 		es = append(es, e)
 	}
 	var b events.Batch
@@ -418,16 +419,16 @@ func (c *consumer) handleBatch(ctx context.Context, rs []*kgo.Record) *kgo.Recor
 			return nil // ctx ended; nothing was handled
 		}
 	}
+	next := func(ctx context.Context, e events.Event) error { return call(ctx, c.h, e) }
 	var last *kgo.Record
+	i := 0 // the event index of the next record that decoded
 	for j, r := range rs {
 		var ok bool
-		if idx[j] < 0 {
-			ok = c.deadLetter(ctx, r, errs[j], 0)
+		if malformed != nil && malformed[j] != nil {
+			ok = c.deadLetter(ctx, r, malformed[j], 0)
 		} else {
-			i := idx[j]
-			ok = c.attempt(ctx, r, func(ctx context.Context) error {
-				return b.Handle(ctx, i, func(ctx context.Context, e events.Event) error { return call(ctx, c.h, e) })
-			})
+			ok = c.attempt(ctx, r, func(ctx context.Context) error { return b.Handle(ctx, i, next) })
+			i++
 		}
 		if !ok {
 			break
