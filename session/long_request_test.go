@@ -15,7 +15,9 @@ import (
 // cookies go by name, so clearing it would delete the renewed token the
 // browser holds by then and log the user out.
 func TestLongRequestOutlivesRenewal(t *testing.T) {
-	for _, renew := range []string{"/put?b=1", "/renew"} { // B writes, or B renews too
+	// The long request writes, renews too, or only deletes a key without
+	// reading the session (a blind write, whose store answers not found).
+	for _, renew := range []string{"/put?b=1", "/renew", "blind delete"} {
 		t.Run(renew, func(t *testing.T) {
 			store, clock := newMem(t)
 			m := newManager(t, store)
@@ -24,6 +26,15 @@ func TestLongRequestOutlivesRenewal(t *testing.T) {
 			mux.Handle("/", app(t))
 			mux.HandleFunc("/long", func(w http.ResponseWriter, r *http.Request) {
 				s := session.FromContext(r.Context())
+				if renew == "blind delete" {
+					close(loaded)
+					<-proceed
+					if err := s.Delete("a"); err != nil {
+						t.Error(err)
+					}
+					io.WriteString(w, "ok")
+					return
+				}
 				if _, _, err := session.Get[string](s, "a"); err != nil {
 					t.Error(err)
 				}

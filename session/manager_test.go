@@ -814,12 +814,14 @@ func TestBlindWrites(t *testing.T) {
 		if got := body((&client{h: m.Middleware(app(t)), cookie: old}).do(t, "GET", "/get?k=b")); got != "false:" {
 			t.Fatalf("revoked session resurrected: %q", got)
 		}
-		// A blind delete on an unknown session clears the cookie.
+		// A blind delete on an unknown session changes no cookie: the
+		// token may have been live when the request came, and the browser
+		// may hold a newer one by now (TestLongRequestOutlivesRenewal).
 		w := (&client{h: m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_ = session.FromContext(r.Context()).Delete("a")
 		})), cookie: old}).do(t, "GET", "/")
-		if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 {
-			t.Fatalf("blind delete on an ended session: cookies %v", cs)
+		if cs := w.Result().Cookies(); w.Code != http.StatusOK || len(cs) != 0 {
+			t.Fatalf("blind delete on an ended session: %d, cookies %v", w.Code, cs)
 		}
 		if ids, _ := m.UserSessions(t.Context(), "alice"); len(ids) != 0 {
 			t.Fatalf("alice's sessions: %v", ids)

@@ -641,7 +641,8 @@ func (s *Session) saveBlind(h http.Header) error {
 	case !errors.Is(err, ErrNotFound):
 		return fmt.Errorf("session: save: %w", err)
 	case len(s.set) == 0:
-		s.clearCookie(h) // stale: nothing to keep
+		// Nothing to keep. The token may have been live when the request
+		// came (see clearCookie): the cookie is left alone.
 		return nil
 	}
 	s.loaded, s.found = true, false
