@@ -72,38 +72,6 @@ const generations = 2
 // server while it frees the fields, so size Shards to keep each generation
 // of a shard to a few hundred thousand events, or turn lazy freeing on.
 //
-// # Done by token
-//
-// A batch's claims in a shard are usually marked done together, so a
-// DoneBatch can mark them with one field instead of one per event. Each
-// generation of a shard has a second hash, for tokens, in the same slot and
-// expiring with the first,
-//
-//	<prefix>{<group>:<shard>}:t:<generation>
-//
-// A ClaimBatch whose one script call has all of its events of a shard, at
-// least minTokenIDs of them, records there how many it claimed, "n:<token>"
-// = "<count>:<deadline>"; the field becomes "x" (no count) when a call finds
-// some of its events holding its token already (the call made again) or
-// another call of the token counted in that hash already, and is deleted
-// when one of the token's claims in the shard is released. A DoneBatch whose
-// claims are, by the lease it knows, surely held, and whose claims of a
-// shard have one token and are as many distinct events as its count (so all
-// of them: the claims came from that call), while Redis's clock is before
-// the deadline (nobody can have taken one over), writes "t:<token>" = "d"
-// beside the count instead of "d" for each event. Every script reads a
-// claim value whose token has that mark, in either generation of the
-// shard's tokens, as "d": the mark is in the generation of the claims it
-// covers, so it lasts as long as they are read. Anything else marks each
-// event with its own "d".
-//
-// Claims marked by token keep their values ("c:<token>:<deadline>", 48
-// bytes instead of 1) until their generation expires: a done event takes
-// some 60% more memory (156 bytes instead of 93 in a hash of 10,000 events
-// on Redis 7.0). A store of a version that does not read the tokens' marks
-// would take those events for claims, busy until their deadline and free to
-// take over after it: do not run one on the same records as this one.
-//
 // # Round trips
 //
 // Claim, Done and Release are each one Lua script, one round trip.
@@ -177,14 +145,13 @@ func (s *RedisStore) Key(group, id string) string {
 	return s.prefix + s.tag(group, s.shard(id)) + ":k:" + id
 }
 
-// genKeys returns the hashes of a shard that a call in generation g reads:
-// its records' generations newest first, then its tokens' (see RedisStore).
+// genKeys returns the hashes of a shard that a call in generation g reads,
+// newest first.
 func (s *RedisStore) genKeys(group string, shard uint32, g int64) []string {
-	tag := s.prefix + s.tag(group, shard)
-	keys := make([]string, 2*generations)
-	for i := range generations {
-		gen := strconv.FormatInt(g-int64(i), 10)
-		keys[i], keys[generations+i] = tag+":g:"+gen, tag+":t:"+gen
+	base := s.prefix + s.tag(group, shard) + ":g:"
+	keys := make([]string, generations)
+	for i := range keys {
+		keys[i] = base + strconv.FormatInt(g-int64(i), 10)
 	}
 	return keys
 }
@@ -214,11 +181,10 @@ func (s *RedisStore) learn(redisNow int64) {
 // ARGV[1] is the generation the caller named the keys for, ARGV[2] the
 // generation length in ms, ARGV[3] the time the current generation's hashes
 // expire at ((generation + 3) * length, Unix ms; see expiry). KEYS holds,
-// for each shard of the call, the hashes of its records' generations newest
-// first, then of its tokens' (S keys a shard). Every script
+// for each shard of the call, its generations newest first. Every script
 // then takes ARGV[4] as the number of shards and, from ARGV[5 + its own
-// head], for each shard n, then what it takes for the shard's n IDs (the
-// IDs, values for each, a flag or a token; each script says).
+// head], for each shard n and its n IDs, then whatever per-ID values it
+// takes (n of each).
 //
 // Most of the scripts' cost is Redis's own: writing the fields (the more
 // while a hash is small enough to be a listpack, which Redis scans for each
@@ -241,26 +207,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local A = ARGV
 if math.floor(now / tonumber(A[2])) ~= tonumber(A[1]) then return {-1, now} end
-local G, S = 2, 4
+local G = 2
 local exp = A[3]
 -- newest(k, a, n): the newest value of each of the n IDs A[a+1..a+n] in
 -- shard k; the previous generation is read only for IDs the current one
 -- lacks.
 local function newest(k, a, n)
-  local v = redis.call('HMGET', KEYS[k * S + 1], unpack(A, a + 1, a + n))
+  local v = redis.call('HMGET', KEYS[k * G + 1], unpack(A, a + 1, a + n))
   local m = 0
   for i = 1, n do
     if not v[i] then m = m + 1 end
   end
   if m == n then
-    return redis.call('HMGET', KEYS[k * S + 2], unpack(A, a + 1, a + n))
+    return redis.call('HMGET', KEYS[k * G + 2], unpack(A, a + 1, a + n))
   end
   if m > 0 then
     local miss, pos, j = {}, {}, 0
     for i = 1, n do
       if not v[i] then j = j + 1; miss[j] = A[a + i]; pos[j] = i end
     end
-    local o = redis.call('HMGET', KEYS[k * S + 2], unpack(miss, 1, m))
+    local o = redis.call('HMGET', KEYS[k * G + 2], unpack(miss, 1, m))
     for i = 1, m do v[pos[i]] = o[i] end
   end
   return v
@@ -270,78 +236,56 @@ local function deadline(x) return tonumber(string.match(x, ':(%d+)$')) or 0 end
 -- holds(x, p): whether claim value x starts with p, the prefix "c:<token>:"
 -- of a claim that holds a token.
 local function holds(x, p) return string.sub(x, 1, #p) == p end
--- fin(k, x): whether claim value x, read in shard k, is done by its token
--- ("t:<token>" in either generation of the shard; see RedisStore).
-local function fin(k, x)
-  local f = 't:' .. (string.match(x, '^c:([^:]*):') or '')
-  return redis.call('HEXISTS', KEYS[k * S + 3], f) == 1 or redis.call('HEXISTS', KEYS[k * S + 4], f) == 1
-end
 -- write(k, w, nw): sets the nw/2 pairs of field and value w[1..nw] in
 -- shard k's current generation.
 local function write(k, w, nw)
   if nw > 0 then
-    redis.call('HSET', KEYS[k * S + 1], unpack(w, 1, nw))
-    redis.call('PEXPIREAT', KEYS[k * S + 1], exp)
+    redis.call('HSET', KEYS[k * G + 1], unpack(w, 1, nw))
+    redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
   end
 end
 `
 
 // claimScript: ARGV[5] "c:<token>:" (mine: the prefix of the values of
-// claims that hold the token), ARGV[6] the lease in ms, ARGV[7] the token's
-// count field, "n:<token>"; per shard n, n IDs and "1" when the call is to
-// count its claims of the shard (see RedisStore: Go asks it when the call
-// has all of the batch's IDs of the shard, at least minTokenIDs), else "0".
-// Returns {0, now}, then for each ID its status, and for a busy one also the
-// lease it has left (ms): 1 claimed (also when the ID already holds this
-// token: a retried call that partly ran), 2 done, 3 busy.
+// claims that hold the token), ARGV[6] the lease in ms; per shard n and n
+// IDs. Returns {0, now}, then for each ID its status, and for a busy one
+// also the lease it has left (ms): 1 claimed (also when the ID already
+// holds this token: a retried call that partly ran), 2 done, 3 busy.
 //
-// A claim value is read (its deadline, whether it holds this call's token,
-// whether its token is done) once per run of IDs of a shard that share it;
-// lx is the last value read, done whether its token is done, busy whether it
-// is another claimer's live claim, own whether it holds this call's token,
-// left its lease left.
+// A claim value is read (its deadline, whether it holds this call's token)
+// once per run of IDs that share it; lx is the last value read, busy
+// whether it is another claimer's live claim, left its lease left.
 var claimScript = redis.NewScript(prologue + `
 local mine = A[5]
-local dl = now + tonumber(A[6])
-local val = mine .. string.format('%d', dl)
-local nf = A[7]
+local val = mine .. string.format('%d', now + tonumber(A[6]))
 local out, o = {0, now}, 2
-local a = 8
+local lx, busy, left = false, false, 0
+local a = 7
 for k = 0, tonumber(A[4]) - 1 do
   local n = tonumber(A[a])
   local v = newest(k, a, n)
   local w, nw = {}, 0
-  local lx, done, busy, own, left = false, false, false, false, 0
-  local fresh, again = 0, 0
   for i = 1, n do
     local x = v[i]
-    if x and x ~= 'd' and x ~= lx then
-      lx = x
-      local d = deadline(x)
-      done = fin(k, x)
-      own = holds(x, mine)
-      busy = d > now and not own
-      left = d - now
-    end
-    if x == 'd' or x and done then
+    if x == 'd' then
       o = o + 1; out[o] = 2
-    elseif x and busy then
-      out[o + 1] = 3; out[o + 2] = left; o = o + 2
     else
-      w[nw + 1] = A[a + i]; w[nw + 2] = val; nw = nw + 2
-      o = o + 1; out[o] = 1
-      if x and own then again = again + 1 else fresh = fresh + 1 end
+      if x and x ~= lx then
+        lx = x
+        local dl = deadline(x)
+        busy = dl > now and not holds(x, mine)
+        left = dl - now
+      end
+      if x and busy then
+        out[o + 1] = 3; out[o + 2] = left; o = o + 2
+      else
+        w[nw + 1] = A[a + i]; w[nw + 2] = val; nw = nw + 2
+        o = o + 1; out[o] = 1
+      end
     end
   end
   write(k, w, nw)
-  if A[a + n + 1] == '1' and nw > 0 then
-    local tk = KEYS[k * S + 3]
-    if again > 0 or redis.call('HSETNX', tk, nf, string.format('%d:%d', fresh, dl)) == 0 then
-      redis.call('HSET', tk, nf, 'x')
-    end
-    redis.call('PEXPIREAT', tk, exp)
-  end
-  a = a + n + 2
+  a = a + n + 1
 end
 return out
 `)
@@ -349,34 +293,30 @@ return out
 // doneScript: ARGV[5] "1" to mark every ID done, held or not (DoneBatch:
 // the effects happened); per shard n, n IDs and the n prefixes of their
 // tokens' claims ("c:<token>:", mine). Returns {0, now}, then for each ID 1
-// when the claim was held and is now done, 2 when it was done already (by
-// its own mark or its token's), 0 when the claim had been lost (marked done
-// only with ARGV[5] "1"). A claim value is read once per run of IDs of a
-// shard that share it and their token (lx, lp; held and done the answers).
+// when the claim was held and is now done, 2 when it was done already, 0
+// when the claim had been lost (marked done only with ARGV[5] "1"). A claim
+// value is read once per run of IDs that share it and their token (lx, lp;
+// held the answer).
 var doneScript = redis.NewScript(prologue + `
 local force = A[5] == '1'
 local out, o = {0, now}, 2
+local lx, lp, held = false, false, false
 local a = 6
 for k = 0, tonumber(A[4]) - 1 do
   local n = tonumber(A[a])
   local v = newest(k, a, n)
   local w, nw = {}, 0
-  local lx, lp, held, done = false, false, false, false
   for i = 1, n do
     local x, r = v[i], 0
     if x == 'd' then
       r = 2
     elseif x then
       local p = A[a + n + i]
-      if x ~= lx then
+      if x ~= lx or p ~= lp then
         lx, lp = x, p
-        done = fin(k, x)
-        held = holds(x, p) and deadline(x) > now
-      elseif p ~= lp then
-        lp = p
         held = holds(x, p) and deadline(x) > now
       end
-      if done then r = 2 elseif held then r = 1 end
+      if held then r = 1 end
     end
     if r == 1 or (r == 0 and force) then w[nw + 1] = A[a + i]; w[nw + 2] = 'd'; nw = nw + 2 end
     o = o + 1; out[o] = r
@@ -387,75 +327,44 @@ end
 return out
 `)
 
-// markScript: per shard n, then either the token of the shard's n claims
-// ("<token>"), or "" and n pairs of ID and "d". Marks the claims done,
+// markScript: per shard n and n pairs of ID and "d". Marks every ID done,
 // unread: for claims the caller knows are held (their leases have not
-// ended, and nobody else can take a claim before then). With pairs, it marks
-// each ID. With a token, it writes the token's mark "t:<token>" when the
-// shard's count field of the token, "n:<token>", counts n claims whose
-// deadline is still ahead (see RedisStore), and else writes nothing.
-// Returns {0, now}, then for each shard 1 when it was marked by token, 0
-// when it was to be and was not (the caller marks each ID instead), 2 when
-// each ID was marked.
+// ended, and nobody else can take a claim before then). Returns {0, now}.
 var markScript = redis.NewScript(prologue + `
-local out = {0, now}
 local a = 5
 for k = 0, tonumber(A[4]) - 1 do
-  local n, tok = tonumber(A[a]), A[a + 1]
-  if tok ~= '' then
-    out[k + 3] = 0
-    local c = redis.call('HGET', KEYS[k * S + 3], 'n:' .. tok)
-    if c then
-      local cn, cd = string.match(c, '^(%d+):(%d+)$')
-      if cn and tonumber(cn) == n and tonumber(cd) > now then
-        redis.call('HSET', KEYS[k * S + 3], 't:' .. tok, 'd')
-        out[k + 3] = 1
-      end
-    end
-    a = a + 2
-  else
-    redis.call('HSET', KEYS[k * S + 1], unpack(A, a + 2, a + 1 + 2 * n))
-    redis.call('PEXPIREAT', KEYS[k * S + 1], exp)
-    out[k + 3] = 2
-    a = a + 2 * n + 2
-  end
+  local n = tonumber(A[a])
+  redis.call('HSET', KEYS[k * G + 1], unpack(A, a + 1, a + 2 * n))
+  redis.call('PEXPIREAT', KEYS[k * G + 1], exp)
+  a = a + 2 * n + 1
 end
-return out
+return {0, now}
 `)
 
 // releaseScript: per shard n, n IDs and the n prefixes of their tokens'
 // claims ("c:<token>:", mine). Deletes each ID's claim where it holds the
-// token and the token is not done, in every generation, and with it the
-// count field of the token (so that a DoneBatch of the token's other claims
-// marks each of them). Returns {0, now}. A value is read once per run of IDs
-// of a shard that share it and their token (lx, lp; held the answer).
+// token, in every generation. Returns {0, now}. A value is read once per
+// run of IDs that share it and their token (lx, lp; held the answer).
 var releaseScript = redis.NewScript(prologue + `
+local lx, lp, held = false, false, false
 local a = 5
 for k = 0, tonumber(A[4]) - 1 do
   local n = tonumber(A[a])
-  local lx, lp, held = false, false, false
   for g = 1, G do
-    local v = redis.call('HMGET', KEYS[k * S + g], unpack(A, a + 1, a + n))
-    local d, nd, c, nc = {}, 0, {}, 0
+    local v = redis.call('HMGET', KEYS[k * G + g], unpack(A, a + 1, a + n))
+    local d, nd = {}, 0
     for i = 1, n do
       local x = v[i]
       if x and x ~= 'd' then
         local p = A[a + n + i]
         if x ~= lx or p ~= lp then
           lx, lp = x, p
-          held = holds(x, p) and not fin(k, x)
+          held = holds(x, p)
         end
-        if held then
-          nd = nd + 1; d[nd] = A[a + i]
-          if p ~= c[nc] then nc = nc + 1; c[nc] = p end
-        end
+        if held then nd = nd + 1; d[nd] = A[a + i] end
       end
     end
-    if nd > 0 then
-      redis.call('HDEL', KEYS[k * S + g], unpack(d, 1, nd))
-      for i = 1, nc do c[i] = 'n:' .. string.sub(c[i], 3, -2) end
-      redis.call('HDEL', KEYS[k * S + 2 + g], unpack(c, 1, nc))
-    end
+    if nd > 0 then redis.call('HDEL', KEYS[k * G + g], unpack(d, 1, nd)) end
   end
   a = a + 2 * n + 1
 end
@@ -535,10 +444,10 @@ func (s *RedisStore) plan(group string, items []item) []call {
 }
 
 // run runs script over the calls, with head the script's own arguments and
-// args(shard, its) those of each shard after its count, and returns
+// args(its) those of each shard after its count, and returns
 // each call's reply after the {0, now} head. A call refused for another
 // generation is made again with the clock its reply gave.
-func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string, calls []call, head []any, args func(shard uint32, its []item) []any) ([][]int64, error) {
+func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string, calls []call, head []any, args func(its []item) []any) ([][]int64, error) {
 	out := make([][]int64, len(calls))
 	todo := make([]int, len(calls))
 	for i := range todo {
@@ -560,14 +469,14 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, group string
 			if !ok {
 				g = cur
 			}
-			keys := make([]string, 0, 2*generations*len(c.shards))
+			keys := make([]string, 0, generations*len(c.shards))
 			argv := make([]any, 0, 4+len(head)+len(c.shards))
 			argv = append(argv, g, s.gen, s.expiry(g), len(c.shards))
 			argv = append(argv, head...)
 			for j, k := range c.shards {
 				keys = append(keys, s.genKeys(group, k, g)...)
 				argv = append(argv, len(c.items[j]))
-				argv = append(argv, args(k, c.items[j])...)
+				argv = append(argv, args(c.items[j])...)
 			}
 			return keys, argv
 		}
@@ -639,39 +548,18 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// minTokenIDs is the fewest events of a shard a ClaimBatch counts, for a
-// DoneBatch to mark them by token (see RedisStore): with fewer, the count
-// and the token's mark cost Redis about as much as marking each event.
-const minTokenIDs = 8
-
-// claimArgs returns the per-shard arguments of the claim script for calls:
-// the IDs, then "1" when the call is to count its claims of the shard,
-// which it does when it has all of the shard's IDs (a shard split over
-// calls is not counted: each call would count only its own) and at least
-// minTokenIDs of them.
-func claimArgs(calls []call) func(shard uint32, its []item) []any {
-	in := make(map[uint32]int)
-	for _, c := range calls {
-		for _, k := range c.shards {
-			in[k]++
-		}
+// idArgs is the per-shard arguments of the claim script: the IDs.
+func idArgs(its []item) []any {
+	a := make([]any, len(its))
+	for i, it := range its {
+		a[i] = it.id
 	}
-	return func(shard uint32, its []item) []any {
-		a := make([]any, len(its)+1)
-		for i, it := range its {
-			a[i] = it.id
-		}
-		a[len(its)] = "0"
-		if in[shard] == 1 && len(its) >= minTokenIDs {
-			a[len(its)] = "1"
-		}
-		return a
-	}
+	return a
 }
 
 // tokenArgs is those of the done and release scripts: the IDs, then the
 // prefixes of the values of claims that hold their tokens (mine).
-func tokenArgs(_ uint32, its []item) []any {
+func tokenArgs(its []item) []any {
 	a := make([]any, 2*len(its))
 	var tok, prefix string
 	for i, it := range its {
@@ -689,73 +577,13 @@ func mine(token string) string {
 	return "c:" + token + ":"
 }
 
-// markArgs returns those of the mark script for calls: the token of the
-// shard's claims when it may have counted them all (byToken: the claims
-// repeat no ID, so that their number is one of events; they all have the
-// token; they are at least minTokenIDs, all in this call), else "" and pairs
-// of ID and "d".
-func markArgs(calls []call, byToken bool) func(shard uint32, its []item) []any {
-	in := make(map[uint32]int)
-	for _, c := range calls {
-		for _, k := range c.shards {
-			in[k]++
-		}
+// markArgs is those of the mark script: pairs of ID and "d".
+func markArgs(its []item) []any {
+	a := make([]any, 0, 2*len(its))
+	for _, it := range its {
+		a = append(a, it.id, "d")
 	}
-	return func(shard uint32, its []item) []any {
-		if tok := its[0].token; byToken && in[shard] == 1 && len(its) >= minTokenIDs {
-			one := true
-			for _, it := range its {
-				if it.token != tok {
-					one = false
-					break
-				}
-			}
-			if one {
-				return []any{tok}
-			}
-		}
-		a := make([]any, 0, 2*len(its)+1)
-		a = append(a, "")
-		for _, it := range its {
-			a = append(a, it.id, "d")
-		}
-		return a
-	}
-}
-
-// mark marks claims done unread (DoneBatch of claims surely held), by
-// token where it can (see RedisStore): one script call for the shards it
-// can mark so and the others, and another for the shards where the token's
-// mark was refused, by ID.
-func (s *RedisStore) mark(ctx context.Context, group string, cs []Claim) error {
-	items := make([]item, len(cs))
-	ids := make(map[string]struct{}, len(cs))
-	for i, c := range cs {
-		items[i] = item{at: i, id: c.ID, token: c.Token}
-		ids[c.ID] = struct{}{}
-	}
-	calls := s.plan(group, items)
-	res, err := s.run(ctx, markScript, group, calls, nil, markArgs(calls, len(ids) == len(cs)))
-	if err != nil {
-		return err
-	}
-	var refused []item
-	for ci, c := range calls {
-		if len(res[ci]) != len(c.shards) {
-			return fmt.Errorf("dedupe: unexpected mark reply of %d values for %d shards", len(res[ci]), len(c.shards))
-		}
-		for j, r := range res[ci] {
-			if r == 0 {
-				refused = append(refused, c.items[j]...)
-			}
-		}
-	}
-	if len(refused) == 0 {
-		return nil
-	}
-	calls = s.plan(group, refused)
-	_, err = s.run(ctx, markScript, group, calls, nil, markArgs(calls, false))
-	return err
+	return a
 }
 
 // claims runs the claim script for ids (no repeats) with one new token.
@@ -780,7 +608,7 @@ func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lea
 	}
 	calls := s.plan(group, items)
 	sent := time.Now()
-	res, err := s.run(ctx, claimScript, group, calls, []any{mine(token), lease.Milliseconds(), "n:" + token}, claimArgs(calls))
+	res, err := s.run(ctx, claimScript, group, calls, []any{mine(token), lease.Milliseconds()}, idArgs)
 	if err != nil {
 		// Some of the claims may have been taken (a reply lost after the
 		// write, one node of a Cluster failing): nobody holds their token,
@@ -961,9 +789,7 @@ func (s *RedisStore) Done(ctx context.Context, c Claim) error {
 // Claims this store made whose leases are sure not to have ended (a tenth
 // of the lease and a millisecond before its end, measured from before the
 // claim was sent) are marked without being read: nobody else can have
-// taken them. When they are all of a ClaimBatch's claims of a shard, they are
-// marked with one field, their token's (see RedisStore). The others are
-// checked.
+// taken them. The others are checked.
 func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
 	res := make([]error, len(cs))
 	now := time.Now()
@@ -976,7 +802,12 @@ func (s *RedisStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error)
 	}
 	err := byGroup(cs, func(group string, at []int, sub []Claim) error {
 		if trusted {
-			return s.mark(ctx, group, sub)
+			items := make([]item, len(sub))
+			for i, c := range sub {
+				items[i] = item{at: i, id: c.ID}
+			}
+			_, err := s.run(ctx, markScript, group, s.plan(group, items), nil, markArgs)
+			return err
 		}
 		r, err := s.done(ctx, group, sub, true)
 		if err != nil {
@@ -1025,7 +856,7 @@ func (s *RedisStore) ReleaseBatch(ctx context.Context, cs []Claim) error {
 // done, atomically, and returns {0, now, replies...}; else {1, now}.
 var doneWithScript = redis.NewScript(prologue + `
 local x = newest(0, 3, 1)[1]
-if not x or x == 'd' or not holds(x, A[5]) or deadline(x) <= now or fin(0, x) then return {1, now} end
+if not x or x == 'd' or not holds(x, A[5]) or deadline(x) <= now then return {1, now} end
 local out = {0, now}
 local a = 7
 for i = 1, tonumber(A[6]) do
