@@ -872,7 +872,8 @@ func (s *Session) setCookie(h http.Header, maxAge time.Duration) {
 		c.MaxAge = max(int(maxAge/time.Second), 1)
 	}
 	h.Add("Set-Cookie", c.String())
-	h.Set("Cache-Control", `no-cache="Set-Cookie"`)
+	// Added to the handler's directives (a no-store stays), not in their place.
+	h.Add("Cache-Control", `no-cache="Set-Cookie"`)
 }
 
 // clearCookie clears the session cookie: on Destroy, and for a token that
