@@ -265,3 +265,59 @@ func TestBatchHandlerContext(t *testing.T) {
 		}
 	}
 }
+
+// nopStore claims everything and records nothing: with it, BenchmarkBatchPath
+// measures what the batch path costs without a store.
+type nopStore struct{}
+
+func (nopStore) Claim(ctx context.Context, group, id string, lease time.Duration) (dedupe.Claim, error) {
+	return dedupe.Claim{Group: group, ID: id, Status: dedupe.Claimed, Token: "t"}, nil
+}
+func (nopStore) Done(ctx context.Context, c dedupe.Claim) error    { return nil }
+func (nopStore) Release(ctx context.Context, c dedupe.Claim) error { return nil }
+func (nopStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]dedupe.Claim, error) {
+	cs := make([]dedupe.Claim, len(ids))
+	for i, id := range ids {
+		cs[i] = dedupe.Claim{Group: group, ID: id, Status: dedupe.Claimed, Token: "t"}
+	}
+	return cs, nil
+}
+func (nopStore) DoneBatch(ctx context.Context, cs []dedupe.Claim) ([]error, error) {
+	return make([]error, len(cs)), nil
+}
+func (nopStore) ReleaseBatch(ctx context.Context, cs []dedupe.Claim) error { return nil }
+
+// BenchmarkBatchPath runs batches of 500 events through Begin, Handle and
+// End on a store that does nothing, as the Kafka subscriber does with one
+// partition's records of a poll; each op is one event.
+func BenchmarkBatchPath(b *testing.B) {
+	d, err := dedupe.New(nopStore{}, dedupe.Config{Group: "g"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	es := make([]events.Event, 500)
+	for i := range es {
+		es[i] = events.New("/bench", "t", nil)
+	}
+	h := func(context.Context, events.Event) error { return nil }
+	b.ReportAllocs()
+	for n := 0; b.Loop(); {
+		if n%len(es) == 0 {
+			bt, err := d.Begin(ctx, es)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range es {
+				if err := bt.Handle(ctx, i, h); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := bt.End(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		n++
+	}
+}

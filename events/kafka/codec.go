@@ -109,51 +109,59 @@ func Decode(r *kgo.Record) (events.Event, error) {
 	}
 	vs := all.String()
 	var e events.Event
-	var seen uint8 // the attributes read, by attrBit; extensions are in e.Extensions
+	var seen uint8 // the context attributes read, a bit each; extensions are in e.Extensions
+	const specVersionSeen = 1
 	for _, h := range r.Headers {
 		if !ceHeader(h.Key) {
 			continue
 		}
 		v := vs[:len(h.Value)]
 		vs = vs[len(h.Value):]
-		bit := attrBit(h.Key)
-		if bit == 0 {
-			if _, dup := e.Extensions[h.Key[len(HeaderPrefix):]]; dup {
-				return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
-			}
-		} else if seen&bit != 0 {
+		var bit uint8 // the attribute's bit in seen; 0 for an extension
+		var f *string // the attribute's field; nil for the time and extensions
+		switch h.Key {
+		case HeaderSpecVersion:
+			bit, f = specVersionSeen, &e.SpecVersion
+		case HeaderID:
+			bit, f = 1<<1, &e.ID
+		case HeaderSource:
+			bit, f = 1<<2, &e.Source
+		case HeaderType:
+			bit, f = 1<<3, &e.Type
+		case HeaderSubject:
+			bit, f = 1<<4, &e.Subject
+		case HeaderContentType:
+			bit, f = 1<<5, &e.DataContentType
+		case HeaderDataSchema:
+			bit, f = 1<<6, &e.DataSchema
+		case HeaderTime:
+			bit = 1 << 7
+		}
+		if seen&bit != 0 {
 			return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
 		}
 		seen |= bit
-		switch h.Key {
-		case HeaderContentType:
-			e.DataContentType = v
-		case HeaderSpecVersion:
-			e.SpecVersion = v
-		case HeaderID:
-			e.ID = v
-		case HeaderSource:
-			e.Source = v
-		case HeaderType:
-			e.Type = v
-		case HeaderSubject:
-			e.Subject = v
-		case HeaderDataSchema:
-			e.DataSchema = v
-		case HeaderTime:
+		switch {
+		case f != nil:
+			*f = v
+		case bit != 0:
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
 				return events.Event{}, &DecodeError{Header: h.Key, Reason: "not an RFC 3339 time"}
 			}
 			e.Time = t
 		default:
+			name := h.Key[len(HeaderPrefix):]
+			if _, dup := e.Extensions[name]; dup {
+				return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
+			}
 			if v == "" { // an empty extension header is not absent
 				return events.Event{}, &DecodeError{Header: h.Key, Reason: "empty value"}
 			}
-			e.SetExtension(h.Key[len(HeaderPrefix):], v)
+			e.SetExtension(name, v)
 		}
 	}
-	if seen&attrBit(HeaderSpecVersion) == 0 {
+	if seen&specVersionSeen == 0 {
 		if strings.HasPrefix(e.DataContentType, "application/cloudevents") {
 			return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
 		}
@@ -173,30 +181,6 @@ func Decode(r *kgo.Record) (events.Event, error) {
 // ceHeader reports whether Decode reads the header named k.
 func ceHeader(k string) bool {
 	return k == HeaderContentType || strings.HasPrefix(k, HeaderPrefix)
-}
-
-// attrBit is the bit of Decode's set of the headers read for the context
-// attribute header k, 0 for an extension.
-func attrBit(k string) uint8 {
-	switch k {
-	case HeaderContentType:
-		return 1 << 0
-	case HeaderSpecVersion:
-		return 1 << 1
-	case HeaderID:
-		return 1 << 2
-	case HeaderSource:
-		return 1 << 3
-	case HeaderType:
-		return 1 << 4
-	case HeaderSubject:
-		return 1 << 5
-	case HeaderDataSchema:
-		return 1 << 6
-	case HeaderTime:
-		return 1 << 7
-	}
-	return 0
 }
 
 func headerOf(attr string) string {
