@@ -21,8 +21,8 @@
 // one round trip (the load also refreshes the idle timeout). A change is
 // saved once, just before the response headers go out, in one atomic apply:
 // a handler that only writes (Put, Delete) costs that one round trip when the
-// store enforces the session size limit itself (SizeLimiter: redisstore and
-// memstore do) and values are not encrypted; otherwise, and for Update (a
+// store enforces the session size limit itself (SizeLimiter: redisstore,
+// memcachedstore and memstore do) and values are not encrypted; otherwise, and for Update (a
 // compare-and-set needs the current version), the session is read first:
 // two round trips. A new visitor who only reads costs nothing.
 //

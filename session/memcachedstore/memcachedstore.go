@@ -18,9 +18,10 @@ import (
 
 // Compile-time checks.
 var (
-	_ session.Store     = (*Store)(nil)
-	_ session.Aliaser   = (*Store)(nil)
-	_ session.UserIndex = (*Store)(nil)
+	_ session.Store       = (*Store)(nil)
+	_ session.Aliaser     = (*Store)(nil)
+	_ session.UserIndex   = (*Store)(nil)
+	_ session.SizeLimiter = (*Store)(nil)
 )
 
 // Defaults.
@@ -510,6 +511,11 @@ func (s *Store) applyOnce(ctx context.Context, id string, d *session.Delta) (uin
 			r.user, r.epoch = d.User, epoch
 		}
 		r.merge(d, now)
+		if d.MaxSize > 0 && len(d.Set) > 0 {
+			if n := r.size(); n > d.MaxSize {
+				return 0, &session.SizeError{Size: n, Limit: d.MaxSize, Session: true}
+			}
+		}
 		it := &memcache.Item{Key: s.sessionKey(id), Value: encodeRecord(r), Expiration: expiration(r.idle, now)}
 		if v.item == nil {
 			err = s.c.Add(it)
@@ -527,6 +533,22 @@ func (s *Store) applyOnce(ctx context.Context, id string, d *session.Delta) (uin
 		}
 	}
 	return 0, session.ErrNotFound
+}
+
+// EnforcesMaxSize implements session.SizeLimiter: Apply measures the record
+// it merged under cas, and refuses a delta that takes it past
+// Delta.MaxSize, so that writes racing from several instances cannot take
+// a session over its limit together.
+func (s *Store) EnforcesMaxSize() bool { return true }
+
+// size is the sum, over the record's keys, of the key's length and its
+// data's length (see session.Delta.MaxSize).
+func (r *record) size() int {
+	n := 0
+	for _, v := range r.values {
+		n += len(v.key) + len(v.data)
+	}
+	return n
 }
 
 // get returns the value of key, or the zero value.
