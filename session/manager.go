@@ -1,11 +1,13 @@
 package session
 
 import (
+	"bufio"
 	"context"
 	"crypto/cipher"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -137,8 +139,10 @@ func FromContext(ctx context.Context) *Session {
 //
 // The response is not buffered: writes and flushes pass straight through
 // once the session is saved. http.ResponseController works through the
-// wrapper (it implements Unwrap); a hijacked connection skips the save, so
-// save before hijacking by writing the headers first.
+// wrapper (it implements Unwrap). Hijack (a websocket upgrade) saves the
+// session first, and answers with the error handler instead if the save
+// fails; the response the hijacker then writes carries no session cookie,
+// so a new visitor's session made then is never sent.
 func (m *Manager) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The session and the writer in one allocation.
@@ -223,8 +227,9 @@ type writer struct {
 	failed bool // save failed: the error handler answered
 }
 
-// ErrSaveFailed is returned by Write after the session could not be saved
-// and the error handler has answered instead of the handler.
+// ErrSaveFailed is returned by Write (and Flush, Hijack) after the session
+// could not be saved and the error handler has answered instead of the
+// handler.
 var ErrSaveFailed = errors.New("session: not saved; the response was replaced")
 
 func (w *writer) commit() bool {
@@ -272,6 +277,15 @@ func (w *writer) FlushError() error {
 
 // Flush implements http.Flusher.
 func (w *writer) Flush() { _ = w.FlushError() }
+
+// Hijack implements http.Hijacker, which websocket libraries assert:
+// the session is saved first (see Middleware).
+func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !w.commit() {
+		return nil, nil, ErrSaveFailed
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
