@@ -191,7 +191,9 @@ func (b *batch) claim(ctx context.Context, from int) error {
 	b.at = now
 	switch {
 	case b.claims == nil && len(cs) == len(b.es):
-		b.claims = cs // one claim per event, in order: no copy needed
+		// One claim per event, in order: the batch keeps the store's
+		// reply (its caller's to keep) rather than a copy.
+		b.claims = cs
 	case b.claims == nil:
 		b.claims = make([]Claim, len(b.es))
 	}
