@@ -130,7 +130,11 @@ type Store struct {
 	scriptLoad atomic.Bool
 }
 
-// New returns a store over c.
+// New returns a store over c. It refuses a Cluster client that reads from
+// replicas (ClusterOptions or UniversalOptions with ReadOnly,
+// RouteByLatency or RouteRandomly, and Sentinel's failover Cluster client
+// with them): a session must be read where it was last written. Give the
+// store its own client if the rest of the service reads from replicas.
 func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: nil client")
@@ -155,8 +159,19 @@ func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: WithIdleResolution(%v): want a duration >= 0", s.idleRes)
 	}
 	s.fresh = newRefreshed()
-	if _, ok := c.(*redis.ClusterClient); ok && s.waitReplicas > 0 {
-		return nil, errors.New("redisstore: WithWait is not supported on a Redis Cluster client")
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		if s.waitReplicas > 0 {
+			return nil, errors.New("redisstore: WithWait is not supported on a Redis Cluster client")
+		}
+		// go-redis sends a read-only command, or a pipeline of them, to a
+		// replica when one of these is set: a Load alone there (within the
+		// idle resolution, or with no idle timeout) could miss the
+		// instance's last write, a Destroy or a log-out everywhere for as
+		// long as replication lags.
+		if o := cc.Options(); o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+			return nil, errors.New("redisstore: the Cluster client reads from replicas (ReadOnly, RouteByLatency or RouteRandomly): " +
+				"a session read there may miss the last write or a logout; give the store a client that reads from primaries")
+		}
 	}
 	return s, nil
 }

@@ -71,6 +71,15 @@ func TestNewValidates(t *testing.T) {
 	defer c.Close()
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
 	defer cc.Close()
+	replicas := func(o redis.ClusterOptions) redis.UniversalClient {
+		o.Addrs = []string{"127.0.0.1:1"}
+		rc := redis.NewClusterClient(&o)
+		t.Cleanup(func() { _ = rc.Close() })
+		return rc
+	}
+	// The same through redis.NewUniversalClient, as most users build it.
+	uc := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}, ReadOnly: true})
+	defer uc.Close()
 	for name, tc := range map[string]struct {
 		c    redis.UniversalClient
 		opts []redisstore.Option
@@ -81,6 +90,10 @@ func TestNewValidates(t *testing.T) {
 		"negative wait":   {c, []redisstore.Option{redisstore.WithWait(-1, time.Second)}},
 		"wait no timeout": {c, []redisstore.Option{redisstore.WithWait(1, 0)}},
 		"wait on cluster": {cc, []redisstore.Option{redisstore.WithWait(1, time.Second)}},
+		"replica reads":   {replicas(redis.ClusterOptions{ReadOnly: true}), nil},
+		"by latency":      {replicas(redis.ClusterOptions{RouteByLatency: true}), nil},
+		"randomly":        {replicas(redis.ClusterOptions{RouteRandomly: true}), nil},
+		"universal":       {uc, nil},
 	} {
 		if _, err := redisstore.New(tc.c, tc.opts...); err == nil {
 			t.Errorf("%s: New accepted it", name)
@@ -88,6 +101,9 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := redisstore.New(c); err != nil {
 		t.Errorf("defaults: %v", err)
+	}
+	if _, err := redisstore.New(cc); err != nil {
+		t.Errorf("a Cluster client reading from primaries: %v", err)
 	}
 }
 
