@@ -32,5 +32,12 @@
 //
 // Redis replicates asynchronously: a write acknowledged by a primary that
 // then fails over may be lost. WithWait(n, timeout) makes each write wait for
-// n replicas (WAIT, pipelined with the write).
+// n replicas (WAIT, pipelined with the write). For the same reason reads go
+// to primaries only: New refuses a Cluster client that reads from replicas.
+//
+// A write script is never sent twice by the client: go-redis resends a
+// command whose reply a dropped connection lost, and a script run twice
+// would answer from its own first run (a conflict for a change it applied).
+// Such a write fails with the connection's error instead, its outcome
+// unknown, and the Manager answers the request with its error handler.
 package redisstore
