@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/activekit/activekit/events"
@@ -154,7 +155,27 @@ type Deduper struct {
 	s   Store
 	bs  BatchStore // s, when it is one
 	cfg Config
+
+	// undone holds, by event ID, the claims of events whose handler
+	// succeeded but whose Done failed for the store: the redelivery the
+	// subscriber makes once the store is back finishes them instead of
+	// finding them Busy, waiting for their lease to end and running the
+	// handler again.
+	mu     sync.Mutex
+	undone map[string]undoneClaim
 }
+
+// undoneClaim is a claim in Deduper.undone, with when it was last put or
+// looked up (entries not looked up for undoneTTL are dropped).
+type undoneClaim struct {
+	c  Claim
+	at time.Time
+}
+
+// undoneTTL is how long an undone claim is kept without a redelivery of its
+// event: a subscriber retries in place every few seconds, so an entry older
+// than this is for an event that went to another instance.
+const undoneTTL = 10 * time.Minute
 
 var _ events.BatchMiddleware = (*Deduper)(nil)
 
@@ -209,7 +230,9 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // returned marked events.Unavailable: the store failed, not the event, so a
 // subscriber that keeps the events.Subscriber rule retries the event until
 // the store is back and never dead-letters it for that; events.DeadLetter
-// returns such an error rather than dead-lettering. A handler error whose
+// returns such an error rather than dead-lettering. When Done is what failed,
+// the Deduper keeps the claim, and the event's redelivery to it marks the
+// claim done without running the handler again. A handler error whose
 // Release then failed is Unavailable too (the store is down, and the
 // handler's failure may well be its consequence, as when DoneWith could not
 // reach it); it is judged again once the store is back. ErrLeaseLost and
@@ -234,6 +257,9 @@ func (d *Deduper) Middleware() events.Middleware {
 // or Release, one round trip each.
 func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handler) error {
 	s, cfg := d.s, d.cfg
+	if c, ok := d.takeUndone(e.ID); ok {
+		return d.finish(ctx, c, e)
+	}
 	for {
 		c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
 		if err != nil {
@@ -268,6 +294,21 @@ func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e event
 		}
 		return err
 	}
+	return d.finishWithin(fctx, c, e)
+}
+
+// finish marks done the claim of an event whose effect happened, as run does
+// after the handler succeeded.
+func (d *Deduper) finish(ctx context.Context, c Claim, e events.Event) error {
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Lease)
+	defer fcancel()
+	return d.finishWithin(fctx, c, e)
+}
+
+// finishWithin marks c done with fctx; when the store fails, it keeps c in
+// d.undone for the event's redelivery to finish.
+func (d *Deduper) finishWithin(fctx context.Context, c Claim, e events.Event) error {
+	s, cfg := d.s, d.cfg
 	derr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error {
 		err := s.Done(ctx, c)
 		if errors.Is(err, ErrLeaseLost) {
@@ -279,12 +320,44 @@ func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e event
 		// The effect happened but the claim ran out first (the handler
 		// overran its ctx). Failing would make the subscriber run it
 		// again; record it as done instead, as the batch path does.
-		_, derr = d.recordLost(fctx, c)
+		var again Claim
+		if again, derr = d.recordLost(fctx, c); again.Status == Claimed {
+			c = again
+		}
 	}
 	if derr != nil {
+		d.putUndone(e.ID, c)
 		return storeError(fmt.Errorf("dedupe: done %s: %w", e.ID, derr))
 	}
 	return nil
+}
+
+// putUndone keeps c, a claim of event id whose effect happened but which
+// the store could not mark done, for the event's redelivery.
+func (d *Deduper) putUndone(id string, c Claim) {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.undone == nil {
+		d.undone = make(map[string]undoneClaim)
+	}
+	for k, u := range d.undone {
+		if now.Sub(u.at) > undoneTTL {
+			delete(d.undone, k)
+		}
+	}
+	d.undone[id] = undoneClaim{c: c, at: now}
+}
+
+// takeUndone removes and returns the undone claim of event id, if any.
+func (d *Deduper) takeUndone(id string) (Claim, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	u, ok := d.undone[id]
+	if ok {
+		delete(d.undone, id)
+	}
+	return u.c, ok
 }
 
 // storeError marks an error of the store as events.Unavailable: the store,
