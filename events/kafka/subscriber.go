@@ -13,6 +13,7 @@ import (
 
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/retry"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -23,6 +24,12 @@ const (
 	HeaderDLQPartition = "dlq-partition"
 	HeaderDLQOffset    = "dlq-offset"
 	HeaderDLQGroup     = "dlq-group"
+	// HeaderDLQDropped is on a dead letter that the dead-letter topic
+	// refused as too large whole: "value" when it lacks the record's
+	// value, "value,headers" when it lacks its headers too. The record
+	// stays in its topic at the offset dlq-offset names, until the topic's
+	// retention.
+	HeaderDLQDropped = "dlq-dropped"
 )
 
 // DefaultDeadLetterSuffix names a topic's dead-letter topic when
@@ -90,7 +97,9 @@ type SubscriberConfig struct {
 // a CloudEvent, the record is copied to the dead-letter topic with its key,
 // value and headers plus the reason (ce_deadletterreason), the attempts
 // (ce_deadletterattempts) and where it came from (dlq-* headers), and
-// consumption moves on. Publishing the dead letter is retried until it
+// consumption moves on. A dead letter the dead-letter topic refuses as too
+// large is sent without the record's value, then without its headers
+// (HeaderDLQDropped says which), rather than block the partition. Publishing the dead letter is retried until it
 // succeeds or ctx ends; a consumer never skips a record it has not handled or
 // dead-lettered.
 //
@@ -502,6 +511,36 @@ func DeadLetterRecord(dlq, group string, r *kgo.Record, cause error, attempts in
 	return &kgo.Record{Topic: dlq, Key: r.Key, Value: r.Value, Headers: h, Timestamp: r.Timestamp}
 }
 
+// shrink drops from dead letter d, which the dead-letter topic refused as
+// too large, the record's value, or once it has none the record's own
+// headers, and reports whether it dropped anything.
+func shrink(d *kgo.Record) bool {
+	if d.Value != nil {
+		d.Value = nil
+		d.Headers = append(d.Headers, kgo.RecordHeader{Key: HeaderDLQDropped, Value: []byte("value")})
+		return true
+	}
+	// DeadLetterRecord put the record's own headers first (none of them
+	// the reason), then its own six starting with the reason.
+	for i, h := range d.Headers {
+		if h.Key != HeaderPrefix+events.ExtDeadLetterReason {
+			continue
+		}
+		if i == 0 {
+			return false
+		}
+		kept := make([]kgo.RecordHeader, 0, 7)
+		for _, h := range d.Headers[i:] {
+			if h.Key != HeaderDLQDropped {
+				kept = append(kept, h)
+			}
+		}
+		d.Headers = append(kept, kgo.RecordHeader{Key: HeaderDLQDropped, Value: []byte("value,headers")})
+		return true
+	}
+	return false
+}
+
 // deadLetter publishes r's dead letter, retrying until it succeeds or ctx
 // ends, and reports whether it succeeded.
 func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, attempts int) bool {
@@ -511,6 +550,12 @@ func (c *consumer) deadLetter(ctx context.Context, r *kgo.Record, cause error, a
 	d := DeadLetterRecord(c.dlq, c.s.cfg.Group, r, cause, attempts)
 	err := untilDone(ctx, func(ctx context.Context) error {
 		err := produce(ctx, c.cl, d)
+		if errors.Is(err, kerr.MessageTooLarge) && shrink(d) {
+			// Refused however often it is sent: a record as large as the
+			// topic takes, plus the dead letter's headers. Send less
+			// rather than block the partition for good.
+			err = produce(ctx, c.cl, d)
+		}
 		if err != nil {
 			c.s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: dead-lettering failed; retrying",
 				slog.String("dlq", c.dlq), slog.Any("error", err))
