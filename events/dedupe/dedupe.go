@@ -261,6 +261,7 @@ func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handle
 		return d.finish(ctx, c, e)
 	}
 	for {
+		at := cfg.Now() // the lease runs from when the store took the claim
 		c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
 		if err != nil {
 			return storeError(fmt.Errorf("dedupe: claim %s: %w", e.ID, err))
@@ -274,14 +275,16 @@ func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handle
 			}
 			continue
 		}
-		return d.run(ctx, c, next, e)
+		return d.run(ctx, c, at, next, e)
 	}
 }
 
-// run runs next under claim c, then marks the event done or releases it.
-func (d *Deduper) run(ctx context.Context, c Claim, next events.Handler, e events.Event) error {
+// run runs next under claim c, taken at or after at, then marks the event
+// done or releases it. The handler's ctx ends a tenth of the lease before
+// the lease does, counted from at: a late reply does not lengthen it.
+func (d *Deduper) run(ctx context.Context, c Claim, at time.Time, next events.Handler, e events.Event) error {
 	s, cfg := d.s, d.cfg
-	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), cfg.Lease-cfg.Lease/10)
+	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), cfg.Lease-cfg.Lease/10-cfg.Now().Sub(at))
 	err := next(hctx, e)
 	cancel()
 	// Finish even when ctx has ended: the effect is done or not, and the
