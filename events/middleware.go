@@ -35,9 +35,9 @@ func Attempts(err error) int {
 // Retry retries a failing handler in place with r's policy, budget and
 // clock, so events with the same key stay in order. A nil r means the retry
 // package's default policy. An error marked Permanent, or one that an inner
-// retry loop already gave up on, is not retried. An error wrapping a context
-// error while ctx lives on (a call of the handler's own timed out) is
-// retried like any other; once ctx has ended, Retry stops. When Retry gives up, its
+// retry loop already gave up on, is not retried; one wrapping a context
+// error while ctx lives on (a call of the handler's own timed out) is, as
+// the retry package's classifier does. When Retry gives up, its
 // error is a *retry.Error that says how many attempts were made (see
 // Attempts).
 //
@@ -61,30 +61,11 @@ func Retry(r *retry.Retrier) Middleware {
 	return func(next Handler) Handler {
 		return func(ctx context.Context, e Event) error {
 			return r.Do(ctx, func(ctx context.Context) error {
-				return ownContextError(ctx, whileUnavailable(ctx, p, func(ctx context.Context) error { return next(ctx, e) }))
+				return whileUnavailable(ctx, p, func(ctx context.Context) error { return next(ctx, e) })
 			})
 		}
 	}
 }
-
-// ownContextError returns err, the error of an attempt run with ctx, such
-// that the retry loop takes a context error for a failure worth another
-// attempt when ctx lives on: the handler's own timeout ended (a call it made
-// timed out), not the caller's ctx, and the retry package's classifier
-// would take it for the caller giving up and stop at the first attempt.
-// Such an error is retried even when marked Permanent.
-func ownContextError(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return handlerContextError{err}
-}
-
-// handlerContextError hides its error's chain (the context error) from the
-// retry loop.
-type handlerContextError struct{ err error }
-
-func (e handlerContextError) Error() string { return e.err.Error() }
 
 // MaxReasonLen bounds the dead-letter reason, so one huge error cannot make
 // the dead-letter event too large to publish.

@@ -1,7 +1,6 @@
 package retry
 
 import (
-	"context"
 	"errors"
 	"strconv"
 	"time"
@@ -114,20 +113,23 @@ func After(d time.Duration, err error) error {
 }
 
 // IsRetryable is the default classifier: it reports whether err is worth
-// another attempt. It is false for nil, for errors marked Permanent, for
-// context.Canceled and context.DeadlineExceeded (the caller has given up), and
+// another attempt. It is false for nil, for errors marked Permanent, and
 // for an *Error from another retry loop: retrying at more than one layer
 // multiplies attempts, so an error that has already been retried is final.
-// Everything else is retryable.
+// Everything else is retryable, context.DeadlineExceeded and
+// context.Canceled included: whether the caller has given up is for the
+// caller's context to say, and Do checks it before it classifies an error
+// (an attempt that failed because the caller's ctx ended stops the loop
+// with that ctx's error as Error.Stop). A context error while the caller's
+// ctx lives on comes from inside the attempt (a call with its own timeout
+// timed out, a connection's deadline passed), the most ordinary of
+// transient failures.
 //
 // Packages that know their backend better (driver error labels, status
 // codes) set Policy.Retryable to their own classifier, and may call
 // IsRetryable from it for the common cases.
 func IsRetryable(err error) bool {
 	if err == nil {
-		return false
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	var p *permanentError

@@ -379,8 +379,10 @@ func TestClassifier(t *testing.T) {
 	}{
 		{"custom says stop", notFatal, errFatal, 1},
 		{"custom says retry", notFatal, errTransient, 3},
-		{"default stops on attempt deadline", nil, fmt.Errorf("query: %w", context.DeadlineExceeded), 1},
-		{"default stops on canceled", nil, context.Canceled, 1},
+		// The caller's ctx lives on: the attempt's own timeout passed.
+		{"default retries attempt deadline", nil, fmt.Errorf("query: %w", context.DeadlineExceeded), 3},
+		{"default retries inner cancel", nil, context.Canceled, 3},
+		{"permanent attempt deadline", nil, retry.Permanent(context.DeadlineExceeded), 1},
 		{"custom may retry attempt deadline", notFatal, context.DeadlineExceeded, 3},
 		{"default retries others", nil, errTransient, 3},
 	} {
@@ -398,6 +400,26 @@ func TestClassifier(t *testing.T) {
 	}
 }
 
+// TestCallerContextStops: an attempt that fails because the caller's ctx
+// ended stops the loop, although IsRetryable takes a context error for a
+// transient one: Do asks the caller's ctx first.
+func TestCallerContextStops(t *testing.T) {
+	for _, cause := range []error{context.Canceled, context.DeadlineExceeded} {
+		r, clock := newRetrier(t, retry.Policy{MaxAttempts: 5})
+		ctx, cancel := context.WithCancelCause(context.Background())
+		calls := 0
+		err := r.Do(ctx, func(ctx context.Context) error {
+			calls++
+			cancel(cause)
+			return fmt.Errorf("query: %w", cause)
+		})
+		var re *retry.Error
+		if !errors.As(err, &re) || calls != 1 || re.Attempts != 1 || !errors.Is(re.Stop, context.Canceled) || len(clock.Delays()) != 0 {
+			t.Fatalf("%v: calls = %d, err = %v; want one call stopped by the caller's ctx", cause, calls, err)
+		}
+	}
+}
+
 func TestIsRetryable(t *testing.T) {
 	nested := &retry.Error{Attempts: 3, Err: errTransient, Stop: retry.ErrMaxAttempts}
 	for _, tc := range []struct {
@@ -409,8 +431,9 @@ func TestIsRetryable(t *testing.T) {
 		{retry.After(time.Second, errTransient), true},
 		{retry.Permanent(errTransient), false},
 		{fmt.Errorf("wrapped: %w", retry.Permanent(errTransient)), false},
-		{context.Canceled, false},
-		{fmt.Errorf("op: %w", context.DeadlineExceeded), false},
+		{context.Canceled, true},
+		{fmt.Errorf("op: %w", context.DeadlineExceeded), true},
+		{retry.Permanent(context.DeadlineExceeded), false},
 		{nested, false},
 		{fmt.Errorf("outer: %w", nested), false},
 	} {

@@ -92,10 +92,9 @@ type SubscriberConfig struct {
 // partition the instance no longer owns.
 //
 // A handler error is retried in place with the Retrier, so the events after
-// it on the partition wait (order is kept). That includes an error wrapping
-// a context error while ctx lives on (a call of the handler's own timed
-// out), which the retry package's classifier alone would take for the
-// caller giving up. When the retries are spent, or
+// it on the partition wait (order is kept); so is one wrapping a context
+// error while ctx lives on (a call of the handler's own timed out, the
+// dedupe lease ran out). When the retries are spent, or
 // the error is events.Permanent, or the handler panicked, or the record is not
 // a CloudEvent, the record is copied to the dead-letter topic with its key,
 // value and headers plus the reason (ce_deadletterreason), the attempts
@@ -385,7 +384,7 @@ func (c *consumer) attempt(ctx context.Context, r *kgo.Record, fn func(context.C
 	attempts := 0
 	err := c.s.retrier.Do(ctx, func(ctx context.Context) error {
 		attempts++
-		return ownTimeout(ctx, c.untilAvailable(ctx, fn))
+		return c.untilAvailable(ctx, fn)
 	})
 	if err == nil {
 		return true
@@ -395,26 +394,6 @@ func (c *consumer) attempt(ctx context.Context, r *kgo.Record, fn func(context.C
 	}
 	return c.deadLetter(ctx, r, err, attempts)
 }
-
-// ownTimeout returns err, the error of an attempt run with ctx, such that
-// the retry loop takes a context error for a failure worth another attempt
-// when ctx lives on: the handler's own timeout or cancellation ended (a
-// call it made timed out, the dedupe lease's ctx ended), not the
-// subscriber's, and the retry package's classifier would take it for the
-// caller giving up and stop at the first attempt. Such an error is retried
-// even when marked Permanent.
-func ownTimeout(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return handlerContextError{err}
-}
-
-// handlerContextError hides its error's chain (the context error) from the
-// retry loop.
-type handlerContextError struct{ err error }
-
-func (e handlerContextError) Error() string { return e.err.Error() }
 
 // handleBatch handles one partition's records of a poll through the
 // configured BatchMiddleware and returns the last record that may be
