@@ -467,6 +467,13 @@ func (r *Registry) Report(ctx context.Context, view View) Response {
 		wg.Go(func() { results[i] = e.get(ctx) })
 	}
 	wg.Wait()
+	if view == Readiness && stateFail == "" {
+		// The state may have moved while the checks ran: an answer that
+		// leaves after draining began must not say pass.
+		if now := r.State(); now != StateReady {
+			stateFail = now.String()
+		}
+	}
 
 	if !startupDone && state >= StateReady && (view == Startup || view == Readiness) {
 		r.noteStartup(entries, results)

@@ -810,3 +810,28 @@ func TestDescription(t *testing.T) {
 		t.Fatalf("description %q, want the one given", got)
 	}
 }
+
+// A readiness probe whose checks are still running when draining begins
+// must not answer pass: the answer leaves after readiness has failed, and a
+// load balancer that sees it keeps the instance in rotation for one more
+// probe interval while the drain delay is already counting down.
+func TestReadinessStartedBeforeDrainFails(t *testing.T) {
+	r := newRegistry(t, health.NewFakeClock(t0))
+	started := make(chan struct{})
+	gate := make(chan struct{})
+	mustRegister(t, r, health.Check{Name: "dep", Timeout: time.Hour, Func: func(context.Context) error {
+		close(started)
+		<-gate
+		return nil
+	}})
+	r.MarkStarted()
+
+	got := make(chan health.Response, 1)
+	go func() { got <- r.Report(context.Background(), health.Readiness) }()
+	<-started
+	r.MarkDraining()
+	close(gate)
+	if resp := <-got; resp.Status != health.StatusFail || !strings.Contains(resp.Output, "draining") {
+		t.Fatalf("readiness answered after MarkDraining = %s %q, want fail (draining)", resp.Status, resp.Output)
+	}
+}
