@@ -74,8 +74,9 @@ type Store[T any] struct {
 
 	mu       sync.Mutex // guards the fields below
 	layers   []map[string]any
-	srcErrs  []error // per source: the last read error, nil once it reads again
-	lastErr  error   // the last pipeline error, nil after a success
+	gens     []uint64 // per source: layers set by its watch, so that Reload never puts back an older one
+	srcErrs  []error  // per source: the last read error, nil once it reads again
+	lastErr  error    // the last pipeline error, nil after a success
 	failedAt time.Time
 	subs     map[uint64]func(old, new T)
 	nextSub  uint64
@@ -125,6 +126,7 @@ func New[T any](ctx context.Context, o Options[T]) (*Store[T], error) {
 		restart:  restartPaths(reflect.TypeFor[T]()),
 		defaults: defaultsTree(o.Defaults),
 		layers:   make([]map[string]any, len(o.Sources)),
+		gens:     make([]uint64, len(o.Sources)),
 		srcErrs:  make([]error, len(o.Sources)),
 		subs:     map[uint64]func(old, new T){},
 		kick:     make(chan struct{}, 1),
@@ -259,7 +261,13 @@ func (s *Store[T]) Subscribe(fn func(old, new T)) (unsubscribe func()) {
 // Reload reads every source again and applies the result, returning why
 // it was refused, if it was. It is the pipeline Watch runs, called
 // directly (on SIGHUP, say).
+//
+// A layer its watch delivered while Reload was reading is newer than what
+// Reload read, and is kept.
 func (s *Store[T]) Reload(ctx context.Context) error {
+	s.mu.Lock()
+	gens := append([]uint64(nil), s.gens...)
+	s.mu.Unlock()
 	layers := make([]map[string]any, len(s.opts.Sources))
 	for i, src := range s.opts.Sources {
 		m, err := src.Load(ctx)
@@ -271,7 +279,11 @@ func (s *Store[T]) Reload(ctx context.Context) error {
 		layers[i] = m
 	}
 	s.mu.Lock()
-	copy(s.layers, layers)
+	for i, l := range layers {
+		if s.gens[i] == gens[i] {
+			s.layers[i] = l
+		}
+	}
 	s.mu.Unlock()
 	return s.apply(ctx)
 }
@@ -361,6 +373,7 @@ func (s *Store[T]) update(ctx context.Context, i int, src Source, layer map[stri
 	}
 	s.mu.Lock()
 	s.layers[i] = layer
+	s.gens[i]++
 	s.srcErrs[i] = nil
 	s.mu.Unlock()
 	select {

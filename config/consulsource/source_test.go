@@ -346,3 +346,67 @@ func TestWithQueryOptions(t *testing.T) {
 		t.Fatalf("loaded %+v", c)
 	}
 }
+
+// gate is a source whose Load, once armed, says it has started and waits
+// to be released: it holds a Reload between reading the sources before it
+// and storing what they said.
+type gate struct {
+	armed    chan struct{} // closed: the next Load waits
+	started  chan struct{}
+	released chan struct{}
+	once     sync.Once
+}
+
+func (g *gate) Name() string { return "gate" }
+
+func (g *gate) Load(ctx context.Context) (map[string]any, error) {
+	select {
+	case <-g.armed:
+		g.once.Do(func() { close(g.started) })
+		select {
+		case <-g.released:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	default:
+	}
+	return map[string]any{}, nil
+}
+
+// TestReloadDoesNotUndoWatchedChange: a Reload reads the Consul key, and
+// before it stores the layers the watch delivers a newer value of that key.
+// The Reload must not put the older value back: the watch will not send
+// the newer one again until the key changes once more, so the instance
+// would run a configuration Consul no longer holds, and say nothing.
+func TestReloadDoesNotUndoWatchedChange(t *testing.T) {
+	client := testenv.Consul(t)
+	prefix := testenv.Name(t) + "/"
+	testenv.CleanupConsulKV(t, client, prefix)
+	put(t, client, prefix+"version", "1")
+	g := &gate{armed: make(chan struct{}), started: make(chan struct{}), released: make(chan struct{})}
+	s, err := config.New(context.Background(), config.Options[fleetConfig]{
+		Sources: []config.Source{Prefix(client, prefix), g},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	close(g.armed)
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(context.Background()) }()
+	<-g.started // the Reload has read version 1 from Consul
+	put(t, client, prefix+"version", "2")
+	waitFor(t, "watch applies version 2", func() bool { return s.Load().Version == 2 })
+	close(g.released)
+	if err := <-reloaded; err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if v := s.Load().Version; v != 2 {
+		t.Fatalf("after the Reload the store runs version %d; Consul holds 2 (last error %v)", v, s.LastError())
+	}
+}
