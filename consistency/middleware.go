@@ -1,10 +1,12 @@
 package consistency
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -293,7 +295,21 @@ func (w *tokenWriter) Flush() {
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
 }
 
+// Hijack implements http.Hijacker, which websocket libraries assert on the
+// ResponseWriter they are given. The connection is handed over as it is:
+// the handler writes its own response, so no token is added.
+func (w *tokenWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.stamped = true // the header is no longer ours to write
+	}
+	return conn, rw, err
+}
+
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *tokenWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-var _ http.Flusher = (*tokenWriter)(nil)
+var (
+	_ http.Flusher  = (*tokenWriter)(nil)
+	_ http.Hijacker = (*tokenWriter)(nil)
+)

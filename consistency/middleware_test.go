@@ -302,3 +302,38 @@ func TestTransportEchoesLatestToken(t *testing.T) {
 		t.Error("an unreadable token replaced a known later one")
 	}
 }
+
+// TestMiddlewareHijack: a handler behind the Middleware can take the
+// connection over the way websocket libraries do (gorilla/websocket asserts
+// http.Hijacker on the ResponseWriter it is given).
+func TestMiddlewareHijack(t *testing.T) {
+	mw, err := consistency.NewMiddleware(offlineClient(t), mustCodec(t, []consistency.Key{key("k1")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(mw.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			http.Error(w, "response does not implement http.Hijacker", http.StatusInternalServerError)
+			return
+		}
+		conn, buf, err := hj.Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+		_ = buf.Flush()
+	})))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(got) != "hi" {
+		t.Fatalf("hijacking handler: %d %q", resp.StatusCode, got)
+	}
+}
