@@ -159,8 +159,12 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	}
 	if cfg.OTLPEndpoint != "" {
 		u, err := url.Parse(cfg.OTLPEndpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("%w: otlp endpoint %q: want an http or https URL with a host", ErrInvalidConfig, cfg.OTLPEndpoint)
+		if err != nil {
+			// url.Parse's error quotes the whole string, password included.
+			return nil, fmt.Errorf("%w: otlp endpoint is not a URL: want an http or https URL with a host", ErrInvalidConfig)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: otlp endpoint %q: want an http or https URL with a host", ErrInvalidConfig, u.Redacted())
 		}
 	}
 	for _, sp := range cfg.SpanProcessors {

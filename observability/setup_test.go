@@ -459,3 +459,24 @@ func TestSetupSetGlobal(t *testing.T) {
 		t.Errorf("global propagator fields = %v", fields)
 	}
 }
+
+// TestSetupInvalidEndpointHidesCredentials: an OTLP endpoint Setup refuses
+// is named in the error without the password it may carry, since the error
+// goes to the logs of a service that fails to start.
+func TestSetupInvalidEndpointHidesCredentials(t *testing.T) {
+	for _, endpoint := range []string{
+		"grpc://collector:s3cret@otel.example:4317", // parses, wrong scheme
+		"https://collector:s3cret@[::1",             // does not parse
+		"https://collector:s3cret@",                 // no host
+	} {
+		_, err := observability.Setup(t.Context(), observability.Config{
+			Identity: testIdentity(t), Traces: observability.ExporterOTLPGRPC, OTLPEndpoint: endpoint,
+		})
+		if !errors.Is(err, observability.ErrInvalidConfig) {
+			t.Fatalf("%s: err = %v, want ErrInvalidConfig", endpoint, err)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("the error shows the endpoint's password: %v", err)
+		}
+	}
+}
