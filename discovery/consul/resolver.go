@@ -30,6 +30,8 @@ type ResolverConfig struct {
 	// WaitTime and Filter are set by the watch.
 	Query api.QueryOptions
 	// WaitTime is the blocking wait of one query; 5 minutes when zero.
+	// A query still unanswered 5s after WaitTime plus Consul's jitter
+	// (WaitTime/16) is abandoned as failed.
 	WaitTime time.Duration
 	// MinInterval is the least time between two queries; 10ms when zero.
 	MinInterval time.Duration
@@ -42,6 +44,10 @@ type ResolverConfig struct {
 	// Logger receives failed queries; nil means no logging.
 	Logger *slog.Logger
 }
+
+// queryGrace is how long past Consul's own bound (WaitTime plus its
+// jitter) a watch query may take before it is abandoned as failed.
+const queryGrace = 5 * time.Second
 
 // Resolver follows the passing instances of services through blocking
 // queries on the health endpoint. It is safe for concurrent use; it holds no
@@ -134,8 +140,14 @@ func (r *Resolver) Watch(ctx context.Context, service string, fn func(discovery.
 			send(nil)
 		}
 	}
-	fetch := func(_ context.Context, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-		return r.client.Health().Service(service, r.cfg.Tag, true, q)
+	fetch := func(ctx context.Context, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+		// Consul answers a blocking query within WaitTime plus WaitTime/16
+		// of jitter. A wedged agent keeps the connection open and never
+		// answers: bound the query, so that the watch reports the error
+		// and tries again instead of keeping its list silently forever.
+		ctx, cancel := context.WithTimeout(ctx, q.WaitTime+q.WaitTime/16+queryGrace)
+		defer cancel()
+		return r.client.Health().Service(service, r.cfg.Tag, true, q.WithContext(ctx))
 	}
 	return consulwatch.Run(ctx, cfg, fetch, func(entries []*api.ServiceEntry, m consulwatch.Meta) {
 		lastIndex = m.LastIndex
