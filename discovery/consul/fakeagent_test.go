@@ -31,8 +31,14 @@ type fakeAgent struct {
 	// ("register", "update-passing", "update-critical", "deregister")
 	// before the request is applied, without a.mu held: it may block to
 	// delay the request. A request whose client gave up meanwhile is not
-	// applied.
+	// applied, unless stubborn is set.
 	gate func(event string, r *http.Request)
+	// stubborn applies a request whose client gave up while it was held,
+	// as a real agent does: its handlers do not watch the connection.
+	stubborn bool
+	// applied, when set, is called with each event after it was applied,
+	// without a.mu held.
+	applied func(event string)
 }
 
 // setGate sets a.gate.
@@ -79,10 +85,23 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	if gate != nil && event != "" {
 		gate(event, r)
-		if r.Context().Err() != nil {
+		a.mu.Lock()
+		stubborn := a.stubborn
+		a.mu.Unlock()
+		if r.Context().Err() != nil && !stubborn {
 			return
 		}
 	}
+	a.apply(w, r, body, u)
+	a.mu.Lock()
+	applied := a.applied
+	a.mu.Unlock()
+	if applied != nil && event != "" {
+		applied(event)
+	}
+}
+
+func (a *fakeAgent) apply(w http.ResponseWriter, r *http.Request, body []byte, u struct{ Status, Output string }) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
@@ -353,5 +372,72 @@ func TestHeartbeatJitter(t *testing.T) {
 	}
 	if len(seen) < 10 {
 		t.Fatalf("%d distinct intervals in 100, want jitter", len(seen))
+	}
+}
+
+// TestCloseRacingReregistration: the agent lost the service (restarted) and
+// the heartbeat is registering it again when Close is called. An agent
+// applies a request whose client gave up, so the registration must not be
+// abandoned in flight and land after Close's deregistration: the instance
+// would be back in the agent, passing until its TTL lapses and registered
+// until DeregisterCriticalAfter, after the process has stopped.
+func TestCloseRacingReregistration(t *testing.T) {
+	a, c := newFakeAgent(t)
+	held := make(chan struct{})
+	deregApplied := make(chan struct{})
+	var holdOnce, deregOnce sync.Once
+	a.mu.Lock()
+	a.stubborn = true
+	a.applied = func(event string) {
+		if event == "deregister" {
+			deregOnce.Do(func() { close(deregApplied) })
+		}
+	}
+	a.mu.Unlock()
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	if e := a.next(t); e != "register" {
+		t.Fatalf("first request %q", e)
+	}
+	a.setGate(func(event string, _ *http.Request) {
+		if event != "register" {
+			return
+		}
+		first := false
+		holdOnce.Do(func() { first = true })
+		if first {
+			close(held)
+			// Hold the re-registration until the deregistration
+			// has been applied; a Close that waits for it never
+			// deregisters meanwhile, hence the bound.
+			select {
+			case <-deregApplied:
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	})
+	a.mu.Lock()
+	a.forgetful = true
+	delete(a.registered, "orders-1")
+	a.mu.Unlock()
+	<-held
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Both the held registration (applied when its hold ends, even if
+	// abandoned) and the deregistration have been applied, in some order.
+	for reregistered, deregistered := false, false; !reregistered || !deregistered; {
+		switch a.next(t) {
+		case "register":
+			reregistered = true
+		case "deregister":
+			deregistered = true
+		}
+	}
+	a.mu.Lock()
+	_, ok := a.registered["orders-1"]
+	a.mu.Unlock()
+	if ok {
+		t.Fatal("instance registered at the agent after Close: a re-registration in flight landed after the deregistration")
 	}
 }

@@ -287,13 +287,16 @@ func jitter(period time.Duration) time.Duration {
 }
 
 // beat sends one heartbeat, bounded by timeout, and registers the service
-// again if the agent has forgotten it.
+// again if the agent has forgotten it. Once sent, a beat is not cancelled
+// by ctx (Close): an agent applies a request whose client gave up, so an
+// abandoned re-registration could land after Close's deregistration and
+// bring the stopped instance back. Close waits for it instead.
 func (g *Registration) beat(ctx context.Context, timeout time.Duration) error {
 	if err := g.lockIO(ctx); err != nil {
 		return err
 	}
 	defer g.unlockIO()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	err := g.update(ctx)
 	if err != nil && forgotten(err) {
@@ -374,10 +377,13 @@ func (g *Registration) Drain(ctx context.Context, reason string) error {
 	return g.SetCritical(ctx, reason)
 }
 
-// Close stops the heartbeat, waits for it and for a SetCritical in flight,
-// and deregisters the service. Calling it again returns nil. If ctx ends
-// before the agent answers, the check lapses on its own within one TTL and
-// the service is removed after DeregisterCriticalAfter.
+// Close stops the heartbeat, waits for it (a heartbeat in flight is
+// finished, not abandoned, so that it cannot land after the deregistration:
+// at most TTL/3) and for a SetCritical in flight, and deregisters the
+// service. Calling it again returns nil. If ctx ends before the agent
+// answers, the check lapses on its own within one TTL and the service is
+// removed after DeregisterCriticalAfter; a heartbeat still in flight then
+// ends on its own within TTL/3.
 func (g *Registration) Close(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
@@ -387,7 +393,11 @@ func (g *Registration) Close(ctx context.Context) error {
 	g.closed = true
 	g.mu.Unlock()
 	g.cancel()
-	<-g.stopped
+	select {
+	case <-g.stopped: // a beat in flight is finished, within TTL/3
+	case <-ctx.Done():
+		return fmt.Errorf("consul: deregistering %s: waiting for the heartbeat: %w", g.inst.ID, ctx.Err())
+	}
 	if err := g.lockIO(ctx); err != nil {
 		return fmt.Errorf("consul: deregistering %s: %w", g.inst.ID, err)
 	}
