@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
-	"github.com/knadh/koanf/maps"
 )
 
 // decode decodes the merged tree into a new T strictly: a key that matches
@@ -235,16 +236,54 @@ func canonical[T any](v *T) ([]byte, map[string]string, error) {
 	}
 	flat := map[string]string{}
 	if m, ok := tree.(map[string]any); ok {
-		f, _ := maps.Flatten(m, nil, ".")
-		for k, leaf := range f {
-			lb, err := json.Marshal(leaf)
-			if err != nil {
+		for k, c := range m {
+			if err := flatten(k, c, flat); err != nil {
 				return nil, nil, err
 			}
-			flat[k] = string(lb)
 		}
 	}
 	return b, flat, nil
+}
+
+// flatten adds to out the leaves of v under the dotted path key: maps by
+// key, and lists of maps or lists by index, so that a restart-only field
+// inside a list element has a path of its own. An empty map and a list of
+// scalars are leaves.
+func flatten(key string, v any, out map[string]string) error {
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) > 0 {
+			for k, c := range x {
+				if err := flatten(key+"."+k, c, out); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	case []any:
+		if slices.ContainsFunc(x, composite) {
+			for i, c := range x {
+				if err := flatten(key+"."+strconv.Itoa(i), c, out); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	out[key] = string(b)
+	return nil
+}
+
+func composite(v any) bool {
+	switch v.(type) {
+	case map[string]any, []any:
+		return true
+	}
+	return false
 }
 
 // hashOf is the short hex SHA-256 of a canonical encoding.
@@ -274,16 +313,8 @@ func diffKeys(a, b map[string]string) []string {
 // `config:"restart"`; a change at or under one of them needs a restart.
 func restartPaths(t reflect.Type) []string {
 	var out []string
-	var walk func(t reflect.Type, prefix string, seen map[reflect.Type]bool)
-	walk = func(t reflect.Type, prefix string, seen map[reflect.Type]bool) {
-		for t.Kind() == reflect.Pointer {
-			t = t.Elem()
-		}
-		if t.Kind() != reflect.Struct || t == secretType || seen[t] {
-			return
-		}
-		seen[t] = true
-		defer delete(seen, t)
+	var walk, walkStruct func(t reflect.Type, prefix string, seen map[reflect.Type]bool)
+	walkStruct = func(t reflect.Type, prefix string, seen map[reflect.Type]bool) {
 		for i := range t.NumField() {
 			f := t.Field(i)
 			name, squash := fieldName(f)
@@ -302,6 +333,24 @@ func restartPaths(t reflect.Type) []string {
 			walk(f.Type, path+".", seen)
 		}
 	}
+	walk = func(t reflect.Type, prefix string, seen map[reflect.Type]bool) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t == secretType || seen[t] {
+			return
+		}
+		seen[t] = true
+		defer delete(seen, t)
+		switch t.Kind() {
+		case reflect.Map, reflect.Slice, reflect.Array:
+			// A map's values are under their keys, a list's elements
+			// under their indexes: the segment "*".
+			walk(t.Elem(), prefix+"*.", seen)
+		case reflect.Struct:
+			walkStruct(t, prefix, seen)
+		}
+	}
 	walk(t, "", map[reflect.Type]bool{})
 	sort.Strings(out)
 	return out
@@ -316,16 +365,39 @@ func hasOpt(tag, opt string) bool {
 	return false
 }
 
-// touches returns the changed keys at or under one of the paths.
+// touches returns the changed keys at or under one of the paths. A path
+// segment "*" stands for a map key or list index: one segment or more,
+// since a map key may itself hold dots.
 func touches(changed, paths []string) []string {
 	var out []string
 	for _, k := range changed {
+		ks := strings.Split(k, ".")
 		for _, p := range paths {
-			if k == p || strings.HasPrefix(k, p+".") {
+			if under(strings.Split(p, "."), ks) {
 				out = append(out, k)
 				break
 			}
 		}
 	}
 	return out
+}
+
+// under reports whether the key segments k are at or under the path
+// segments p.
+func under(p, k []string) bool {
+	if len(p) == 0 {
+		return true
+	}
+	if len(k) == 0 {
+		return false
+	}
+	if p[0] == "*" {
+		for n := 1; n <= len(k); n++ {
+			if under(p[1:], k[n:]) {
+				return true
+			}
+		}
+		return false
+	}
+	return p[0] == k[0] && under(p[1:], k[1:])
 }

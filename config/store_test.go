@@ -622,3 +622,57 @@ func TestReadersDuringSwaps(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d reads during %d pushes, %d snapshots applied", reads.Load(), n, s.Version()-1)
 }
+
+type listener struct {
+	Addr    string        `json:"addr" config:"restart"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+type listenersConfig struct {
+	ByName map[string]listener  `json:"by_name"`
+	List   []listener           `json:"list"`
+	Ptrs   map[string]*listener `json:"ptrs"`
+}
+
+// TestRestartKeyInMapOrSlice: a field tagged restart-only inside a struct
+// reached through a map or a slice is refused at run time like any other:
+// the tag was only followed through structs and pointers, so such a key
+// (a listener's address) changed live.
+func TestRestartKeyInMapOrSlice(t *testing.T) {
+	boot := map[string]any{
+		"by_name": map[string]any{"a": map[string]any{"addr": ":1", "timeout": "1s"}},
+		"list":    []any{map[string]any{"addr": ":2", "timeout": "1s"}},
+		"ptrs":    map[string]any{"p": map[string]any{"addr": ":3", "timeout": "1s"}},
+	}
+	tests := []struct {
+		name    string
+		change  func(m map[string]any)
+		refused bool
+	}{
+		{"map value's restart key", func(m map[string]any) { m["by_name"].(map[string]any)["a"].(map[string]any)["addr"] = ":9" }, true},
+		{"map value's live key", func(m map[string]any) { m["by_name"].(map[string]any)["a"].(map[string]any)["timeout"] = "2s" }, false},
+		{"map entry added", func(m map[string]any) { m["by_name"].(map[string]any)["b"] = map[string]any{"addr": ":9"} }, true},
+		{"slice element's restart key", func(m map[string]any) { m["list"].([]any)[0].(map[string]any)["addr"] = ":9" }, true},
+		{"pointer map value's restart key", func(m map[string]any) { m["ptrs"].(map[string]any)["p"].(map[string]any)["addr"] = ":9" }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &mutable{m: copyMap(boot)}
+			s, err := New(context.Background(), Options[listenersConfig]{Sources: []Source{src}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			next := copyMap(boot)
+			tc.change(next)
+			src.set(next)
+			err = s.Reload(context.Background())
+			if got := errors.Is(err, ErrRestartRequired); got != tc.refused {
+				t.Fatalf("Reload = %v; refused as restart-only: %v, want %v", err, got, tc.refused)
+			}
+			if tc.refused && s.Version() != 1 {
+				t.Errorf("refused change applied: version %d, %+v", s.Version(), s.Load())
+			}
+		})
+	}
+}
