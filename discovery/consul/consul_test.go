@@ -463,3 +463,21 @@ func loadavg() string {
 	}
 	return f[0]
 }
+
+// TestCloseAfterAgentForgot: the agent lost the service (restarted, or an
+// operator deregistered it) just before shutdown. Close's goal, the
+// instance gone from the agent, is met: it must not report a failure, which
+// would fail the lifecycle's shutdown and the process's exit status.
+func TestCloseAfterAgentForgot(t *testing.T) {
+	c := testenv.Consul(t)
+	service := testenv.Name(t)
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: 30 * time.Second})
+	id := service + "-1"
+	g := register(t, reg, instance(service, id, 9001))
+	if err := c.Agent().ServiceDeregister(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatalf("Close of a service the agent no longer knows: %v", err)
+	}
+}

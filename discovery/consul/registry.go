@@ -403,7 +403,8 @@ func (g *Registration) Close(ctx context.Context) error {
 	}
 	defer g.unlockIO()
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	if err := g.client.Agent().ServiceDeregisterOpts(g.inst.ID, q); err != nil {
+	err := g.client.Agent().ServiceDeregisterOpts(g.inst.ID, q)
+	if err != nil && !forgotten(err) { // an agent that lost the service has nothing to remove
 		return fmt.Errorf("consul: deregistering %s: %w", g.inst.ID, err)
 	}
 	return nil
