@@ -122,6 +122,19 @@ func (r Report) Supports(l Level) error {
 }
 
 // hello is the part of the hello reply Preflight and Transactor use.
+// flavour returns FlavourFerretDB when a buildInfo reply has FerretDB's
+// own fields (ferretdbVersion, ferretdbFeatures), else FlavourMongoDB.
+func flavour(build bson.Raw) string {
+	if elems, err := build.Elements(); err == nil {
+		for _, e := range elems {
+			if strings.HasPrefix(strings.ToLower(e.Key()), "ferretdb") {
+				return FlavourFerretDB
+			}
+		}
+	}
+	return FlavourMongoDB
+}
+
 type hello struct {
 	setName        string
 	mongos         bool
@@ -176,16 +189,9 @@ func Preflight(ctx context.Context, client *mongo.Client, opts PreflightOptions)
 	if err != nil {
 		return r, fmt.Errorf("consistency: preflight: buildInfo: %w", err)
 	}
-	r.Flavour = FlavourMongoDB
+	r.Flavour = flavour(build)
 	if v, err := build.LookupErr("version"); err == nil {
 		r.Version, _ = v.StringValueOK()
-	}
-	if elems, err := build.Elements(); err == nil {
-		for _, e := range elems {
-			if strings.HasPrefix(strings.ToLower(e.Key()), "ferretdb") {
-				r.Flavour = FlavourFerretDB
-			}
-		}
 	}
 
 	hraw, err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Raw()

@@ -136,8 +136,9 @@ func isTxnRetryable(err error) bool {
 }
 
 // Supported reports whether the server can run transactions: a replica set
-// member or a mongos (not a standalone mongod, not FerretDB). It asks the
-// server (hello) once and caches the answer; an error is not cached.
+// member or a mongos (not a standalone mongod, not FerretDB, even started
+// with a replica set name). It asks the server (hello, then buildInfo) once
+// and caches the answer; an error is not cached.
 func (t *Transactor) Supported(ctx context.Context) (bool, error) {
 	switch t.support.Load() {
 	case supportYes:
@@ -151,6 +152,15 @@ func (t *Transactor) Supported(ctx context.Context) (bool, error) {
 	}
 	h := parseHello(raw)
 	ok := h.setName != "" || h.mongos
+	if ok {
+		// FerretDB answers hello with the name given by --repl-set-name,
+		// without transactions.
+		build, err := t.client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
+		if err != nil {
+			return false, fmt.Errorf("consistency: asking the server whether it has transactions: %w", err)
+		}
+		ok = flavour(build) != FlavourFerretDB
+	}
 	if ok {
 		t.support.Store(supportYes)
 	} else {

@@ -349,3 +349,32 @@ func TestTransactorPanic(t *testing.T) {
 		t.Errorf("%d commits sent after a panic", n)
 	}
 }
+
+// TestTransactorFerretDBWithSetName: FerretDB started with --repl-set-name
+// (so that drivers and tools expecting a replica set connect) answers hello
+// with a setName but has no transactions. The Transactor must find that out
+// before running fn, as Preflight does, and say ErrTransactionsUnsupported:
+// it took the setName for a replica set, ran fn, and returned whatever the
+// first operation failed with (FerretDB v1.24.2 so started answers
+// '(FailedToParse) insert: unknown field "readConcern"').
+func TestTransactorFerretDBWithSetName(t *testing.T) {
+	tx, coll, _ := fakeTransactor(t, map[string][]bson.D{
+		"buildInfo": {okReply(bson.E{Key: "version", Value: "7.0.42"}, bson.E{Key: "ferretdbVersion", Value: "v1.24.2"})},
+		"insert":    {errReply(9, "FailedToParse")},
+	})
+	called := false
+	err := tx.Run(context.Background(), func(ctx context.Context) error {
+		called = true
+		_, err := coll.InsertOne(ctx, bson.D{{Key: "x", Value: 1}})
+		return err
+	})
+	if !errors.Is(err, consistency.ErrTransactionsUnsupported) {
+		t.Errorf("Run = %v, want ErrTransactionsUnsupported", err)
+	}
+	if called {
+		t.Error("fn ran on a server without transactions")
+	}
+	if ok, err := tx.Supported(context.Background()); ok || err != nil {
+		t.Errorf("Supported = %v, %v; want false", ok, err)
+	}
+}
