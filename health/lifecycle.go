@@ -59,7 +59,7 @@ type Closer struct {
 //   - Ready: wait for SIGTERM or SIGINT (see Signal), for ctx to end, or
 //     for a server to fail.
 //   - Draining: readiness fails at once (Registry.MarkDraining); OnDrain
-//     runs (make the Consul check critical); then Run waits DrainDelay,
+//     starts (make the Consul check critical); meanwhile Run waits DrainDelay,
 //     counted from the start of draining, for load balancers and clients to
 //     notice, while the servers still serve every request that arrives.
 //     Then http.Server.Shutdown closes the listeners and waits, up to
@@ -110,9 +110,11 @@ type Lifecycle struct {
 	OnStarted []func(ctx context.Context) error
 
 	// OnDrain hooks run in order as soon as readiness fails, such as
-	// setting the Consul health check to critical. Their ctx ends when the
-	// shutdown timeout does. Errors are returned by Run but do not stop
-	// the drain.
+	// setting the Consul health check to critical. They run beside the
+	// drain delay: Shutdown begins when it ends even if a hook has not
+	// returned. Their ctx ends when the shutdown timeout does, and the
+	// closers run only after they returned. Errors are returned by Run but
+	// do not stop the drain.
 	OnDrain []func(ctx context.Context) error
 
 	// Closers run in reverse order after the servers stopped. Errors are
@@ -274,14 +276,20 @@ func (lc Lifecycle) Run(ctx context.Context) error {
 	drainEnd := start.Add(drainDelay)
 	shutdownEnd := drainEnd.Add(lc.ShutdownTimeout)
 
-	var errs []error
+	// The hooks run beside the schedule, not before it: a hook that hangs
+	// (an agent that does not answer) must not hold Shutdown back past the
+	// drain delay and eat the time of the requests in flight.
+	var errs, hookErrs []error
 	hookCtx, cancelHooks := withDeadline(stopCtx, clock, shutdownEnd)
-	for _, hook := range lc.OnDrain {
-		if err := hook(hookCtx); err != nil {
-			errs = append(errs, fmt.Errorf("health: drain hook: %w", err))
+	hooksDone := make(chan struct{})
+	go func() {
+		defer close(hooksDone)
+		for _, hook := range lc.OnDrain {
+			if err := hook(hookCtx); err != nil {
+				hookErrs = append(hookErrs, fmt.Errorf("health: drain hook: %w", err))
+			}
 		}
-	}
-	cancelHooks()
+	}()
 	sleepUntil(clock, drainEnd)
 
 	// Shutdown: stop accepting, wait for requests in flight.
@@ -300,6 +308,9 @@ func (lc Lifecycle) Run(ctx context.Context) error {
 	shutting.Wait()
 	cancelShut()
 	serving.Wait()
+	<-hooksDone // within their deadline, the end of the shutdown timeout
+	cancelHooks()
+	errs = append(errs, hookErrs...)
 	close(serveErrs)
 	for err := range serveErrs {
 		cause = errors.Join(cause, err)

@@ -607,3 +607,49 @@ func TestLifecycleCancelledBeforeStart(t *testing.T) {
 		t.Fatalf("events = %v", got)
 	}
 }
+
+// TestLifecycleHungDrainHookKeepsSchedule: an OnDrain hook that hangs (it
+// sets the Consul check critical through an agent that does not answer)
+// must not hold back Shutdown past the drain delay. Before, Run waited for
+// the hooks, which may take until the end of the shutdown timeout, and then
+// called Shutdown with its deadline already past: the listener stayed open
+// after the drain delay and every request in flight then was cut at once.
+func TestLifecycleHungDrainHookKeepsSchedule(t *testing.T) {
+	clock := health.NewFakeClock(t0)
+	reg := newRegistry(t, clock)
+	l := listenLocal(t)
+	srv := &http.Server{Handler: http.NotFoundHandler()}
+	shutdownBegan := make(chan struct{})
+	srv.RegisterOnShutdown(func() { close(shutdownBegan) })
+	hookEntered := make(chan struct{})
+	signal, sig := manualSignal()
+	lc := health.Lifecycle{
+		Registry:        reg,
+		Servers:         []health.Server{{HTTP: srv, Listener: l}},
+		DrainDelay:      time.Hour, // on the fake clock
+		ShutdownTimeout: time.Hour,
+		CloseTimeout:    time.Hour,
+		GracePeriod:     3 * time.Hour,
+		Signal:          signal,
+		OnDrain: []func(context.Context) error{func(ctx context.Context) error {
+			close(hookEntered)
+			<-ctx.Done()
+			return context.Cause(ctx)
+		}},
+	}
+	done := make(chan error, 1)
+	go func() { done <- lc.Run(context.Background()) }()
+	term := await(t, sig, "signal source set up")
+	c := newClient(t)
+	waitFor(t, c, "http://"+l.Addr().String()+"/readyz", 404)
+	term()
+	await(t, hookEntered, "drain hook")
+	clock.WaitPending(1, nil) // the hook's deadline
+	clock.Advance(time.Hour)  // the drain delay is over
+	await(t, shutdownBegan, "Shutdown at the end of the drain delay while a drain hook hangs")
+	clock.Advance(time.Hour) // the hook's deadline
+	err := waitRun(t, done)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "drain hook") {
+		t.Fatalf("Run = %v, want the drain hook's deadline", err)
+	}
+}
