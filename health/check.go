@@ -89,7 +89,7 @@ func (e *entry) start(parent context.Context) *call {
 		e.deliver(c, Result{
 			Status: StatusFail,
 			Output: fmt.Sprintf("timed out after %v", timeout),
-		})
+		}, false)
 	})
 
 	go func() {
@@ -104,12 +104,7 @@ func (e *entry) start(parent context.Context) *call {
 		}
 		timer.Stop()
 		cancel()
-		e.deliver(c, res)
-		e.mu.Lock()
-		if e.call == c {
-			e.call = nil
-		}
-		e.mu.Unlock()
+		e.deliver(c, res, true)
 	}()
 	return c
 }
@@ -156,11 +151,18 @@ func (e *entry) fill(res Result) Result {
 }
 
 // deliver publishes the first result of c, caches it and wakes the callers.
-func (e *entry) deliver(c *call, res Result) {
+// returned says that c's function has returned: c ends in the same critical
+// section, so that no probe sees c delivered and still in flight, which
+// means a run that timed out and is still stuck (see get), and reuses the
+// result instead of starting a run.
+func (e *entry) deliver(c *call, res Result, returned bool) {
 	now := e.reg.clock.Now()
 	res.Time = now
 	res = e.fill(res)
 	e.mu.Lock()
+	if returned && e.call == c {
+		e.call = nil
+	}
 	if c.delivered {
 		e.mu.Unlock()
 		return
