@@ -340,7 +340,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp = r
 			return nil
 		}
-		if retry.IsRetryable(lastErr) && !s.bal.hasCandidate(tried) {
+		if ctx.Err() == nil && retry.IsRetryable(lastErr) && !s.bal.hasCandidate(tried) {
 			// Nothing left to retry on: stop now, without waiting or
 			// spending the budget on an attempt that cannot be made.
 			return retry.Permanent(fmt.Errorf("%w (%w: every instance tried)", lastErr, ErrNoInstances))

@@ -276,3 +276,26 @@ func TestTransportUpgrade(t *testing.T) {
 		t.Fatalf("echo %q %v", buf, err)
 	}
 }
+
+// TestTransportCancelledMidRequest: a request whose caller gave up while the
+// only instance was answering fails with the caller's context error, not
+// with ErrNoInstances ("every instance tried"): the instance was not at
+// fault, and a caller that sees ErrNoInstances would report the service
+// down.
+func TestTransportCancelledMidRequest(t *testing.T) {
+	a := newSlowBackend(t, "a", time.Minute)
+	defer close(a.killed)
+	_, tr := fleet(t, discovery.TransportConfig{}, a)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://orders/x", nil)
+	go func() {
+		for a.hits.Load() == 0 {
+			time.Sleep(time.Millisecond) // polling for the request to arrive
+		}
+		cancel()
+	}()
+	_, err := tr.RoundTrip(req)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, discovery.ErrNoInstances) {
+		t.Fatalf("RoundTrip: %v; want context.Canceled and not ErrNoInstances", err)
+	}
+}
