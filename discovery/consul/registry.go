@@ -45,7 +45,9 @@ type RegistryConfig struct {
 	DeregisterCriticalAfter time.Duration
 	// HTTPCheck, when set, is a URL that the agent probes as a second
 	// check (the instance's readiness endpoint); the instance is passing
-	// only while both checks pass.
+	// only while both checks pass. The HTTP check starts critical, so a
+	// new instance is passing only once the agent has probed it (within
+	// one HTTPCheckInterval of registering, at a random point of it).
 	HTTPCheck string
 	// HTTPCheckInterval and HTTPCheckTimeout configure the HTTP check;
 	// DefaultHTTPCheckInterval and DefaultHTTPCheckTimeout when zero.
@@ -159,7 +161,7 @@ func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", discovery.ErrInvalidConfig, err)
 	}
-	if err := g.register(ctx); err != nil {
+	if err := g.register(ctx, true); err != nil {
 		return nil, err
 	}
 	hctx, cancel := context.WithCancel(context.Background())
@@ -198,7 +200,13 @@ func (g *Registration) Instance() discovery.Instance { return g.inst.Clone() }
 // CheckID returns the ID of the TTL check.
 func (g *Registration) CheckID() string { return g.checkID }
 
-func (g *Registration) registration(status, note string) *api.AgentServiceRegistration {
+// registration is the agent payload. first is the initial registration:
+// its HTTP check starts critical, so that the instance is not passing before
+// the agent has seen its readiness endpoint pass (the instance is usually
+// registered while still starting). A registration sent again after the
+// agent forgot it keeps the current status, so that a ready instance
+// comes back within one heartbeat.
+func (g *Registration) registration(status, note string, first bool) *api.AgentServiceRegistration {
 	ttl := &api.AgentServiceCheck{
 		CheckID:                        g.checkID,
 		Name:                           "activekit heartbeat",
@@ -212,6 +220,10 @@ func (g *Registration) registration(status, note string) *api.AgentServiceRegist
 	}
 	checks := api.AgentServiceChecks{ttl}
 	if g.cfg.HTTPCheck != "" {
+		httpStatus := status
+		if first {
+			httpStatus = api.HealthCritical
+		}
 		checks = append(checks, &api.AgentServiceCheck{
 			CheckID:                        "activekit:" + g.inst.ID + ":http",
 			Name:                           "activekit readiness",
@@ -219,7 +231,7 @@ func (g *Registration) registration(status, note string) *api.AgentServiceRegist
 			Method:                         http.MethodGet,
 			Interval:                       g.cfg.HTTPCheckInterval.String(),
 			Timeout:                        g.cfg.HTTPCheckTimeout.String(),
-			Status:                         status,
+			Status:                         httpStatus,
 			DeregisterCriticalServiceAfter: g.cfg.DeregisterCriticalAfter.String(),
 		})
 	}
@@ -234,13 +246,14 @@ func (g *Registration) registration(status, note string) *api.AgentServiceRegist
 	}
 }
 
-// register (re-)registers the service with the current status.
-func (g *Registration) register(ctx context.Context) error {
+// register (re-)registers the service with the current status; first is
+// the initial registration (see registration).
+func (g *Registration) register(ctx context.Context, first bool) error {
 	g.mu.Lock()
 	status, note := g.status, g.note
 	g.mu.Unlock()
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
-	if err := g.client.Agent().ServiceRegisterOpts(g.registration(status, note), opts); err != nil {
+	if err := g.client.Agent().ServiceRegisterOpts(g.registration(status, note, first), opts); err != nil {
 		return fmt.Errorf("consul: registering %s: %w", g.inst.ID, err)
 	}
 	return nil
@@ -301,7 +314,7 @@ func (g *Registration) beat(ctx context.Context, timeout time.Duration) error {
 	err := g.update(ctx)
 	if err != nil && forgotten(err) {
 		g.cfg.Logger.Warn("consul: agent lost the registration, registering again", "instance", g.inst.ID, "error", err)
-		err = g.register(ctx)
+		err = g.register(ctx, false)
 	}
 	return err
 }
@@ -364,7 +377,7 @@ func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	}
 	err := g.update(ctx)
 	if err != nil && forgotten(err) {
-		err = g.register(ctx)
+		err = g.register(ctx, false)
 	}
 	if err != nil {
 		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)

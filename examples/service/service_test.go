@@ -360,11 +360,16 @@ func TestConsul(t *testing.T) {
 		return all
 	}
 	eventually(t, 5*time.Second, "registered", func() bool { return len(checks()) == 2 })
-	for id, ch := range checks() {
-		if ch.Status != api.HealthPassing {
-			t.Errorf("check %s: %s", id, ch.Status)
+	// The HTTP check starts critical and passes once the agent has probed
+	// /readyz (within one HTTPCheckInterval, 5 s by default).
+	eventually(t, 15*time.Second, "both checks passing", func() bool {
+		for _, ch := range checks() {
+			if ch.Status != api.HealthPassing {
+				return false
+			}
 		}
-	}
+		return true
+	})
 
 	// A change in Consul reaches the running instance.
 	put("greeting", "changed")
