@@ -45,10 +45,6 @@ type ResolverConfig struct {
 	Logger *slog.Logger
 }
 
-// queryGrace is how long past Consul's own bound (WaitTime plus its
-// jitter) a watch query may take before it is abandoned as failed.
-const queryGrace = 5 * time.Second
-
 // Resolver follows the passing instances of services through blocking
 // queries on the health endpoint. It is safe for concurrent use; it holds no
 // goroutine or connection of its own.
@@ -140,14 +136,10 @@ func (r *Resolver) Watch(ctx context.Context, service string, fn func(discovery.
 			send(nil)
 		}
 	}
-	fetch := func(ctx context.Context, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-		// Consul answers a blocking query within WaitTime plus WaitTime/16
-		// of jitter. A wedged agent keeps the connection open and never
-		// answers: bound the query, so that the watch reports the error
-		// and tries again instead of keeping its list silently forever.
-		ctx, cancel := context.WithTimeout(ctx, q.WaitTime+q.WaitTime/16+queryGrace)
-		defer cancel()
-		return r.client.Health().Service(service, r.cfg.Tag, true, q.WithContext(ctx))
+	// consulwatch bounds each query (a wedged agent that never answers
+	// fails it), and passes the bounded context in q.
+	fetch := func(_ context.Context, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+		return r.client.Health().Service(service, r.cfg.Tag, true, q)
 	}
 	return consulwatch.Run(ctx, cfg, fetch, func(entries []*api.ServiceEntry, m consulwatch.Meta) {
 		lastIndex = m.LastIndex

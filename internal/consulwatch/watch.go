@@ -40,6 +40,11 @@ var defaultBackoff = retry.Policy{
 // cannot use.
 var ErrInvalidConfig = errors.New("consulwatch: invalid config")
 
+// queryGrace is how long past Consul's own bound (WaitTime plus its
+// jitter) one query may take before it is abandoned as failed. A variable
+// for the tests.
+var queryGrace = 5 * time.Second
+
 // errNoMeta is reported when a Fetch returns no error and no QueryMeta.
 var errNoMeta = errors.New("consulwatch: fetch returned no query meta")
 
@@ -172,7 +177,13 @@ func Run[T any](ctx context.Context, cfg Config, fetch Fetch[T], deliver func(T,
 		q := c.Query
 		q.WaitIndex = waitIndex
 		q.WaitTime = c.WaitTime
-		v, qm, err := fetch(ctx, q.WithContext(ctx))
+		// Consul answers a blocking query within WaitTime plus WaitTime/16
+		// of jitter. A wedged agent keeps the connection open and never
+		// answers: the query is bounded, so the watch reports the error and
+		// tries again instead of keeping its last result silently forever.
+		qctx, qcancel := context.WithTimeout(ctx, c.WaitTime+c.WaitTime/16+queryGrace)
+		v, qm, err := fetch(qctx, q.WithContext(qctx))
+		qcancel()
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}

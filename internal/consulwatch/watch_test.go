@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -315,6 +316,50 @@ func TestInvalidConfig(t *testing.T) {
 
 // TestCancelReturnsPromptly cancels Run, on the real clock, while a query
 // blocks and while it backs off for an hour.
+// TestHungQueryFails: a query the agent accepts and never answers (a wedged
+// agent keeps its connections open) fails once it is well past Consul's
+// own bound, is reported through OnError and is made again; the watch
+// neither stops nor keeps its last result silently.
+func TestHungQueryFails(t *testing.T) {
+	defer func(g time.Duration) { queryGrace = g }(queryGrace)
+	queryGrace = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var calls atomic.Int32
+	errs := make(chan error, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{
+			WaitTime: 10 * time.Millisecond,
+			Backoff:  retry.Policy{InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, Jitter: retry.NoJitter},
+			OnError: func(err error, _ time.Duration) {
+				select {
+				case errs <- err:
+				default:
+				}
+			},
+		}, func(ctx context.Context, q *api.QueryOptions) (int, *api.QueryMeta, error) {
+			calls.Add(1)
+			<-ctx.Done() // hangs until the watch gives the query up
+			return 0, nil, ctx.Err()
+		}, func(int, Meta) {})
+	}()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("OnError(%v), want the query's deadline", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no error reported for a hung query (%d queries made)", calls.Load())
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
 func TestCancelReturnsPromptly(t *testing.T) {
 	t.Run("blocked in fetch", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
