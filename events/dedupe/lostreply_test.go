@@ -3,9 +3,6 @@ package dedupe_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,23 +13,6 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 )
 
-// lossyConn drops the connection instead of delivering the first reply read
-// while lose is set: Redis ran the command, and the client never hears of it
-// (a primary killed, a connection reset).
-type lossyConn struct {
-	net.Conn
-	lose *atomic.Bool
-}
-
-func (c *lossyConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 && c.lose.CompareAndSwap(true, false) {
-		_ = c.Conn.Close()
-		return 0, io.EOF
-	}
-	return n, err
-}
-
 // TestRedisDoneWithLostReply: a DoneWith whose reply is lost to a dropped
 // connection is not answered by a second run of its script (go-redis's
 // default retries resend a command whose reply was lost), which finds the
@@ -42,19 +22,7 @@ func (c *lossyConn) Read(p []byte) (int, error) {
 // events.DeadLetter without retries). The outcome of a lost reply is
 // unknown, and DoneWith says so with an Unavailable error.
 func TestRedisDoneWithLostReply(t *testing.T) {
-	lose := &atomic.Bool{}
-	var d net.Dialer
-	c := redis.NewClient(&redis.Options{
-		Addr: testenv.RedisAddr(t),
-		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &lossyConn{Conn: conn, lose: lose}, nil
-		},
-	})
-	t.Cleanup(func() { _ = c.Close() })
+	c, lose := testenv.LossyRedis(t)
 	s, prefix := redisStore(t, c)
 	ctx := context.Background()
 	counter := prefix + "counter"

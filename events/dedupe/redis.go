@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/internal/redisonce"
 )
 
 // RedisConfig configures a RedisStore. Zero fields mean the defaults.
@@ -909,7 +910,7 @@ func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.
 	shard := s.shard(c.ID)
 	g := s.generation()
 	for try := 0; ; try++ {
-		res, err := doneWithScript.Run(ctx, once{s.c}, s.genKeys(c.Group, shard, g), append([]any{g, s.gen, s.expiry(g)}, args...)...).Slice()
+		res, err := doneWithScript.Run(ctx, redisonce.Scripter{C: s.c}, s.genKeys(c.Group, shard, g), append([]any{g, s.gen, s.expiry(g)}, args...)...).Slice()
 		if err != nil {
 			return doneWithError(ctx, err)
 		}
@@ -1016,64 +1017,3 @@ func setReply(cmd redis.Cmder, v any) {
 		cmd.SetErr(ErrNoReply)
 	}
 }
-
-// once runs scripts as commands go-redis never sends a second time (its
-// retries, on by default, resend a command whose reply was lost to a dropped
-// connection or a timeout, after Redis may have run it). DoneWith's script
-// run twice answers from the first run's effect (ErrLeaseLost for an effect
-// recorded); with once, it fails with the transport's error, whose outcome is
-// unknown. A command that never reached Redis (a MOVED, a dial) is still
-// sent again by the client.
-type once struct{ c redis.UniversalClient }
-
-// Eval implements redis.Scripter.
-func (o once) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
-	return o.eval(ctx, "eval", script, keys, args)
-}
-
-// EvalSha implements redis.Scripter.
-func (o once) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	return o.eval(ctx, "evalsha", sha1, keys, args)
-}
-
-// EvalRO implements redis.Scripter.
-func (o once) EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
-	return o.c.EvalRO(ctx, script, keys, args...)
-}
-
-// EvalShaRO implements redis.Scripter.
-func (o once) EvalShaRO(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	return o.c.EvalShaRO(ctx, sha1, keys, args...)
-}
-
-// ScriptExists implements redis.Scripter.
-func (o once) ScriptExists(ctx context.Context, hashes ...string) *redis.BoolSliceCmd {
-	return o.c.ScriptExists(ctx, hashes...)
-}
-
-// ScriptLoad implements redis.Scripter.
-func (o once) ScriptLoad(ctx context.Context, script string) *redis.StringCmd {
-	return o.c.ScriptLoad(ctx, script)
-}
-
-// eval builds the command as go-redis's own Eval does.
-func (o once) eval(ctx context.Context, name, payload string, keys []string, args []any) *redis.Cmd {
-	a := make([]any, 0, 3+len(keys)+len(args))
-	a = append(a, name, payload, len(keys))
-	for _, k := range keys {
-		a = append(a, k)
-	}
-	a = append(a, args...)
-	cmd := redis.NewCmd(ctx, a...)
-	if len(keys) > 0 {
-		cmd.SetFirstKeyPos(3)
-	}
-	_ = o.c.Process(ctx, noRetry{cmd})
-	return cmd
-}
-
-// noRetry is a command go-redis must not send again once sent.
-type noRetry struct{ *redis.Cmd }
-
-// NoRetry implements redis.Cmder.
-func (noRetry) NoRetry() bool { return true }

@@ -3,9 +3,6 @@ package redisstore_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,23 +13,6 @@ import (
 	"github.com/activekit/activekit/session/sessiontest"
 )
 
-// lossyConn drops the connection instead of delivering the first reply read
-// while lose is set: Redis ran the command, and the client never hears of it
-// (a primary killed, a connection reset, as in a Sentinel failover).
-type lossyConn struct {
-	net.Conn
-	lose *atomic.Bool
-}
-
-func (c *lossyConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 && c.lose.CompareAndSwap(true, false) {
-		_ = c.Conn.Close()
-		return 0, io.EOF
-	}
-	return n, err
-}
-
 // TestLostReplyIsNotRetried: a write whose reply is lost is reported as a
 // failure of unknown outcome, never answered by a second run of the same
 // script, which sees the first run's effect and answers something false: a
@@ -42,19 +22,7 @@ func (c *lossyConn) Read(p []byte) (int, error) {
 // renewed session lives on). The client has go-redis's default retries, as
 // testenv.Redis and most applications do.
 func TestLostReplyIsNotRetried(t *testing.T) {
-	lose := &atomic.Bool{}
-	var d net.Dialer
-	c := redis.NewClient(&redis.Options{
-		Addr: testenv.RedisAddr(t),
-		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &lossyConn{Conn: conn, lose: lose}, nil
-		},
-	})
-	t.Cleanup(func() { _ = c.Close() })
+	c, lose := testenv.LossyRedis(t)
 	s := newStore(t, c)
 	ctx := t.Context()
 	create := func() string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/activekit/activekit/internal/redisonce"
 	"github.com/activekit/activekit/session"
 )
 
@@ -883,9 +884,9 @@ func (s *Store) members(ctx context.Context, user string) ([]string, []string, e
 func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, args ...any) (*redis.Cmd, error) {
 	if s.waitReplicas == 0 {
 		// script.Run, without its allocation when there is no error.
-		cmd := script.EvalSha(ctx, once{s.c}, keys, args...)
+		cmd := script.EvalSha(ctx, redisonce.Scripter{C: s.c}, keys, args...)
 		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			cmd = script.Eval(ctx, once{s.c}, keys, args...)
+			cmd = script.Eval(ctx, redisonce.Scripter{C: s.c}, keys, args...)
 		}
 		return cmd, nil
 	}
@@ -896,9 +897,11 @@ func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, 
 		_, _ = pipe.Exec(ctx)
 		return cmd, wait
 	}
-	cmd, wait := send(func(p redis.Pipeliner) *redis.Cmd { return script.EvalSha(ctx, once{p}, keys, args...) })
+	cmd, wait := send(func(p redis.Pipeliner) *redis.Cmd {
+		return script.EvalSha(ctx, redisonce.Scripter{C: p}, keys, args...)
+	})
 	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		cmd, wait = send(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, once{p}, keys, args...) })
+		cmd, wait = send(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, redisonce.Scripter{C: p}, keys, args...) })
 	}
 	if cmd.Err() != nil {
 		return cmd, nil
@@ -912,72 +915,3 @@ func (s *Store) write(ctx context.Context, script *redis.Script, keys []string, 
 	}
 	return cmd, nil
 }
-
-// once runs scripts as commands that go-redis never sends a second time
-// (its retries, on by default, resend a command whose reply was lost to a
-// dropped connection or a timeout, after Redis may have run it). A write
-// script run twice answers from the first run's effect: a conflict for a
-// delta applied, not found for an alias made, the end of the chain for a
-// Delete that removed an alias; the caller would act on a falsehood (the
-// Manager's Update applies the delta again, a renewal deletes the renewed
-// session). With once, such a write fails with the transport's error, whose
-// outcome is unknown, as the Store contract says. A command that never
-// reached Redis (a MOVED, a dial) is still sent again by the client.
-type once struct {
-	c interface {
-		redis.Scripter
-		Process(ctx context.Context, cmd redis.Cmder) error
-	}
-}
-
-// Eval implements redis.Scripter.
-func (o once) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
-	return o.eval(ctx, "eval", script, keys, args)
-}
-
-// EvalSha implements redis.Scripter.
-func (o once) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	return o.eval(ctx, "evalsha", sha1, keys, args)
-}
-
-// EvalRO implements redis.Scripter.
-func (o once) EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
-	return o.c.EvalRO(ctx, script, keys, args...)
-}
-
-// EvalShaRO implements redis.Scripter.
-func (o once) EvalShaRO(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	return o.c.EvalShaRO(ctx, sha1, keys, args...)
-}
-
-// ScriptExists implements redis.Scripter.
-func (o once) ScriptExists(ctx context.Context, hashes ...string) *redis.BoolSliceCmd {
-	return o.c.ScriptExists(ctx, hashes...)
-}
-
-// ScriptLoad implements redis.Scripter.
-func (o once) ScriptLoad(ctx context.Context, script string) *redis.StringCmd {
-	return o.c.ScriptLoad(ctx, script)
-}
-
-// eval builds the command as go-redis's own Eval does.
-func (o once) eval(ctx context.Context, name, payload string, keys []string, args []any) *redis.Cmd {
-	a := make([]any, 0, 3+len(keys)+len(args))
-	a = append(a, name, payload, len(keys))
-	for _, k := range keys {
-		a = append(a, k)
-	}
-	a = append(a, args...)
-	cmd := redis.NewCmd(ctx, a...)
-	if len(keys) > 0 {
-		cmd.SetFirstKeyPos(3)
-	}
-	_ = o.c.Process(ctx, noRetry{cmd})
-	return cmd
-}
-
-// noRetry is a command go-redis must not send again once sent.
-type noRetry struct{ *redis.Cmd }
-
-// NoRetry implements redis.Cmder.
-func (noRetry) NoRetry() bool { return true }
