@@ -93,23 +93,7 @@ func runBatches(b *testing.B, send func(context.Context, int) error) {
 func BenchmarkConsume(b *testing.B) {
 	c := newCluster(b)
 	rdb := testenv.Redis(b)
-	fill := func(b *testing.B) string {
-		b.Helper()
-		topic := testenv.Name(b)
-		c.topics(b, topic)
-		p := c.publisher(b, topic)
-		for left := b.N; left > 0; left -= 1000 {
-			es := make([]events.Event, min(1000, left))
-			for i := range es {
-				es[i] = events.New("/bench", "io.activekit.bench", []byte(`{"n":1}`))
-				es[i].Subject = "order-" + strconv.Itoa(i%64)
-			}
-			if err := p.Publish(context.Background(), es...); err != nil {
-				b.Fatal(err)
-			}
-		}
-		return topic
-	}
+	fill := func(b *testing.B) string { return fillTopic(b, c) }
 	b.Run("franz-go", func(b *testing.B) {
 		topic := fill(b)
 		cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.ConsumerGroup(topic+"-g"), kgo.ConsumeTopics(topic),
@@ -198,4 +182,24 @@ func BenchmarkConsume(b *testing.B) {
 		}
 		consume(b, func(h events.Handler) events.Handler { return h }, d)
 	})
+}
+
+// fillTopic makes a topic holding b.N events, 64 subjects, and returns its
+// name.
+func fillTopic(b *testing.B, c *cluster) string {
+	b.Helper()
+	topic := testenv.Name(b)
+	c.topics(b, topic)
+	p := c.publisher(b, topic)
+	for left := b.N; left > 0; left -= 1000 {
+		es := make([]events.Event, min(1000, left))
+		for i := range es {
+			es[i] = events.New("/bench", "io.activekit.bench", []byte(`{"n":1}`))
+			es[i].Subject = "order-" + strconv.Itoa(i%64)
+		}
+		if err := p.Publish(context.Background(), es...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return topic
 }

@@ -29,19 +29,7 @@ func BenchmarkConsumeFloor(b *testing.B) {
 	rdb := testenv.Redis(b)
 	for _, mode := range []string{"franz-go", "franz-go+redis-hsetnx", "franz-go+redis-hset"} {
 		b.Run(mode, func(b *testing.B) {
-			topic := testenv.Name(b)
-			c.topics(b, topic)
-			p := c.publisher(b, topic)
-			for left := b.N; left > 0; left -= 1000 {
-				es := make([]events.Event, min(1000, left))
-				for i := range es {
-					es[i] = events.New("/bench", "io.activekit.bench", []byte(`{"n":1}`))
-					es[i].Subject = "order-" + strconv.Itoa(i%64)
-				}
-				if err := p.Publish(context.Background(), es...); err != nil {
-					b.Fatal(err)
-				}
-			}
+			topic := fillTopic(b, c)
 			prefix := topic + ":"
 			testenv.CleanupRedisPrefix(b, rdb, prefix)
 			cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.ConsumerGroup(topic+"-g"), kgo.ConsumeTopics(topic),
