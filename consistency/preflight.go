@@ -121,7 +121,6 @@ func (r Report) Supports(l Level) error {
 	return &UnsupportedError{Level: l, Reasons: why}
 }
 
-// hello is the part of the hello reply Preflight and Transactor use.
 // flavour returns FlavourFerretDB when a buildInfo reply has FerretDB's
 // own fields (ferretdbVersion, ferretdbFeatures), else FlavourMongoDB.
 func flavour(build bson.Raw) string {
@@ -135,6 +134,7 @@ func flavour(build bson.Raw) string {
 	return FlavourMongoDB
 }
 
+// hello is the part of the hello reply Preflight and Transactor use.
 type hello struct {
 	setName        string
 	mongos         bool
