@@ -44,7 +44,11 @@ func Unavailable(err error) error {
 
 // IsUnavailable reports whether err, or any error in its chain (through
 // Unwrap, errors.Join and *retry.Error alike), was marked by Unavailable.
+// It costs nothing for nil (the errors.As target escapes to the heap).
 func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
 	var u *unavailableError
 	return errors.As(err, &u)
 }

@@ -203,7 +203,7 @@ func (e retryAlways) Error() string { return e.err.Error() }
 // loop, its tries make that one attempt of the event.
 func (c *consumer) untilAvailable(ctx context.Context, fn func(context.Context) error) error {
 	err := fn(ctx)
-	if err == nil || !events.IsUnavailable(err) {
+	if !events.IsUnavailable(err) {
 		return err
 	}
 	o := outageLog{c: c}
