@@ -165,8 +165,8 @@ type Deduper struct {
 	undone map[string]undoneClaim
 }
 
-// undoneClaim is a claim in Deduper.undone, with when it was last put or
-// looked up (entries not looked up for undoneTTL are dropped).
+// undoneClaim is a claim in Deduper.undone, with when it was put (a lookup
+// takes it out; the next put drops entries older than undoneTTL).
 type undoneClaim struct {
 	c  Claim
 	at time.Time
