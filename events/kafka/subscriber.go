@@ -94,16 +94,16 @@ type SubscriberConfig struct {
 // A handler error is retried in place with the Retrier, so the events after
 // it on the partition wait (order is kept); so is one wrapping a context
 // error while ctx lives on (a call of the handler's own timed out, the
-// dedupe lease ran out). When the retries are spent, or
-// the error is events.Permanent, or the handler panicked, or the record is not
-// a CloudEvent, the record is copied to the dead-letter topic with its key,
+// dedupe lease ran out). When the retries are spent, or the error is
+// events.Permanent, or the handler panicked, or the record is not a
+// CloudEvent, the record is copied to the dead-letter topic with its key,
 // value and headers plus the reason (ce_deadletterreason), the attempts
 // (ce_deadletterattempts) and where it came from (dlq-* headers), and
 // consumption moves on. A dead letter the dead-letter topic refuses as too
 // large is sent without the record's value, then without its headers
-// (HeaderDLQDropped says which), rather than block the partition. Publishing the dead letter is retried until it
-// succeeds or ctx ends; a consumer never skips a record it has not handled or
-// dead-lettered.
+// (HeaderDLQDropped says which), rather than block the partition.
+// Publishing the dead letter is retried until it succeeds or ctx ends; a
+// consumer never skips a record it has not handled or dead-lettered.
 //
 // A handler error marked events.Unavailable (a dependency is down: every
 // error of the dedupe store is marked so) is not the event's failure, and
