@@ -889,11 +889,12 @@ var ErrNoReply = errors.New("dedupe: DoneWith keeps no reply of this command typ
 //
 // It returns ErrLeaseLost, having run nothing, when the claim is no longer
 // held, and an error marked events.Unavailable when Redis could not be
-// reached or could not take the write, or when the reply was lost (the
-// script is never sent again once sent: a second run would find the first
-// one's done mark and answer ErrLeaseLost for an effect that ran; the
-// redelivery finds the event done instead) (a subscriber then tries the event
-// again once it can, instead of counting the failure against the event).
+// reached or could not take the write, or when the reply was lost (a
+// subscriber then tries the event again once it can, instead of counting
+// the failure against the event). The script is never sent again once
+// sent: a second run would find the first one's done mark and answer
+// ErrLeaseLost for an effect that ran; the redelivery finds the event done
+// instead.
 func (s *RedisStore) DoneWith(ctx context.Context, c Claim, fn func(ctx context.Context, pipe redis.Pipeliner) error) error {
 	pipe := s.c.Pipeline()
 	if err := fn(ctx, pipe); err != nil {
