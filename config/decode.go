@@ -112,27 +112,24 @@ func fieldName(f reflect.StructField) (name string, squash bool) {
 }
 
 // toTree converts a value of the configuration type into a nested tree of
-// maps, slices and scalars under the same keys the decoder reads. With
-// reveal, a Secret is its value (the defaults layer); without, it is its
-// digest (the canonical form that is hashed and diffed).
-func toTree(v reflect.Value, reveal bool) any {
+// maps, slices and scalars under the same keys the decoder reads. A Secret
+// is what secret returns for it and its dotted path: its value for the
+// defaults layer, its derivation for the canonical form that is hashed and
+// diffed.
+func toTree(v reflect.Value, path string, secret func(path string, s Secret) any) any {
 	if !v.IsValid() {
 		return nil
 	}
 	t := v.Type()
 	if t == secretType {
-		s := v.Interface().(Secret)
-		if reveal {
-			return s.v
-		}
-		return s.digest()
+		return secret(path, v.Interface().(Secret))
 	}
 	switch t.Kind() {
 	case reflect.Pointer, reflect.Interface:
 		if v.IsNil() {
 			return nil
 		}
-		return toTree(v.Elem(), reveal)
+		return toTree(v.Elem(), path, secret)
 	}
 	// Types with their own text form (time.Time, net.IP, ...) decode from
 	// it through TextUnmarshaler, so they are kept as that text.
@@ -152,7 +149,7 @@ func toTree(v reflect.Value, reveal bool) any {
 	switch t.Kind() {
 	case reflect.Struct:
 		m := map[string]any{}
-		structToTree(v, m, reveal)
+		structToTree(v, path, m, secret)
 		return m
 	case reflect.Map:
 		if v.IsNil() {
@@ -161,7 +158,8 @@ func toTree(v reflect.Value, reveal bool) any {
 		m := make(map[string]any, v.Len())
 		it := v.MapRange()
 		for it.Next() {
-			m[fmt.Sprint(it.Key().Interface())] = toTree(it.Value(), reveal)
+			k := fmt.Sprint(it.Key().Interface())
+			m[k] = toTree(it.Value(), join(path, k), secret)
 		}
 		return m
 	case reflect.Slice:
@@ -172,14 +170,14 @@ func toTree(v reflect.Value, reveal bool) any {
 	case reflect.Array:
 		s := make([]any, v.Len())
 		for i := range s {
-			s[i] = toTree(v.Index(i), reveal)
+			s[i] = toTree(v.Index(i), join(path, strconv.Itoa(i)), secret)
 		}
 		return s
 	}
 	return v.Interface()
 }
 
-func structToTree(v reflect.Value, m map[string]any, reveal bool) {
+func structToTree(v reflect.Value, path string, m map[string]any, secret func(string, Secret) any) {
 	t := v.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -192,21 +190,32 @@ func structToTree(v reflect.Value, m map[string]any, reveal bool) {
 				}
 				fv = fv.Elem()
 			}
-			structToTree(fv, m, reveal)
+			structToTree(fv, path, m, secret)
 			continue
 		}
 		if name == "" {
 			continue
 		}
-		m[name] = toTree(v.Field(i), reveal)
+		m[name] = toTree(v.Field(i), join(path, name), secret)
 	}
 }
+
+// join appends a key to a dotted path.
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// revealSecret is the form of a secret in the defaults layer: its value.
+func revealSecret(_ string, s Secret) any { return s.v }
 
 // defaultsTree is the defaults layer: d as a tree with secrets revealed,
 // without nil values (which would override nothing but could trip the
 // decoder).
 func defaultsTree[T any](d T) map[string]any {
-	m, _ := toTree(reflect.ValueOf(&d).Elem(), true).(map[string]any)
+	m, _ := toTree(reflect.ValueOf(&d).Elem(), "", revealSecret).(map[string]any)
 	if m == nil {
 		return map[string]any{}
 	}
@@ -225,11 +234,13 @@ func dropNils(m map[string]any) {
 	}
 }
 
-// canonical returns the canonical JSON of v (sorted keys, secrets as
-// digests) and its flattened form (dotted path to the JSON of the leaf)
-// for diffing.
-func canonical[T any](v *T) ([]byte, map[string]string, error) {
-	tree := toTree(reflect.ValueOf(v).Elem(), false)
+// canonical returns the canonical JSON of v (sorted keys, secrets as their
+// slow derivations, from secrets' cache) and its flattened form (dotted
+// path to the JSON of the leaf) for diffing. Neither is ever printed: a
+// diff reports keys only.
+func canonical[T any](v *T, secrets *secretCache) ([]byte, map[string]string, error) {
+	defer secrets.done()
+	tree := toTree(reflect.ValueOf(v).Elem(), "", func(path string, s Secret) any { return secrets.derive(path, s) })
 	b, err := json.Marshal(tree)
 	if err != nil {
 		return nil, nil, err

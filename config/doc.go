@@ -26,10 +26,10 @@
 // Readers call Load, which is one atomic pointer read: no lock, and never a
 // half-applied change. Subscribers get the old and new value after each
 // swap, in order. Hash identifies the effective configuration (a SHA-256 of
-// its canonical JSON, secrets by digest), the same on every instance that
-// runs the same configuration: report it in health output, in the Consul
-// service meta and, through the activekit.config.info gauge, in metrics,
-// and drift across the fleet is one query away.
+// its canonical JSON, secrets by a slow salted derivation), the same on
+// every instance that runs the same configuration: report it in health
+// output, in the Consul service meta and, through the activekit.config.info
+// gauge, in metrics, and drift across the fleet is one query away.
 //
 // Secret holds passwords and tokens: it decodes from any source and never
 // prints.

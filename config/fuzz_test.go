@@ -67,7 +67,8 @@ func (p *parsed) Load(ctx context.Context) (map[string]any, error) {
 }
 
 func equalConfig(a, b testConfig) bool {
-	ca, _, errA := canonical(&a)
-	cb, _, errB := canonical(&b)
+	var secrets secretCache
+	ca, _, errA := canonical(&a, &secrets)
+	cb, _, errB := canonical(&b, &secrets)
 	return errA == nil && errB == nil && string(ca) == string(cb)
 }

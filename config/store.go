@@ -84,6 +84,7 @@ type Store[T any] struct {
 
 	applyMu sync.Mutex // serialises the pipeline (Watch and Reload)
 	kick    chan struct{}
+	secrets secretCache // used by build only: New's before the store is shared, then under applyMu
 
 	applied  metric.Int64Counter
 	rejected metric.Int64Counter
@@ -210,9 +211,10 @@ func (s *Store[T]) Close() error {
 func (s *Store[T]) Load() T { return s.cur.Load().value }
 
 // Hash returns a short hex digest of the effective configuration: the
-// first 8 bytes of the SHA-256 of its canonical JSON (sorted keys, secrets
-// replaced by their own SHA-256). Instances with the same configuration
-// report the same hash whatever the order or syntax of their sources.
+// first 8 bytes of the SHA-256 of its canonical JSON (sorted keys, each
+// secret replaced by a slow derivation of it, see Secret). Instances with
+// the same configuration report the same hash whatever the order or syntax
+// of their sources.
 func (s *Store[T]) Hash() string { return s.cur.Load().hash }
 
 // Version counts the snapshots applied by this store, 1 at boot.
@@ -457,7 +459,7 @@ func (s *Store[T]) build(layers []map[string]any, old *snapshot[T]) (*snapshot[T
 	if err := s.validate(&v); err != nil {
 		return nil, nil, &ChangeError{Stage: StageValidate, Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
 	}
-	canon, flat, err := canonical(&v)
+	canon, flat, err := canonical(&v, &s.secrets)
 	if err != nil {
 		return nil, nil, &ChangeError{Stage: StageDecode, Err: fmt.Errorf("%w: canonical form: %w", ErrDecode, err)}
 	}

@@ -351,7 +351,7 @@ func TestHashStableAcrossSyntaxAndOrder(t *testing.T) {
 		t.Error("a different secret gives the same hash: a rotated secret would not show as drift")
 	}
 	v := a.Load()
-	canon, _, err := canonical(&v)
+	canon, _, err := canonical(&v, &secretCache{})
 	if err != nil {
 		t.Fatal(err)
 	}
