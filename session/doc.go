@@ -30,12 +30,17 @@
 //
 // The cookie holds 32 random bytes (base64url); the store only ever sees a
 // SHA-256 of it, so a dump of the store cannot be replayed as cookies. The
-// cookie is Secure, HttpOnly, SameSite=Lax and Path=/ by default (name it
-// "__Host-session" to have browsers enforce that); a malformed, tampered or
+// cookie is Secure, HttpOnly, SameSite=Lax and Path=/ by default, and named
+// "__Host-session", so that browsers enforce Secure, Path=/ and no Domain:
+// neither a sibling subdomain nor a page served over plain HTTP can plant a
+// token in the browser (the name falls back to "session" when the cookie
+// cannot carry the prefix: see CookieConfig). A malformed, tampered or
 // oversized cookie is treated as no session. Idle and absolute timeouts are
 // enforced by the store itself. SetUser (at login) and Renew rotate the
-// token, leaving the old one as a short alias (10 s) for requests in flight,
-// which defeats session fixation. Values can be encrypted at rest with
+// token, leaving the old one as a short alias (10 s, WithRenewGrace) for
+// requests in flight: a token planted before login opens the logged-in
+// session for that long at most, which is why the cookie should not be
+// plantable in the first place. Values can be encrypted at rest with
 // AES-256-GCM under a list of named keys (WithEncryption), each ciphertext
 // bound to its session and key.
 //

@@ -11,10 +11,10 @@ import (
 )
 
 // A handler behind Manager.Middleware reads and writes the session; the
-// cookie carries only a random token.
+// cookie carries only a random token, under a __Host- name by default.
 func ExampleManager_Middleware() {
 	store, _ := memstore.New() // redisstore.New(client) in production
-	m, err := session.NewManager(store, session.WithCookie(session.CookieConfig{Name: "__Host-session"}))
+	m, err := session.NewManager(store)
 	if err != nil {
 		panic(err)
 	}

@@ -23,7 +23,7 @@ func TestLoginOnSessionEndedMeanwhile(t *testing.T) {
 			t.Error(err)
 		}
 		// Meanwhile, another tab logs out.
-		c, _ := r.Cookie("session")
+		c, _ := r.Cookie(session.DefaultCookieName)
 		if err := store.Delete(r.Context(), storeID(t, c.Value)); err != nil {
 			t.Error(err)
 		}

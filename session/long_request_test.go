@@ -60,7 +60,7 @@ func TestLongRequestOutlivesRenewal(t *testing.T) {
 			close(proceed)
 			w := <-done
 			for _, c := range w.Result().Cookies() {
-				if c.Name == "session" && c.MaxAge < 0 {
+				if c.Name == session.DefaultCookieName && c.MaxAge < 0 {
 					t.Errorf("the long request's response clears the cookie (status %d): the browser loses its renewed token", w.Code)
 				}
 			}

@@ -230,9 +230,9 @@ func TestCookieFlags(t *testing.T) {
 		secure bool
 		name   string
 	}{
-		"defaults": {nil, true, "session"},
+		"defaults": {nil, true, session.DefaultCookieName},
 		"host":     {[]session.Option{session.WithCookie(session.CookieConfig{Name: "__Host-s"})}, true, "__Host-s"},
-		"insecure": {[]session.Option{session.WithInsecureCookie()}, false, "session"},
+		"insecure": {[]session.Option{session.WithInsecureCookie()}, false, session.FallbackCookieName},
 	} {
 		t.Run(name, func(t *testing.T) {
 			w := (&client{h: newManager(t, store, tc.opts...).Middleware(app(t))}).do(t, "GET", "/put?a=1")
@@ -370,7 +370,7 @@ func TestCustomErrorHandler(t *testing.T) {
 		http.Error(w, "custom", http.StatusTeapot)
 	}))
 	store.fail.Store(true)
-	c := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: "session", Value: mustToken(t, "")}}
+	c := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: mustToken(t, "")}}
 	if w := c.do(t, "GET", "/get?k=a"); w.Code != http.StatusTeapot || !errors.Is(got, errDown) {
 		t.Fatalf("custom handler: %d, %v", w.Code, got)
 	}
@@ -411,7 +411,7 @@ func TestBadCookies(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			calls := store.calls()
-			c := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: "session", Value: v}}
+			c := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: v}}
 			w := c.do(t, "GET", "/get?k=a")
 			if w.Code != http.StatusOK || body(w) != "false:" {
 				t.Fatalf("cookie %.20q: %d %q, want 200 and no session", v, w.Code, body(w))
@@ -446,7 +446,7 @@ func TestStoreDumpIsNotACookie(t *testing.T) {
 	if ids[0] == victim.cookie.Value {
 		t.Fatal("the store holds the token itself")
 	}
-	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: "session", Value: ids[0]}}
+	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: ids[0]}}
 	if got := body(attacker.do(t, "GET", "/get?k=a")); got != "false:" {
 		t.Fatalf("a store ID used as a cookie opened the session: %q", got)
 	}
@@ -472,14 +472,14 @@ func TestFixation(t *testing.T) {
 	if got := body(victim.do(t, "GET", "/user")); got != "alice" {
 		t.Fatalf("user %q", got)
 	}
-	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: "session", Value: planted}}
+	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: planted}}
 	// Within the grace period the old token still resolves (for requests in
 	// flight); after it, it is worthless.
 	if got := body(attacker.do(t, "GET", "/user")); got != "alice" {
 		t.Fatalf("old token within grace: %q", got)
 	}
 	clock.Advance(session.DefaultRenewGrace)
-	attacker.cookie = &http.Cookie{Name: "session", Value: planted}
+	attacker.cookie = &http.Cookie{Name: session.DefaultCookieName, Value: planted}
 	if got := body(attacker.do(t, "GET", "/user")); got != "" {
 		t.Fatalf("old token after grace opened the session of %q", got)
 	}
@@ -509,7 +509,7 @@ func TestDestroyAndDestroyUser(t *testing.T) {
 			t.Errorf("%s still logged in as %q after DestroyUser", name, got)
 		}
 		// A write to a revoked session does not resurrect it.
-		c.cookie = &http.Cookie{Name: "session", Value: mustToken(t, "alice")}
+		c.cookie = &http.Cookie{Name: session.DefaultCookieName, Value: mustToken(t, "alice")}
 	}
 	if got := body(other.do(t, "GET", "/user")); got != "bob" {
 		t.Errorf("bob: %q", got)
@@ -879,22 +879,24 @@ func TestCookieHeader(t *testing.T) {
 	c := &client{h: m.Middleware(app(t))}
 	c.do(t, "GET", "/put?a=1")
 	tok := c.cookie.Value
+	n := session.DefaultCookieName
 	for _, lines := range [][]string{
-		{"session=" + tok},
-		{"a=1; session=" + tok + "; b=2"},
-		{`session="` + tok + `"`},
-		{`session=bad"; session=` + tok},
-		{"session=bad value; session=" + tok},
-		{"a=1", "session=" + tok},
-		{"  session = " + tok + " "},
-		{"session =" + tok},
-		{"Session=" + tok},
-		{"session=" + tok + "x"},
-		{";;session=" + tok + ";"},
+		{n + "=" + tok},
+		{"a=1; " + n + "=" + tok + "; b=2"},
+		{n + `="` + tok + `"`},
+		{n + `=bad"; ` + n + "=" + tok},
+		{n + "=bad value; " + n + "=" + tok},
+		{"a=1", n + "=" + tok},
+		{"  " + n + " = " + tok + " "},
+		{n + " =" + tok},
+		{strings.ToLower(n) + "=" + tok},
+		{n + "=" + tok + "x"},
+		{";;" + n + "=" + tok + ";"},
+		{session.FallbackCookieName + "=" + tok},
 	} {
 		r := httptest.NewRequest("GET", "/get?k=a", nil)
 		r.Header["Cookie"] = lines
-		ck, err := r.Cookie("session")
+		ck, err := r.Cookie(n)
 		want := "false:"
 		if err == nil && ck.Value == tok {
 			want = "true:1"

@@ -18,11 +18,24 @@ import (
 const (
 	DefaultIdleTimeout     = 30 * time.Minute
 	DefaultAbsoluteTimeout = 24 * time.Hour
-	DefaultCookieName      = "session"
 	DefaultRenewGrace      = 10 * time.Second
 	DefaultMaxValueSize    = 64 << 10
 	DefaultMaxSessionSize  = 512 << 10
 	DefaultUpdateAttempts  = 16
+)
+
+// Default names of the session cookie, when CookieConfig.Name is empty.
+const (
+	// DefaultCookieName is the name of a cookie that is Secure, has Path
+	// "/" and no Domain (the defaults). Browsers refuse a __Host- cookie
+	// without those attributes, so a sibling subdomain or a page served
+	// over plain HTTP cannot plant a token of its choosing in the
+	// browser before login (session fixation).
+	DefaultCookieName = "__Host-session"
+	// FallbackCookieName is the name of a cookie that cannot carry the
+	// __Host- prefix: with WithInsecureCookie, a Domain, or a Path other
+	// than "/".
+	FallbackCookieName = "session"
 )
 
 // Codec turns values into bytes and back. It must be safe for concurrent use.
@@ -41,10 +54,22 @@ func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
 // CookieConfig shapes the session cookie. Its zero value means the defaults:
-// name "session", Path "/", SameSite=Lax, HttpOnly and Secure always, and a
-// Max-Age equal to the absolute timeout. Prefer the name "__Host-session":
-// browsers then refuse the cookie unless it is Secure, has Path "/" and no
-// Domain, so a sibling subdomain cannot plant a session (fixation).
+// name "__Host-session" (DefaultCookieName), Path "/", no Domain,
+// SameSite=Lax, HttpOnly and Secure always, and a Max-Age equal to the
+// absolute timeout. Browsers refuse a __Host- cookie unless it is Secure,
+// has Path "/" and no Domain, so a sibling subdomain or a page served over
+// plain HTTP cannot plant a session of its choosing (fixation).
+//
+// An empty Name becomes "session" (FallbackCookieName) when the cookie
+// cannot carry the prefix: with WithInsecureCookie, a Domain, or a Path
+// other than "/"; such a cookie can be planted by a sibling subdomain (or,
+// without Secure, by anyone on the network path). A Name set here is kept
+// as it is; a __Host- name with any of those is refused by NewManager.
+//
+// Changing the name, explicitly or by changing the attributes above (or by
+// upgrading from a version whose default name was "session"), ends every
+// session held under the old name: a request carrying only the old cookie
+// has no session, as a new visitor.
 type CookieConfig struct {
 	Name     string
 	Path     string
@@ -111,7 +136,9 @@ func WithCookie(cc CookieConfig) Option {
 }
 
 // WithInsecureCookie drops the Secure flag, for development over plain HTTP
-// only: a session cookie sent in clear text can be stolen.
+// only: a session cookie sent in clear text can be stolen. The default name
+// is then "session" (FallbackCookieName): browsers refuse a __Host- cookie
+// that is not Secure.
 func WithInsecureCookie() Option {
 	return optionFunc(func(c *config) { c.insecure = true })
 }
@@ -184,11 +211,14 @@ func (c *config) defaults() {
 	if c.grace == 0 {
 		c.grace = DefaultRenewGrace
 	}
-	if c.cookie.Name == "" {
-		c.cookie.Name = DefaultCookieName
-	}
 	if c.cookie.Path == "" {
 		c.cookie.Path = "/"
+	}
+	if c.cookie.Name == "" {
+		c.cookie.Name = DefaultCookieName
+		if c.insecure || c.cookie.Domain != "" || c.cookie.Path != "/" {
+			c.cookie.Name = FallbackCookieName
+		}
 	}
 	if c.cookie.SameSite == 0 {
 		c.cookie.SameSite = http.SameSiteLaxMode

@@ -24,21 +24,21 @@ func TestRenewThroughAlias(t *testing.T) {
 	planted := victim.cookie.Value // the attacker knows this token
 	victim.do(t, "GET", "/login?u=alice")
 
-	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: "session", Value: planted}}
+	attacker := &client{h: m.Middleware(app(t)), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: planted}}
 	w := attacker.do(t, "GET", "/renew")
 	if w.Code != http.StatusOK {
 		t.Fatalf("renewal through the alias: %d %s", w.Code, body(w))
 	}
 	for _, c := range w.Result().Cookies() {
-		if c.Name == "session" && c.MaxAge >= 0 {
+		if c.Name == session.DefaultCookieName && c.MaxAge >= 0 {
 			t.Errorf("a renewal through the alias of a renewed session issued a token of its own")
 		}
 	}
 	clock.Advance(session.DefaultRenewGrace)
-	attacker.cookie = &http.Cookie{Name: "session", Value: planted}
+	attacker.cookie = &http.Cookie{Name: session.DefaultCookieName, Value: planted}
 	for _, c := range w.Result().Cookies() {
-		if c.Name == "session" && c.MaxAge >= 0 {
-			attacker.cookie = &http.Cookie{Name: "session", Value: c.Value}
+		if c.Name == session.DefaultCookieName && c.MaxAge >= 0 {
+			attacker.cookie = &http.Cookie{Name: session.DefaultCookieName, Value: c.Value}
 		}
 	}
 	if got := body(attacker.do(t, "GET", "/user")); got != "" {
