@@ -17,7 +17,10 @@
 //     optional HTTP check probes the readiness endpoint as well. When the
 //     agent forgets the service (a restarted agent loses its state), the
 //     heartbeat's update is refused and the heartbeat registers the
-//     service again. Registration.SetCritical takes the instance out of
+//     service again. A first registration that fails without the agent's
+//     answer (the caller's deadline, a dropped connection) may have been
+//     applied all the same, so Register deregisters it before returning
+//     the error. Registration.SetCritical takes the instance out of
 //     rotation at once, the first step of a graceful drain.
 //   - Resolver.Watch follows the passing instances of a service through
 //     blocking queries on /v1/health/service (package internal/consulwatch):

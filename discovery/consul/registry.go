@@ -119,6 +119,17 @@ func NewRegistry(client *api.Client, cfg RegistryConfig) (*Registry, error) {
 // Register registers inst with the agent, its TTL check passing, and starts
 // the heartbeat goroutine owned by the returned *Registration (the concrete
 // type of the result), which Close stops. The service ID is inst.ID.
+//
+// When the registration fails without the agent's answer (ctx ended, or the
+// connection failed), the agent may have applied it all the same, and
+// there is no Registration to Close: Register then deregisters inst.ID,
+// best effort, on the caller's goroutine and within a bound of its own
+// (2s, so it may return up to that much after ctx ends), before it returns
+// the registration's error. A registration the agent refused (a
+// 4xx answer) registered nothing and is not followed by a deregistration.
+// An agent that applies the lost registration only after the
+// deregistration (it was still queued there) keeps it until its TTL check
+// lapses and DeregisterCriticalAfter passes, as for a crashed instance.
 func (r *Registry) Register(ctx context.Context, inst discovery.Instance) (discovery.Registration, error) {
 	return r.RegisterInstance(ctx, inst)
 }
@@ -161,7 +172,13 @@ func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", discovery.ErrInvalidConfig, err)
 	}
+	if err := ctx.Err(); err != nil { // nothing sent, nothing to withdraw
+		return nil, fmt.Errorf("consul: registering %s: %w", inst.ID, err)
+	}
 	if err := g.register(ctx, true); err != nil {
+		if outcomeUnknown(err) {
+			g.withdraw(ctx, err)
+		}
 		return nil, err
 	}
 	hctx, cancel := context.WithCancel(context.Background())
@@ -257,6 +274,39 @@ func (g *Registration) register(ctx context.Context, first bool) error {
 		return fmt.Errorf("consul: registering %s: %w", g.inst.ID, err)
 	}
 	return nil
+}
+
+// withdrawTimeout bounds the deregistration that follows a first
+// registration whose outcome is unknown.
+const withdrawTimeout = 2 * time.Second
+
+// outcomeUnknown reports whether a registration that failed with err may
+// have been applied by the agent all the same: any failure but the agent's
+// own refusal (a 4xx answer), such as a context that ended or a connection
+// that failed once the request was sent.
+func outcomeUnknown(err error) bool {
+	var se api.StatusError
+	return !errors.As(err, &se) || se.Code < 400 || se.Code > 499
+}
+
+// withdraw deregisters the service after a first registration that failed
+// with cause but may have reached the agent, so that an instance the
+// caller never got a Registration for does not linger there. It is bounded
+// by withdrawTimeout, whatever ctx, which has usually ended.
+func (g *Registration) withdraw(ctx context.Context, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), withdrawTimeout)
+	defer cancel()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	err := g.client.Agent().ServiceDeregisterOpts(g.inst.ID, q)
+	switch {
+	case err == nil:
+		g.cfg.Logger.Info("consul: registration failed, perhaps after the agent applied it: deregistered",
+			"instance", g.inst.ID, "error", cause)
+	case forgotten(err): // the registration never landed
+	default:
+		g.cfg.Logger.Warn("consul: registration failed, perhaps after the agent applied it, and so did the deregistration: the agent removes it after DeregisterCriticalAfter",
+			"instance", g.inst.ID, "error", cause, "deregister_error", err)
+	}
 }
 
 // update sends the current status to the TTL check.
