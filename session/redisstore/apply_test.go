@@ -63,7 +63,8 @@ func TestApplyFastFallbacks(t *testing.T) {
 			if err != nil || !contains(ids, id) {
 				t.Fatalf("Sessions after binding by a write: %v %v, want %s among them", ids, err, id)
 			}
-			// The same user again is the fast script's: a blind write.
+			// The same user again: the general script, which keeps the
+			// binding as it is.
 			put(id, "a", "2", session.Delta{User: "carol"})
 			if got := get(id, "a"); got != "2" {
 				t.Errorf("a = %q, want 2", got)

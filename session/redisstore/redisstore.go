@@ -620,10 +620,10 @@ func (s *Store) EnforcesMaxSize() bool { return true }
 
 // Apply implements session.Store: one round trip for a live record (WAIT,
 // with WithWait, goes in the same pipeline). On Redis 7 and later a delta
-// without Create runs applyFastScript, and applyScript in a second trip only
-// for what that leaves (an alias, a new user binding, a record without _s):
-// two round trips to bind a user, three through an alias (the alias's two,
-// then the target's).
+// without Create or User runs applyFastScript, and applyScript in a second
+// trip only for what that leaves (an alias, a record without _s); a delta
+// with User runs applyScript: three round trips through an alias (the
+// alias's two, then the target's).
 func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
 	if err := d.Validate(); err != nil {
 		return 0, err
@@ -631,25 +631,12 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	args := make([]any, 0, 11+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
 	ms := d.Idle.Milliseconds()
-	args = append(args, "", "0", int64(0), int64(0), int64(0), ms, d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
-	if c := d.Create; c != nil {
-		args[1], args[2] = "1", c.Absolute.Milliseconds()
-		if !c.Deadline.IsZero() {
-			args[3], args[4] = c.Deadline.UnixMilli(), c.Created.UnixMilli()
-		}
+	fast := d.Create == nil && d.User == "" && len(d.Set)+len(d.Delete)+len(d.Expect) <= fastMaxKeys
+	a := applyArgs{d: &d, ms: ms}
+	if fast {
+		a.fast = fastArgs(d, ms)
 	}
-	for k, v := range d.Set {
-		args = append(args, k, v)
-	}
-	for _, k := range d.Delete {
-		args = append(args, k)
-	}
-	for k, v := range d.Expect {
-		args = append(args, k, strconv.FormatUint(v, 10))
-	}
-	fast := d.Create == nil && len(d.Set)+len(d.Delete)+len(d.Expect) <= fastMaxKeys
 	keys := make([]string, 3)
 	for range maxHops {
 		if !validID(id) {
@@ -664,7 +651,6 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 			}
 			keys[2] = s.indexKey(tag, d.User)
 		}
-		args[0] = id
 		// Within the resolution of this Store's last move of the idle
 		// deadline, applyFastScript leaves the expiry alone unless the
 		// absolute deadline is near (see refreshed.store). Such an Apply
@@ -672,13 +658,13 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 		skipping := false
 		sent := time.Now()
 		if fast {
-			args[2] = int64(0)
+			a.fast[1] = int64(0)
 			if ms > 0 && s.fresh.moved(keys[0], ms) {
-				args[2] = sent.UnixMilli() + ms + absMargin.Milliseconds()
+				a.fast[1] = sent.UnixMilli() + ms + absMargin.Milliseconds()
 				skipping = true
 			}
 		}
-		res, werr, err := s.applyHop(ctx, fast, keys, args)
+		res, werr, err := s.applyHop(ctx, keys, &a, id)
 		if err != nil {
 			return 0, fmt.Errorf("redisstore: apply: %w", err)
 		}
@@ -711,14 +697,72 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 // and writes them without chunks (applyScript has them).
 const fastMaxKeys = 256
 
-// applyHop runs the apply script once: applyFastScript first when fast and
-// the server is not known to predate Redis 7.0, then applyScript if that
-// answers that it did nothing ({'slow'}, or {'old'}, which also switches
-// Load to the load script). It returns the reply, the write's replica
-// shortfall (WithWait) and its error.
-func (s *Store) applyHop(ctx context.Context, fast bool, keys []string, args []any) ([]any, error, error) {
-	if fast && !s.scriptLoad.Load() {
-		cmd, werr := s.write(ctx, applyFastScript, keys, args...)
+// fastArgs returns applyFastScript's arguments for d, the skip argument 0.
+func fastArgs(d session.Delta, idleMs int64) []any {
+	nset, ndel, nexp := len(d.Set), len(d.Delete), len(d.Expect)
+	n := nset + ndel + nexp
+	a := make([]any, 6+n+nset+nexp)
+	a[0], a[1], a[2], a[3], a[4], a[5] = idleMs, int64(0), d.MaxSize, nset, ndel, nexp
+	i := 0
+	for k, v := range d.Set {
+		a[6+i], a[6+n+i] = "k:"+k, v
+		i++
+	}
+	for j, k := range d.Delete {
+		a[6+nset+j] = "k:" + k
+	}
+	i = 0
+	for k, v := range d.Expect {
+		a[6+nset+ndel+i], a[6+n+nset+i] = "k:"+k, strconv.FormatUint(v, 10)
+		i++
+	}
+	return a
+}
+
+// applyArgs holds the arguments of an Apply's scripts: applyFastScript's
+// (see there) when it can take the delta, built first; applyScript's only
+// when they are needed.
+type applyArgs struct {
+	d          *session.Delta
+	ms         int64
+	fast, slow []any
+}
+
+// slowFor returns applyScript's arguments for the record id.
+func (a *applyArgs) slowFor(id string) []any {
+	if a.slow == nil {
+		d := a.d
+		args := make([]any, 0, 11+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
+		args = append(args, "", "0", int64(0), int64(0), int64(0), a.ms, d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
+		if c := d.Create; c != nil {
+			args[1], args[2] = "1", c.Absolute.Milliseconds()
+			if !c.Deadline.IsZero() {
+				args[3], args[4] = c.Deadline.UnixMilli(), c.Created.UnixMilli()
+			}
+		}
+		for k, v := range d.Set {
+			args = append(args, k, v)
+		}
+		for _, k := range d.Delete {
+			args = append(args, k)
+		}
+		for k, v := range d.Expect {
+			args = append(args, k, strconv.FormatUint(v, 10))
+		}
+		a.slow = args
+	}
+	a.slow[0] = id
+	return a.slow
+}
+
+// applyHop runs the apply script once on the record id: applyFastScript
+// first when a has its arguments and the server is not known to predate
+// Redis 7.0, then applyScript if that answers that it did nothing
+// ({'slow'}, or {'old'}, which also switches Load to the load script). It
+// returns the reply, the write's replica shortfall (WithWait) and its error.
+func (s *Store) applyHop(ctx context.Context, keys []string, a *applyArgs, id string) ([]any, error, error) {
+	if a.fast != nil && !s.scriptLoad.Load() {
+		cmd, werr := s.write(ctx, applyFastScript, keys[:2], a.fast...)
 		reply, err := cmd.Result()
 		if err != nil {
 			return nil, nil, err
@@ -738,7 +782,7 @@ func (s *Store) applyHop(ctx context.Context, fast bool, keys []string, args []a
 			return res, werr, nil
 		}
 	}
-	cmd, werr := s.write(ctx, applyScript, keys, args...)
+	cmd, werr := s.write(ctx, applyScript, keys, a.slowFor(id)...)
 	res, err := cmd.Slice()
 	if err == nil && len(res) == 0 {
 		err = errors.New("empty reply")
