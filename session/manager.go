@@ -137,6 +137,17 @@ func FromContext(ctx context.Context) *Session {
 // response is replaced by the error handler's (503 by default); no fresh
 // session is ever issued in place of one the store could not read.
 //
+// A request whose session has ended (expired, revoked, or renewed by another
+// request and its old token's grace period over) is answered as a new
+// visitor's: a change starts a new session, and a read clears the cookie.
+// Unless the request had run for half the grace period (WithRenewGrace),
+// and a second at least, when it found its session ended: another request
+// (a login on another tab) may then have renewed it meanwhile, and the
+// browser hold the renewed token, which a new cookie, or clearing it, would
+// take away. The request's changes are then dropped and the cookie is left
+// alone, as when a session ends after the request has read it; a login
+// (SetUser) still gets its new session.
+//
 // The response is not buffered: writes and flushes pass straight through
 // once the session is saved. http.ResponseController works through the
 // wrapper (it implements Unwrap). Hijack (a websocket upgrade) saves the
@@ -154,7 +165,7 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 		s.m, s.ctx = m, r.Context()
 		if v, ok := cookieValue(r.Header, m.cfg.cookie.Name); ok && len(v) <= MaxTokenLen {
 			if id, ok := TokenID(v); ok {
-				s.token, s.id = v, id
+				s.token, s.id, s.start = v, id, m.cfg.now()
 			}
 		}
 		sw := &rs.sw

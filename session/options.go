@@ -111,6 +111,7 @@ type config struct {
 	logger                *slog.Logger
 	meterProvider         metric.MeterProvider
 	updateAttempts        int
+	now                   func() time.Time // WithClock in tests
 }
 
 // WithIdleTimeout ends a session not used for d (DefaultIdleTimeout).
@@ -125,7 +126,9 @@ func WithAbsoluteTimeout(d time.Duration) Option {
 }
 
 // WithRenewGrace sets how long the old token keeps working after a Renew, for
-// requests already in flight (DefaultRenewGrace).
+// requests already in flight (DefaultRenewGrace). A request that finds its
+// token ended after running for half of it (and a second) or more sets no
+// cookie (see Manager.Middleware).
 func WithRenewGrace(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.grace = d })
 }
@@ -255,6 +258,9 @@ func (c *config) defaults() {
 	}
 	if c.updateAttempts == 0 {
 		c.updateAttempts = DefaultUpdateAttempts
+	}
+	if c.now == nil {
+		c.now = time.Now
 	}
 }
 

@@ -68,6 +68,9 @@ type Session struct {
 	renew   bool
 	user    string // user to bind at save
 	destroy bool
+	// start: when the request came, if it carried a token; missedAt: when
+	// the token was found leading nowhere (see lateMiss).
+	start, missedAt time.Time
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
@@ -113,7 +116,7 @@ func (s *Session) raw(key string) ([]byte, bool, error) {
 }
 
 // Put sets key to value, saved with the response. A new visitor's session is
-// created then.
+// created then (except in a long request: see Manager.Middleware).
 //
 // A value over the value limit fails here. The session limit is checked here
 // too when the session has been read in this request (by Get, Keys, User or
@@ -435,8 +438,32 @@ func (s *Session) reload() error {
 		return fmt.Errorf("session: load: %w", err)
 	}
 	s.rec, s.found = rec, found
+	if !found {
+		s.missedAt = s.m.cfg.now()
+	}
 	return nil
 }
+
+// lateMiss reports whether the request's token, found leading nowhere, may
+// have been live when the request came, and renewed meanwhile by another
+// request (a login on another tab) whose alias then ended with the grace
+// period: the request had run for half the grace period or more when it
+// found the token missing (the other half allows for the time the request
+// took to reach the Manager and the renewal's response to reach the
+// browser), and for lateMissMin at least (with a grace period too short for
+// requests in flight, an ordinary request must still be answered as a new
+// visitor's). The browser may then hold the renewed token, and this
+// response must not touch the cookie: cookies go by name, so a new
+// session's cookie would replace the renewed token and clearing would
+// delete it, logging the user out. The Manager cannot tell this from a
+// session that had already ended (expired, revoked) when a long request
+// came: the store keeps nothing of either. s.mu must be held.
+func (s *Session) lateMiss() bool {
+	return s.token != "" && !s.issued && s.missedAt.Sub(s.start) >= max(s.m.cfg.grace/2, lateMissMin)
+}
+
+// lateMissMin is the least time a request runs before lateMiss holds.
+const lateMissMin = time.Second
 
 func (s *Session) apply(id string, d Delta) (uint64, error) {
 	start := time.Now()
@@ -539,6 +566,14 @@ func (s *Session) save(h http.Header) error {
 	h.Add("Vary", "Cookie")
 	switch {
 	case !s.found:
+		if s.user == "" && s.lateMiss() {
+			// Maybe renewed by another request while this one ran (see
+			// lateMiss): the changes, a renewal too, are dropped and the
+			// cookie left alone, as for a session that ended after it was
+			// read. A login gets its session all the same.
+			m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended while the request ran; its changes are dropped")
+			return nil
+		}
 		if len(s.set) == 0 && !s.renew {
 			if s.token != "" {
 				s.clearCookie(h) // stale: expired, revoked or unknown
@@ -621,7 +656,9 @@ func (s *Session) write(dels []string) error {
 // request: one Apply, to which the store adds the session size limit. A
 // session that no longer exists (expired, revoked, destroyed, never known)
 // is not resurrected: as for a new visitor, the values set go into a new
-// session with a new token. s.mu must be held.
+// session with a new token; unless the request had run long enough for the
+// token to have been renewed meanwhile (see lateMiss), when they are
+// dropped. s.mu must be held.
 func (s *Session) saveBlind(h http.Header) error {
 	m := s.m
 	h.Add("Vary", "Cookie")
@@ -645,7 +682,11 @@ func (s *Session) saveBlind(h http.Header) error {
 		// came (see clearCookie): the cookie is left alone.
 		return nil
 	}
-	s.loaded, s.found = true, false
+	s.loaded, s.found, s.missedAt = true, false, m.cfg.now()
+	if s.lateMiss() {
+		m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended while the request ran; its changes are dropped")
+		return nil
+	}
 	if err := s.create(s.set); err != nil {
 		return err
 	}
