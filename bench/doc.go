@@ -14,8 +14,13 @@
 //     activekit's session middleware, alexedwards/scs with its Redis store,
 //     gorilla/sessions with a Redis store, and a bare handler that makes one
 //     Redis round trip (the floor).
+//   - BenchmarkHTTP serves the same handlers over real HTTP (a net/http
+//     server on loopback) and drives them with wrk, as a load test of a
+//     service would: requests/s with what every request costs a Go service
+//     whatever its session library. It needs wrk (scripts/services install
+//     puts it there) and skips without it; run it with -benchtime=1x.
 //
-// Both need a Redis server: ACTIVEKIT_REDIS_ADDR (eval "$(../scripts/services
+// All need a Redis server: ACTIVEKIT_REDIS_ADDR (eval "$(../scripts/services
 // env)"). Without it they skip, unless ACTIVEKIT_REQUIRE_INTEGRATION=1, when
 // they fail. Results and the commands that produced them are in
 // docs/benchmarks.md.

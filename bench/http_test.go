@@ -31,9 +31,10 @@ end
 `
 
 // BenchmarkHTTP serves each contestant over real HTTP, a net/http server on
-// loopback, and drives it with wrk (one thread, 16 keep-alive connections,
-// ACTIVEKIT_WRK_DURATION long, 10s by default), as a load test of a service
-// would: requests/s here include what every request costs a Go service
+// loopback, and drives it with wrk (one thread, ACTIVEKIT_WRK_CONNECTIONS
+// keep-alive connections, 16 by default as BenchmarkSessions has 16
+// goroutines, for ACTIVEKIT_WRK_DURATION, 10s by default), as a load test of
+// a service would: requests/s here include what every request costs a Go service
 // whatever its session library (parsing, the response, the sockets), where
 // BenchmarkSessions counts the handlers alone. Each sub-benchmark runs wrk
 // once, whatever b.N is (run it with -benchtime=1x), and reports wrk's
@@ -50,20 +51,25 @@ func BenchmarkHTTP(b *testing.B) {
 			b.Fatalf("ACTIVEKIT_WRK_DURATION: %v", err)
 		}
 	}
+	conns := parallelism * runtime.GOMAXPROCS(0)
+	if s := os.Getenv("ACTIVEKIT_WRK_CONNECTIONS"); s != "" {
+		if conns, err = strconv.Atoi(s); err != nil || conns < 1 {
+			b.Fatalf("ACTIVEKIT_WRK_CONNECTIONS: want a positive number, got %q", s)
+		}
+	}
 	addr := redisAddr(b)
 	for _, kind := range []string{"/read", "/write"} {
 		for _, c := range contestants {
-			b.Run("op="+kind[1:]+"/lib="+c.name, func(b *testing.B) { benchHTTP(b, wrk, dur, c, addr, kind) })
+			b.Run("op="+kind[1:]+"/lib="+c.name, func(b *testing.B) { benchHTTP(b, wrk, dur, conns, c, addr, kind) })
 		}
 	}
 }
 
-func benchHTTP(b *testing.B, wrk string, dur time.Duration, c contestant, addr, path string) {
+func benchHTTP(b *testing.B, wrk string, dur time.Duration, conns int, c contestant, addr, path string) {
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
 	h := c.newInstance(b, addr, uniquePrefix(b, addr, c.name), secret)
 
-	conns := parallelism * runtime.GOMAXPROCS(0)
 	var cookies strings.Builder
 	for range 2 * conns {
 		w := httptest.NewRecorder()
