@@ -44,14 +44,89 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSONCodec is the default Codec: encoding/json.
+// JSONCodec is the default Codec: encoding/json. The commonest session
+// values, strings of printable ASCII and integers, skip its reflection (about
+// a fifth of a read's own CPU time in a profile) for the same bytes and the
+// same results: Marshal gives what json.Marshal gives, Unmarshal what
+// json.Unmarshal does, anything else goes to encoding/json.
 type JSONCodec struct{}
 
 // Marshal implements Codec.
-func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+func (JSONCodec) Marshal(v any) ([]byte, error) {
+	switch x := v.(type) {
+	case string:
+		// json.Marshal escapes <, > and & (for HTML) as well as what JSON
+		// must.
+		if plainASCII(x, true) {
+			b := make([]byte, 0, len(x)+2)
+			b = append(b, '"')
+			b = append(b, x...)
+			return append(b, '"'), nil
+		}
+	case int:
+		return strconv.AppendInt(nil, int64(x), 10), nil
+	case int64:
+		return strconv.AppendInt(nil, x, 10), nil
+	case bool:
+		return strconv.AppendBool(nil, x), nil
+	}
+	return json.Marshal(v)
+}
 
 // Unmarshal implements Codec.
-func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (JSONCodec) Unmarshal(data []byte, v any) error {
+	switch p := v.(type) {
+	case *string:
+		if n := len(data); p != nil && n >= 2 && data[0] == '"' && data[n-1] == '"' && plainASCII(data[1:n-1], false) {
+			*p = string(data[1 : n-1])
+			return nil
+		}
+	case *int:
+		if i, ok := jsonInt(data); p != nil && ok && int64(int(i)) == i {
+			*p = int(i)
+			return nil
+		}
+	case *int64:
+		if i, ok := jsonInt(data); p != nil && ok {
+			*p = i
+			return nil
+		}
+	}
+	return json.Unmarshal(data, v)
+}
+
+// plainASCII reports whether s is printable ASCII that a JSON string holds
+// as it is: no quote, no backslash, and with html no <, > or & (which
+// json.Marshal escapes).
+func plainASCII[S string | []byte](s S, html bool) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || html && (c == '<' || c == '>' || c == '&') {
+			return false
+		}
+	}
+	return true
+}
+
+// jsonInt parses data if it is a JSON integer (an optional minus, then 0 or
+// digits not starting with 0) that fits in an int64: what json.Unmarshal
+// takes into an integer without an error.
+func jsonInt(data []byte) (int64, bool) {
+	d := data
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) == 0 || len(d) > 1 && d[0] == '0' {
+		return 0, false
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	i, err := strconv.ParseInt(string(data), 10, 64)
+	return i, err == nil
+}
 
 // CookieConfig shapes the session cookie. Its zero value means the defaults:
 // name "__Host-session" (DefaultCookieName), Path "/", no Domain,
