@@ -2,5 +2,94 @@
 // a balancer, with faults, so that a service author can prove in go test that
 // the service survives the loss of an instance.
 //
-// Status: not started.
+// # Why
+//
+// In an active-active fleet every instance takes traffic at once behind a load
+// balancer, and any of them can die at any moment: a crash, an OOM kill, a
+// node drained, a rolling update. The claim "this service keeps nothing a
+// user needs in the instance" is easy to make and easy to break (a cache
+// that is really the only copy, a session in memory, a counter kept until
+// the next flush). activetest turns the claim into a test: start n
+// instances, send concurrent traffic through a balancer, kill one in the
+// middle, bring a replacement up, and assert that no acknowledged write was
+// lost and no user lost their session.
+//
+// # What a fleet is
+//
+// [NewFleet] calls newInstance(i) for each of n slots and serves each
+// handler with its own http.Server on its own loopback listener
+// (127.0.0.1:0). In front of them a real loopback reverse proxy ([Fleet.URL],
+// [Fleet.Client]) spreads requests over the live instances, round-robin or at
+// random ([WithPolicy]), as an L7 load balancer would: keep-alive connections
+// to each instance, the Host header passed through, a 503 when no instance is
+// live, a 502 when an instance fails a request it was sent. Each response
+// carries the slot that served it in [InstanceHeader], and [Fleet.Served]
+// counts requests per slot.
+//
+// The balancer knows at once that an instance was killed or stopped through
+// the fleet (as if the orchestrator removed its endpoint as it acted), so it
+// sends it no new request; it does not probe readiness. A connection that
+// fails to open (a request picked just before the kill, or a [Fault] that
+// refuses connections) is retried on another instance, like HAProxy's
+// "retry-on conn-failure" with redispatch or Envoy's "connect-failure"
+// retry policy: the request never reached the instance, so retrying it is
+// safe whatever its method ([WithConnectRetries], default
+// [DefaultConnectRetries]; 0 turns it off). A request whose headers were
+// written to an instance is never sent again, even a GET on a reused
+// connection (which Go's http.Transport alone would replay): once sent, the
+// instance may have acted on it, and the client sees the failure, as behind
+// a real balancer.
+//
+// # Faults
+//
+// Every fault is a method, safe to call while traffic flows:
+//
+//   - [Fleet.Kill] is a process dying: the listener and every open
+//     connection close at once; requests in flight fail (the client gets a
+//     502) and the balancer stops sending to the instance.
+//   - [Fleet.Drain] is a graceful stop: the instance leaves the balancer,
+//     then http.Server.Shutdown lets the requests in flight finish.
+//   - [Fleet.Restart] starts a replacement from newInstance(i) on a new
+//     listener, as a new process would come up, and the balancer uses it.
+//   - [Fleet.SetFault] degrades the network path from the balancer to one
+//     instance: added latency, refused connections, or connections reset as
+//     the response starts to arrive (the instance did the work; the client
+//     never hears of it).
+//
+// # Load
+//
+// [Fleet.Run] and [Fleet.Start] run concurrent workers, each one user with
+// its own cookie jar, until stopped, and count calls that succeeded, failed
+// (by error text) and were cut by the stop. A test then reads: kill an
+// instance during traffic; assert no acknowledged update was lost.
+//
+// # What it proves, and what it does not
+//
+// All instances share one process, one heap and one clock. A fleet proves
+// properties of the state a service keeps outside the instance (in Redis,
+// MongoDB, Kafka...) and of how the service and its clients behave when an
+// instance vanishes or is replaced: sessions that survive, updates that are
+// not lost, requests that fail loudly rather than silently. It proves
+// nothing about memory isolation (package-level variables are shared by
+// every instance, so state kept in them survives a Kill here and would not
+// in production), about machine or zone loss, about your real load
+// balancer's health checks and timings, or about start-up and shut-down of
+// the real binary (signals, readiness probes, drain delays: test those
+// against the process, as examples/service's rolling restart test does).
+//
+// A killed instance's handlers are goroutines of this process: Kill cuts
+// their connections and cancels their request contexts, but a handler that
+// ignores its context runs on, and a write it already sent to a backend
+// lands, as a write sent just before a real crash would. Assertions must
+// therefore allow a failed request to have taken effect: every update that
+// was acknowledged must be there, and an update that failed may or may not
+// be.
+//
+// # Goroutines
+//
+// NewFleet starts, per instance, the goroutine serving it, and one serving
+// the balancer; Kill and a Drain that times out start one per instance that
+// waits for its handlers to return before closing it. All of them end in the
+// fleet's t.Cleanup, which waits for every handler to return (it fails the
+// test after 10s), then closes each handler that implements io.Closer.
 package activetest

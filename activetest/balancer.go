@@ -1,0 +1,244 @@
+package activetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Fault degrades the network path from the balancer to one slot. The zero
+// Fault is a healthy path.
+type Fault struct {
+	// Latency is added before each request is sent to the instance.
+	Latency time.Duration
+	// Refuse makes new connections to the instance fail as from a port
+	// nobody listens on (ECONNREFUSED), and closes its idle ones, while
+	// the instance runs on: what the balancer meets when an instance died
+	// and it has not noticed. The balancer retries such requests on
+	// another instance (WithConnectRetries).
+	Refuse bool
+	// ResetRate is the fraction, from 0 to 1, of requests whose connection
+	// is reset (TCP RST) as the first bytes of the response arrive: the
+	// instance received and handled the request, and the client gets a
+	// 502. This is the ambiguous failure clients must survive: the work
+	// was done and nobody was told.
+	ResetRate float64
+}
+
+func (ft Fault) validate() error {
+	if ft.Latency < 0 {
+		return fmt.Errorf("negative latency %v", ft.Latency)
+	}
+	if !(ft.ResetRate >= 0 && ft.ResetRate <= 1) {
+		return fmt.Errorf("reset rate %v outside [0, 1]", ft.ResetRate)
+	}
+	return nil
+}
+
+// SetFault puts ft on the path from the balancer to slot i, for the
+// instance there now and the ones Restart brings up, until the next
+// SetFault; SetFault(i, Fault{}) heals it. Requests already sent are not
+// affected. An invalid Fault fails the test and changes nothing.
+func (f *Fleet) SetFault(i int, ft Fault) {
+	s := f.slot(i, "SetFault")
+	if s == nil {
+		return
+	}
+	if err := ft.validate(); err != nil {
+		f.tb.Errorf("activetest: SetFault(%d): %v", i, err)
+		return
+	}
+	f.mu.Lock()
+	s.fault = ft
+	in := s.cur
+	f.mu.Unlock()
+	if ft.Refuse && in != nil {
+		in.tr.CloseIdleConnections()
+	}
+}
+
+func (f *Fleet) faultOf(s *slot) Fault {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return s.fault
+}
+
+// dialError marks an error from opening a connection to an instance: no
+// byte of the request reached it.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// errNoInstance is the balancer's answer when no instance is live.
+var errNoInstance = errors.New("activetest: no live instance")
+
+// dialer returns the DialContext of the transport to the instance at addr
+// in slot s. reset wraps connections so that they are reset as the
+// response arrives.
+func (f *Fleet) dialer(s *slot, addr string, reset bool) func(ctx context.Context, network, _ string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, _ string) (net.Conn, error) {
+		if f.faultOf(s).Refuse {
+			return nil, &dialError{&net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}
+		}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		if reset {
+			return &resetConn{Conn: c}, nil
+		}
+		return c, nil
+	}
+}
+
+// resetConn resets the connection (TCP RST) as soon as the first bytes of
+// the response arrive.
+type resetConn struct{ net.Conn }
+
+func (c *resetConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if tc, ok := c.Conn.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // close sends RST
+		}
+		_ = c.Conn.Close()
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	}
+	return n, err
+}
+
+// balancer is the reverse proxy's transport: it picks a live instance per
+// request and retries on another one a request whose connection failed to
+// open.
+type balancer struct{ f *Fleet }
+
+func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
+	f := b.f
+	ctx := req.Context()
+	body := &sentBody{rc: req.Body}
+	var tried []*instance
+	for attempt := 0; ; attempt++ {
+		in := f.pick(tried)
+		if in == nil {
+			if len(tried) == 0 {
+				return nil, errNoInstance
+			}
+			return nil, fmt.Errorf("%w: %d tried", errNoInstance, len(tried))
+		}
+		tried = append(tried, in)
+		ft := f.faultOf(in.slot)
+		if ft.Latency > 0 {
+			t := time.NewTimer(ft.Latency)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			}
+		}
+		tr := in.tr
+		if ft.ResetRate > 0 && rand.Float64() < ft.ResetRate {
+			tr = in.resetTr
+		}
+		var wrote atomic.Bool
+		out := req.Clone(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteHeaders: func() { wrote.Store(true) },
+		}))
+		out.URL.Host = in.addr
+		// A request with a body the transport cannot rewind is one it
+		// never replays on a new connection: once sent, a request must not
+		// reach an instance twice. The body is the inbound one, closed by
+		// the server; a bodyless GET gets an empty one, which the
+		// transport sees is empty and does not send.
+		if req.Body != nil && req.Body != http.NoBody || replayable(req) {
+			out.Body, out.GetBody = body, nil
+		}
+		resp, err := tr.RoundTrip(out)
+		if err == nil {
+			return resp, nil
+		}
+		if wrote.Load() || body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
+			return nil, err
+		}
+		var de *dialError
+		if !errors.As(err, &de) {
+			return nil, err
+		}
+	}
+}
+
+// replayable reports whether http.Transport would send req again after a
+// reused connection failed under it (http.Request.isReplayable).
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
+
+// pick returns the next live instance not in tried, or nil.
+func (f *Fleet) pick(tried []*instance) *instance {
+	live := f.live(tried)
+	if len(live) == 0 {
+		return nil
+	}
+	var k int
+	switch f.opts.policy {
+	case Random:
+		k = rand.IntN(len(live))
+	default:
+		k = int((f.next.Add(1) - 1) % uint64(len(live)))
+	}
+	return live[k]
+}
+
+// sentBody is a request body shared by the attempts of one request: it
+// records whether a byte of it was read, and leaves closing to the server.
+type sentBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	if b.rc == nil {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.read.Store(true)
+	}
+	return n, err
+}
+
+func (b *sentBody) Close() error { return nil }
+
+// proxyError answers a request the balancer could not complete, as a load
+// balancer does: 503 when no instance could be reached, 502 when the
+// instance failed the request. A client that went away gets nothing.
+func proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	code := http.StatusBadGateway
+	var de *dialError
+	if errors.Is(err, errNoInstance) || errors.As(err, &de) {
+		code = http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintf(w, "activetest balancer: %v\n", err)
+}

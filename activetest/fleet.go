@@ -1,0 +1,485 @@
+package activetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httputil"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// InstanceHeader is the response header naming the slot (0 to n-1) of the
+// instance that served the request.
+const InstanceHeader = "Activetest-Instance"
+
+// cleanupWait bounds how long the fleet's cleanup waits for handlers to
+// return.
+const cleanupWait = 10 * time.Second
+
+// Fleet is n instances of a service behind a balancer. Its methods are safe
+// for concurrent use, with each other and with traffic.
+type Fleet struct {
+	tb          testing.TB
+	newInstance func(i int) http.Handler
+	opts        options
+
+	mu     sync.Mutex
+	slots  []*slot
+	closed bool
+
+	next atomic.Uint64 // round-robin position
+
+	front        *http.Server
+	frontURL     string
+	frontTracker tracker
+	clients      *http.Transport // client → balancer
+
+	bg sync.WaitGroup // serving goroutines and reapers
+}
+
+// slot is one position of the fleet: the instance in it now, the requests
+// all its instances served and the fault on the path to it.
+type slot struct {
+	index  int
+	served atomic.Int64
+	cur    *instance // guarded by Fleet.mu
+	gen    int       // guarded by Fleet.mu: instances started in the slot
+	fault  Fault     // guarded by Fleet.mu
+}
+
+// instance is one running copy of the service.
+type instance struct {
+	slot     *slot
+	addr     string
+	srv      *http.Server
+	handler  http.Handler
+	tr       *http.Transport // balancer → instance, keep-alive
+	resetTr  *http.Transport // balancer → instance, for requests to reset
+	live     bool            // guarded by Fleet.mu: in the balancer's rotation
+	stopped  bool            // guarded by Fleet.mu: Kill or Drain has begun
+	handlers tracker
+}
+
+// NewFleet starts n instances, the handler of instance i built by
+// newInstance(i), each served by its own http.Server on its own loopback
+// listener, and the balancer in front of them. Everything stops in
+// t.Cleanup: the balancer and the instances close, the fleet waits for
+// every handler to return, and a handler that implements io.Closer is then
+// closed (in slot order), as a process's clients would be on its exit.
+//
+// It starts one goroutine per instance and one for the balancer, all ended
+// by the cleanup. A bad option or argument fails the test at once.
+func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ...Option) *Fleet {
+	t.Helper()
+	o := options{policy: RoundRobin, connectRetries: DefaultConnectRetries}
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 1 {
+		t.Fatalf("activetest: a fleet of %d instances", n)
+	}
+	if newInstance == nil {
+		t.Fatal("activetest: nil newInstance")
+	}
+	f := &Fleet{
+		tb:          t,
+		newInstance: newInstance,
+		opts:        o,
+		clients:     &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
+	}
+	t.Cleanup(f.close)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("activetest: balancer: %v", err)
+	}
+	f.frontURL = "http://" + ln.Addr().String()
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = "instance" // set per attempt by the balancer
+			pr.SetXForwarded()
+		},
+		Transport:    &balancer{f: f},
+		ErrorHandler: proxyError,
+		ErrorLog:     log.New(io.Discard, "", 0),
+	}
+	f.front = &http.Server{
+		Handler:           f.frontTracker.wrap(proxy),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	f.bg.Go(func() { _ = f.front.Serve(ln) })
+
+	f.slots = make([]*slot, n)
+	for i := range n {
+		f.slots[i] = &slot{index: i}
+	}
+	for i := range n {
+		if err := f.start(f.slots[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// URL is the balancer's base URL (http://127.0.0.1:port): any HTTP client
+// can send requests to it.
+func (f *Fleet) URL() string { return f.frontURL }
+
+// Client returns a new client of the balancer with a cookie jar of its
+// own, as one user's browser: send it requests to URL() + path. Clients
+// share the fleet's connections, closed by its cleanup.
+func (f *Fleet) Client() *http.Client {
+	jar, _ := cookiejar.New(nil) // never fails without options
+	return &http.Client{Transport: f.clients, Jar: jar, Timeout: 30 * time.Second}
+}
+
+// Len is the number of slots, live or not.
+func (f *Fleet) Len() int { return len(f.slots) }
+
+// Live returns the slots whose instance the balancer sends requests to, in
+// order.
+func (f *Fleet) Live() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []int
+	for _, s := range f.slots {
+		if s.cur != nil && s.cur.live {
+			out = append(out, s.index)
+		}
+	}
+	return out
+}
+
+// Served returns how many requests reached the handlers of slot i, over
+// all the instances it has run.
+func (f *Fleet) Served(i int) int64 {
+	s := f.slot(i, "Served")
+	if s == nil {
+		return 0
+	}
+	return s.served.Load()
+}
+
+// Addr returns the address (127.0.0.1:port) of the instance in slot i, or
+// of the last one if it is down, for requests that bypass the balancer.
+func (f *Fleet) Addr(i int) string {
+	s := f.slot(i, "Addr")
+	if s == nil {
+		return ""
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.cur == nil {
+		return ""
+	}
+	return s.cur.addr
+}
+
+// Kill stops instance i abruptly, as a process dies: it leaves the
+// balancer, its listener and every open connection close at once, and the
+// requests in flight on it fail (their clients get a 502; their handlers'
+// contexts end). Kill returns without waiting for the handlers; they are
+// waited for, and the handler closed if it is an io.Closer, in the
+// background and at the latest by the cleanup. Killing an instance that is
+// down does nothing.
+func (f *Fleet) Kill(i int) {
+	s := f.slot(i, "Kill")
+	if s == nil {
+		return
+	}
+	f.mu.Lock()
+	in := s.cur
+	if in == nil || in.stopped {
+		f.mu.Unlock()
+		return
+	}
+	in.live, in.stopped = false, true
+	f.mu.Unlock()
+	f.kill(in)
+}
+
+// kill closes a stopped instance and reaps it in the background.
+func (f *Fleet) kill(in *instance) {
+	_ = in.srv.Close()
+	in.handlers.stop()
+	in.tr.CloseIdleConnections()
+	in.resetTr.CloseIdleConnections()
+	f.bg.Go(func() {
+		<-in.handlers.idle()
+		f.closeHandler(in)
+	})
+}
+
+// Drain stops instance i gracefully: it leaves the balancer at once, stops
+// accepting connections, and the requests in flight on it may finish for up
+// to timeout (http.Server.Shutdown); then it is closed like Kill. Drain
+// returns when the instance has stopped: nil if every request in flight
+// finished, else an error saying they were cut. Draining an instance that is
+// down does nothing.
+func (f *Fleet) Drain(i int, timeout time.Duration) error {
+	s := f.slot(i, "Drain")
+	if s == nil {
+		return nil
+	}
+	f.mu.Lock()
+	in := s.cur
+	if in == nil || in.stopped {
+		f.mu.Unlock()
+		return nil
+	}
+	in.live, in.stopped = false, true
+	f.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := in.srv.Shutdown(ctx)
+	if err != nil {
+		f.kill(in)
+		return fmt.Errorf("activetest: drain of instance %d: requests in flight after %v were cut: %w", s.index, timeout, err)
+	}
+	in.handlers.stop()
+	in.tr.CloseIdleConnections()
+	in.resetTr.CloseIdleConnections()
+	<-in.handlers.idle() // Shutdown returned: no handler runs
+	f.closeHandler(in)
+	return nil
+}
+
+// Restart brings a new instance up in slot i, with the handler
+// newInstance(i) returns, on a new listener, as a replacement process
+// would come up; the balancer sends it requests as soon as Restart
+// returns. An instance still running in the slot is killed first (Drain
+// it before for a graceful replacement). A failure to start fails the test.
+func (f *Fleet) Restart(i int) {
+	s := f.slot(i, "Restart")
+	if s == nil {
+		return
+	}
+	f.Kill(i)
+	if err := f.start(s); err != nil {
+		f.tb.Error(err)
+	}
+}
+
+// start runs a new instance in slot s.
+func (f *Fleet) start(s *slot) error {
+	h := f.newInstance(s.index)
+	if h == nil {
+		return fmt.Errorf("activetest: newInstance(%d) returned nil", s.index)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		closeIfCloser(h)
+		return fmt.Errorf("activetest: instance %d: %w", s.index, err)
+	}
+	in := &instance{slot: s, addr: ln.Addr().String(), handler: h, live: true}
+	in.tr = &http.Transport{
+		DialContext:         f.dialer(s, in.addr, false),
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     time.Minute,
+	}
+	in.resetTr = &http.Transport{
+		DialContext:       f.dialer(s, in.addr, true),
+		DisableKeepAlives: true,
+	}
+	in.srv = &http.Server{
+		Handler:           in.handlers.wrap(instanceHandler(s, h)),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		_ = ln.Close()
+		closeIfCloser(h)
+		return errors.New("activetest: fleet already closed")
+	}
+	old := s.cur
+	if old != nil && !old.stopped {
+		// Restart raced with another start of the slot: the other one
+		// wins, this instance is not needed.
+		f.mu.Unlock()
+		_ = ln.Close()
+		closeIfCloser(h)
+		return nil
+	}
+	s.cur = in
+	s.gen++
+	f.bg.Go(func() { _ = in.srv.Serve(ln) })
+	f.mu.Unlock()
+	return nil
+}
+
+// instanceHandler counts the request for its slot and names the slot in
+// the response.
+func instanceHandler(s *slot, h http.Handler) http.Handler {
+	name := strconv.Itoa(s.index)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.served.Add(1)
+		w.Header().Set(InstanceHeader, name)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// closeHandler closes the handler of a stopped instance whose handlers have
+// all returned.
+func (f *Fleet) closeHandler(in *instance) {
+	if c, ok := in.handler.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			f.tb.Errorf("activetest: closing instance %d: %v", in.slot.index, err)
+		}
+	}
+}
+
+func closeIfCloser(h http.Handler) {
+	if c, ok := h.(io.Closer); ok {
+		_ = c.Close()
+	}
+}
+
+// slot returns slot i, or fails the test and returns nil when there is
+// none.
+func (f *Fleet) slot(i int, method string) *slot {
+	if i < 0 || i >= len(f.slots) {
+		f.tb.Errorf("activetest: %s(%d) on a fleet of %d", method, i, len(f.slots))
+		return nil
+	}
+	return f.slots[i]
+}
+
+// close stops everything: the t.Cleanup of NewFleet.
+func (f *Fleet) close() {
+	f.mu.Lock()
+	f.closed = true
+	var running []*instance
+	for _, s := range f.slots {
+		if s != nil && s.cur != nil && !s.cur.stopped {
+			s.cur.live, s.cur.stopped = false, true
+			running = append(running, s.cur)
+		}
+	}
+	f.mu.Unlock()
+
+	if f.front != nil {
+		_ = f.front.Close()
+		f.frontTracker.stop()
+	}
+	for _, in := range running {
+		f.kill(in)
+	}
+	f.clients.CloseIdleConnections()
+
+	done := make(chan struct{})
+	go func() {
+		f.bg.Wait()
+		if f.front != nil {
+			<-f.frontTracker.idle()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(cleanupWait):
+		f.tb.Errorf("activetest: handlers still running %v after the end of the test", cleanupWait)
+	}
+	// Connections the balancer opened while the instances closed.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.slots {
+		if s != nil && s.cur != nil {
+			s.cur.tr.CloseIdleConnections()
+		}
+	}
+}
+
+// tracker counts the handlers running on a server, and refuses new ones
+// once stopped.
+type tracker struct {
+	mu      sync.Mutex
+	n       int
+	stopped bool
+	done    chan struct{} // closed when stopped and n == 0
+}
+
+func (t *tracker) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.mu.Lock()
+		if t.stopped {
+			// Closed under the request: its connection is gone.
+			t.mu.Unlock()
+			return
+		}
+		t.n++
+		t.mu.Unlock()
+		defer t.exit()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (t *tracker) exit() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.stopped && t.n == 0 {
+		t.closeDone()
+	}
+}
+
+func (t *tracker) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	t.stopped = true
+	if t.n == 0 {
+		t.closeDone()
+	}
+}
+
+func (t *tracker) closeDone() {
+	if t.done == nil {
+		t.done = make(chan struct{})
+	}
+	close(t.done)
+}
+
+// idle returns a channel closed once the tracker is stopped and no handler
+// runs.
+func (t *tracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done == nil {
+		t.done = make(chan struct{})
+	}
+	return t.done
+}
+
+// live returns the live instances other than those in skip.
+func (f *Fleet) live(skip []*instance) []*instance {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*instance, 0, len(f.slots))
+	for _, s := range f.slots {
+		if in := s.cur; in != nil && in.live && !slices.Contains(skip, in) {
+			out = append(out, in)
+		}
+	}
+	return out
+}
