@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -190,20 +191,36 @@ func replayable(req *http.Request) bool {
 	return key || xkey
 }
 
-// pick returns the next live instance not in tried, or nil.
+// pick returns the next live instance not in tried, or nil. Round-robin
+// goes on from the slot it picked last to the next live one, skipping the
+// slots that are down, as a load balancer's rotation does.
 func (f *Fleet) pick(tried []*instance) *instance {
-	live := f.live(tried)
-	if len(live) == 0 {
-		return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ok := func(s *slot) bool {
+		return s.cur != nil && s.cur.live && !slices.Contains(tried, s.cur)
 	}
-	var k int
-	switch f.opts.policy {
-	case Random:
-		k = rand.IntN(len(live))
-	default:
-		k = int((f.next.Add(1) - 1) % uint64(len(live)))
+	n := len(f.slots)
+	if f.opts.policy == Random {
+		live := make([]*instance, 0, n)
+		for _, s := range f.slots {
+			if ok(s) {
+				live = append(live, s.cur)
+			}
+		}
+		if len(live) == 0 {
+			return nil
+		}
+		return live[rand.IntN(len(live))]
 	}
-	return live[k]
+	for k := 1; k <= n; k++ {
+		s := f.slots[(f.last+k)%n]
+		if ok(s) {
+			f.last = s.index
+			return s.cur
+		}
+	}
+	return nil
 }
 
 // sentBody is a request body shared by the attempts of one request: it

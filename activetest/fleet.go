@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httputil"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,7 +36,7 @@ type Fleet struct {
 	slots  []*slot
 	closed bool
 
-	next atomic.Uint64 // round-robin position
+	last int // guarded by mu: the slot round-robin picked last
 
 	front        *http.Server
 	frontURL     string
@@ -95,6 +94,7 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 		t.Fatal("activetest: nil newInstance")
 	}
 	f := &Fleet{
+		last:        n - 1, // the first request goes to slot 0
 		tb:          t,
 		newInstance: newInstance,
 		opts:        o,
@@ -469,17 +469,4 @@ func (t *tracker) idle() <-chan struct{} {
 		t.done = make(chan struct{})
 	}
 	return t.done
-}
-
-// live returns the live instances other than those in skip.
-func (f *Fleet) live(skip []*instance) []*instance {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make([]*instance, 0, len(f.slots))
-	for _, s := range f.slots {
-		if in := s.cur; in != nil && in.live && !slices.Contains(skip, in) {
-			out = append(out, in)
-		}
-	}
-	return out
 }
