@@ -169,14 +169,25 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			return resp, nil
 		}
-		if wrote.Load() || body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
+		if body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
 			return nil, err
 		}
 		var de *dialError
-		if !errors.As(err, &de) {
-			return nil, err
+		if wrote.Load() || !errors.As(err, &de) {
+			// Sent: retried only when the instance closed the connection
+			// in a graceful shutdown, which reads no new request.
+			if !f.drainingNow(in) {
+				return nil, err
+			}
 		}
 	}
+}
+
+// drainingNow reports whether in is being drained, the drain not cut.
+func (f *Fleet) drainingNow(in *instance) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return in.draining
 }
 
 // replayable reports whether http.Transport would send req again after a

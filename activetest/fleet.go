@@ -58,14 +58,18 @@ type slot struct {
 
 // instance is one running copy of the service.
 type instance struct {
-	slot     *slot
-	addr     string
-	srv      *http.Server
-	handler  http.Handler
-	tr       *http.Transport // balancer → instance, keep-alive
-	resetTr  *http.Transport // balancer → instance, for requests to reset
-	live     bool            // guarded by Fleet.mu: in the balancer's rotation
-	stopped  bool            // guarded by Fleet.mu: Kill or Drain has begun
+	slot    *slot
+	addr    string
+	srv     *http.Server
+	handler http.Handler
+	tr      *http.Transport // balancer → instance, keep-alive
+	resetTr *http.Transport // balancer → instance, for requests to reset
+	live    bool            // guarded by Fleet.mu: in the balancer's rotation
+	stopped bool            // guarded by Fleet.mu: Kill or Drain has begun
+	// draining is set, under Fleet.mu, while Drain shuts the instance down
+	// gracefully: it closes only connections it has read no request from,
+	// so a request that failed on one was not handled.
+	draining bool
 	handlers tracker
 }
 
@@ -242,13 +246,16 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 		f.mu.Unlock()
 		return nil
 	}
-	in.live, in.stopped = false, true
+	in.live, in.stopped, in.draining = false, true, true
 	f.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	err := in.srv.Shutdown(ctx)
+	err := f.shutdown(ctx, in)
 	if err != nil {
+		f.mu.Lock()
+		in.draining = false // what is cut now may have been handled
+		f.mu.Unlock()
 		f.kill(in)
 		return fmt.Errorf("activetest: drain of instance %d: requests in flight after %v were cut: %w", s.index, timeout, err)
 	}
@@ -258,6 +265,31 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 	<-in.handlers.idle() // Shutdown returned: no handler runs
 	f.closeHandler(in)
 	return nil
+}
+
+// shutdown runs http.Server.Shutdown on in, closing meanwhile the
+// balancer's idle connections to it, as a balancer does to a server taken
+// out: the server waits for a connection that never carried a request
+// (one the transport dialed, then did not need) to be idle for 5s.
+func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
+	in.tr.CloseIdleConnections()
+	stop := make(chan struct{})
+	var closer sync.WaitGroup
+	closer.Go(func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				in.tr.CloseIdleConnections()
+			case <-stop:
+				return
+			}
+		}
+	})
+	defer closer.Wait()
+	defer close(stop)
+	return in.srv.Shutdown(ctx)
 }
 
 // Restart brings a new instance up in slot i, with the handler

@@ -574,3 +574,38 @@ func (r *onceReader) Read(p []byte) (int, error) {
 	r.s = r.s[n:]
 	return n, nil
 }
+
+// Drain and Restart, one instance after the other, under load: no request
+// fails. A request the balancer sent on a keep-alive connection just as
+// the draining server closed it, idle, went to another instance: the
+// server had not read it.
+func TestRollingDrainNoFailure(t *testing.T) {
+	f := activetest.NewFleet(t, 3, answer)
+	ctx := t.Context()
+	load := f.Start(ctx, 8, func(ctx context.Context, _ int, c *http.Client) error {
+		resp, err := c.Get(f.URL())
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	})
+	for k := range 15 {
+		if err := load.WaitOK(ctx, load.Report().OK+50); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Drain(k%3, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		f.Restart(k % 3)
+	}
+	if rep := load.Stop(); rep.Failed != 0 {
+		t.Errorf("rolling drain: %v", rep)
+	} else {
+		t.Log(rep)
+	}
+}
