@@ -2,11 +2,15 @@ package redisstore_test
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/activekit/activekit/internal/testenv"
 	"github.com/activekit/activekit/session"
 	"github.com/activekit/activekit/session/sessiontest"
 )
@@ -123,5 +127,63 @@ func TestApplyAgainstModel(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSkipReadBothProtocols: a read within the idle resolution (HGETALL
+// alone) returns the record as the full read does, over RESP2 and RESP3,
+// standalone and Cluster; and a key that is not a hash gives Redis's error,
+// not a missing session.
+func TestSkipReadBothProtocols(t *testing.T) {
+	addr := testenv.RedisAddr(t)
+	cluster := testenv.RedisClusterAddrs(t)
+	for _, proto := range []int{2, 3} {
+		for name, c := range map[string]redis.UniversalClient{
+			"standalone": redis.NewClient(&redis.Options{Addr: addr, Protocol: proto}),
+			"cluster":    redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster, Protocol: proto}),
+		} {
+			t.Cleanup(func() { _ = c.Close() })
+			t.Run(fmt.Sprintf("resp%d/%s", proto, name), func(t *testing.T) {
+				s, _, sessionKey := keyedStore(t, c)
+				ctx := t.Context()
+				id := sessiontest.NewID(t, "")
+				want := map[string]string{"a": "1", "empty": "", "crlf": "x\r\n$3\r\n", "é": strings.Repeat("v", 3000)}
+				set := map[string][]byte{}
+				for k, v := range want {
+					set[k] = []byte(v)
+				}
+				// The absolute deadline far enough past the idle one that a
+				// read within the resolution skips the refresh (see absMargin).
+				if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: 24 * time.Hour}, Set: set, Idle: time.Hour}); err != nil {
+					t.Fatal(err)
+				}
+				var first session.Record
+				for i := range 3 { // the first read moves the idle deadline; the others skip
+					rec, found, err := s.Load(ctx, id, time.Hour)
+					if err != nil || !found {
+						t.Fatalf("Load %d: found=%v %v", i, found, err)
+					}
+					if len(rec.Values) != len(want) {
+						t.Fatalf("Load %d: %d values, want %d", i, len(rec.Values), len(want))
+					}
+					for k, v := range want {
+						if got := string(rec.Values[k].Data); got != v {
+							t.Fatalf("Load %d: %q = %.40q, want %.40q", i, k, got, v)
+						}
+					}
+					if i == 0 {
+						first = rec
+					} else if rec.Version != first.Version || !rec.AbsoluteDeadline.Equal(first.AbsoluteDeadline) || !rec.Created.Equal(first.Created) {
+						t.Fatalf("Load %d: %+v, want the first read's version and deadlines %+v", i, rec, first)
+					}
+				}
+				if err := c.Set(ctx, sessionKey(id), "not a hash", time.Minute).Err(); err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := s.Load(ctx, id, time.Hour); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+					t.Fatalf("Load of a key that is not a hash: %v, want Redis's WRONGTYPE", err)
+				}
+			})
+		}
 	}
 }
