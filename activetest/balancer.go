@@ -128,14 +128,17 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 	f := b.f
 	ctx := req.Context()
 	body := &sentBody{rc: req.Body}
-	var tried []*instance
+	var (
+		tried   []*instance
+		lastErr error
+	)
 	for attempt := 0; ; attempt++ {
 		in := f.pick(tried)
 		if in == nil {
-			if len(tried) == 0 {
-				return nil, errNoInstance
+			if lastErr != nil {
+				return nil, fmt.Errorf("every live instance tried: %w", lastErr)
 			}
-			return nil, fmt.Errorf("%w: %d tried", errNoInstance, len(tried))
+			return nil, errNoInstance
 		}
 		tried = append(tried, in)
 		ft := f.faultOf(in.slot)
@@ -172,6 +175,7 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		if body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
 			return nil, err
 		}
+		lastErr = err
 		var de *dialError
 		if wrote.Load() || !errors.As(err, &de) {
 			// Sent: retried only when the instance closed the connection

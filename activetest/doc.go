@@ -47,8 +47,13 @@
 //   - [Fleet.Kill] is a process dying: the listener and every open
 //     connection close at once; requests in flight fail (the client gets a
 //     502) and the balancer stops sending to the instance.
-//   - [Fleet.Drain] is a graceful stop: the instance leaves the balancer,
-//     then http.Server.Shutdown lets the requests in flight finish.
+//   - [Fleet.Drain] is a stop done right: the instance leaves the balancer,
+//     then http.Server.Shutdown lets the requests in flight finish. A
+//     request the balancer had already sent on a keep-alive connection
+//     that the server closed, idle, without reading it goes to another
+//     instance: a real balancer stops routing before the server stops (the
+//     drain delay), so it never meets that race. Testing the drain delay
+//     itself needs the real process and balancer.
 //   - [Fleet.Restart] starts a replacement from newInstance(i) on a new
 //     listener, as a new process would come up, and the balancer uses it.
 //   - [Fleet.SetFault] degrades the network path from the balancer to one
@@ -60,8 +65,11 @@
 //
 // [Fleet.Run] and [Fleet.Start] run concurrent workers, each one user with
 // its own cookie jar, until stopped, and count calls that succeeded, failed
-// (by error text) and were cut by the stop. A test then reads: kill an
-// instance during traffic; assert no acknowledged update was lost.
+// (by error text) and were cut by the stop ([Report]); [Load.WaitOK] waits
+// for traffic to have flowed. A test then reads: start the load, wait for
+// some successes, kill an instance, wait for more, restart it, stop the
+// load, and assert that every acknowledged update is there (see
+// examples/service's fleet_test.go for a whole one, against Redis).
 //
 // # What it proves, and what it does not
 //
@@ -89,7 +97,9 @@
 //
 // NewFleet starts, per instance, the goroutine serving it, and one serving
 // the balancer; Kill and a Drain that times out start one per instance that
-// waits for its handlers to return before closing it. All of them end in the
+// waits for its handlers to return before closing it; Start starts one per
+// worker, ended by Load.Stop or the test's cleanup. All of them end in the
 // fleet's t.Cleanup, which waits for every handler to return (it fails the
-// test after 10s), then closes each handler that implements io.Closer.
+// test after 10s), then closes each handler that implements io.Closer. A
+// test whose TestMain runs goleak sees none left.
 package activetest

@@ -104,6 +104,10 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 		opts:        o,
 		clients:     &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
 	}
+	f.slots = make([]*slot, n)
+	for i := range n {
+		f.slots[i] = &slot{index: i}
+	}
 	t.Cleanup(f.close)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -128,10 +132,6 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 	}
 	f.bg.Go(func() { _ = f.front.Serve(ln) })
 
-	f.slots = make([]*slot, n)
-	for i := range n {
-		f.slots[i] = &slot{index: i}
-	}
 	for i := range n {
 		if err := f.start(f.slots[i]); err != nil {
 			t.Fatal(err)
