@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -79,6 +80,16 @@ type dialError struct{ err error }
 
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
+
+// attemptHeader carries, from the balancer to an instance, the id of one
+// attempt to send a request; the instance removes it before its handler
+// sees the request.
+const attemptHeader = "Activetest-Attempt"
+
+const (
+	attemptHandled   = 1
+	attemptAbandoned = 2
+)
 
 // errNoInstance is the balancer's answer when no instance is live.
 var errNoInstance = errors.New("activetest: no live instance")
@@ -160,6 +171,8 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 			WroteHeaders: func() { wrote.Store(true) },
 		}))
 		out.URL.Host = in.addr
+		id := strconv.FormatUint(f.attempts.Add(1), 10)
+		out.Header.Set(attemptHeader, id)
 		// A request with a body the transport cannot rewind is one it
 		// never replays on a new connection: once sent, a request must not
 		// reach an instance twice. The body is the inbound one, closed by
@@ -170,17 +183,26 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		resp, err := tr.RoundTrip(out)
 		if err == nil {
+			in.attempts.Delete(id)
 			return resp, nil
 		}
 		if body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
+			in.attempts.Delete(id)
 			return nil, err
 		}
 		lastErr = err
 		var de *dialError
 		if wrote.Load() || !errors.As(err, &de) {
 			// Sent: retried only when the instance closed the connection
-			// in a graceful shutdown, which reads no new request.
+			// in a graceful shutdown, which reads no new request, and
+			// never if the instance's handler took the request (its
+			// answer lost to a reset fault or an aborted handler).
 			if !f.drainingNow(in) {
+				in.attempts.Delete(id)
+				return nil, err
+			}
+			if _, handled := in.attempts.LoadOrStore(id, attemptAbandoned); handled {
+				in.attempts.Delete(id)
 				return nil, err
 			}
 		}

@@ -52,8 +52,10 @@
 //     request the balancer had already sent on a keep-alive connection
 //     that the server closed, idle, without reading it goes to another
 //     instance: a real balancer stops routing before the server stops (the
-//     drain delay), so it never meets that race. Testing the drain delay
-//     itself needs the real process and balancer.
+//     drain delay), so it never meets that race. A request the instance's
+//     handler took is never sent elsewhere, even if its answer was then
+//     lost (a reset fault, an aborted handler): the client gets a 502.
+//     Testing the drain delay itself needs the real process and balancer.
 //   - [Fleet.Restart] starts a replacement from newInstance(i) on a new
 //     listener, as a new process would come up, and the balancer uses it.
 //   - [Fleet.SetFault] degrades the network path from the balancer to one

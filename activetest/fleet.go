@@ -44,6 +44,8 @@ type Fleet struct {
 	clients      *http.Transport // client → balancer
 
 	bg sync.WaitGroup // serving goroutines and reapers
+
+	attempts atomic.Uint64 // ids of the balancer's attempts (attemptHeader)
 }
 
 // slot is one position of the fleet: the instance in it now, the requests
@@ -68,9 +70,16 @@ type instance struct {
 	stopped bool            // guarded by Fleet.mu: Kill or Drain has begun
 	// draining is set, under Fleet.mu, while Drain shuts the instance down
 	// gracefully: it closes only connections it has read no request from,
-	// so a request that failed on one was not handled.
+	// so a request that failed on one may be sent elsewhere, unless its
+	// handler took it (see attempts).
 	draining bool
 	handlers tracker
+	// attempts holds, per attempt id (attemptHeader) the balancer sent,
+	// who claimed it first: the instance's handler (handled) or the
+	// balancer giving up on the attempt to send the request elsewhere
+	// (abandoned). A request is retried only if the balancer wins.
+	attempts  sync.Map
+	closeOnce sync.Once
 }
 
 // NewFleet starts n instances, the handler of instance i built by
@@ -330,7 +339,7 @@ func (f *Fleet) start(s *slot) error {
 		DisableKeepAlives: true,
 	}
 	in.srv = &http.Server{
-		Handler:           in.handlers.wrap(instanceHandler(s, h)),
+		Handler:           in.handlers.wrap(in.claim(instanceHandler(s, h))),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
@@ -369,14 +378,32 @@ func instanceHandler(s *slot, h http.Handler) http.Handler {
 	})
 }
 
-// closeHandler closes the handler of a stopped instance whose handlers have
-// all returned.
-func (f *Fleet) closeHandler(in *instance) {
-	if c, ok := in.handler.(io.Closer); ok {
-		if err := c.Close(); err != nil {
-			f.tb.Errorf("activetest: closing instance %d: %v", in.slot.index, err)
+// claim runs h for a request only if the balancer has not abandoned its
+// attempt (sent the request to another instance instead).
+func (in *instance) claim(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(attemptHeader)
+		if id != "" {
+			r.Header.Del(attemptHeader)
+			if _, abandoned := in.attempts.LoadOrStore(id, attemptHandled); abandoned {
+				in.attempts.Delete(id)
+				return // its connection is gone
+			}
 		}
-	}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// closeHandler closes, once, the handler of a stopped instance whose
+// handlers have all returned.
+func (f *Fleet) closeHandler(in *instance) {
+	in.closeOnce.Do(func() {
+		if c, ok := in.handler.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				f.tb.Errorf("activetest: closing instance %d: %v", in.slot.index, err)
+			}
+		}
+	})
 }
 
 func closeIfCloser(h http.Handler) {
