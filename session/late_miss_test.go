@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"testing"
@@ -94,5 +95,57 @@ func TestLateMissShortGrace(t *testing.T) {
 	old := c.cookie.Value
 	if w := c.do(t, "GET", "/"); w.Code != http.StatusOK || c.cookie == nil || c.cookie.Value == old {
 		t.Fatalf("a write with an unknown token: %d, cookies %v; want a new session", w.Code, w.Result().Cookies())
+	}
+}
+
+// TestLateMissUpdate: Update in a long request whose token a renewal on
+// another tab replaced, and whose alias has ended, must not start a new
+// anonymous session either: its cookie would replace the renewed token,
+// logging the user out, as a Put's would (TestLateMissKeepsCookie). Update
+// answers ErrNotFound (as when the session ends while it retries) and the
+// response sets no cookie. A request whose token had ended when it came
+// still gets a new session.
+func TestLateMissUpdate(t *testing.T) {
+	incr := func(s *session.Session) error {
+		return session.Update(s, "n", func(n int, _ bool) (int, error) { return n + 1, nil })
+	}
+	store, clock := newMem(t)
+	m := newManager(t, store, session.WithClock(clock.Now))
+	started, proceed := make(chan struct{}), make(chan struct{})
+	var lateErr error
+	mux := http.NewServeMux()
+	mux.Handle("/", app(t))
+	mux.HandleFunc("/long", func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-proceed
+		lateErr = incr(session.FromContext(r.Context()))
+		io.WriteString(w, "ok")
+	})
+	h := m.Middleware(mux)
+	browser := &client{h: h}
+	browser.do(t, "GET", "/put?a=1")
+	old := browser.cookie.Value
+	done := serveAsync(h, "/long", browser.cookie)
+	<-started
+	browser.do(t, "GET", "/login?u=alice") // another tab
+	clock.Advance(session.DefaultRenewGrace)
+	close(proceed)
+	w := <-done
+	if !errors.Is(lateErr, session.ErrNotFound) {
+		t.Errorf("late Update: %v, want an error matching ErrNotFound", lateErr)
+	}
+	if cs := w.Result().Cookies(); len(cs) != 0 {
+		t.Errorf("the long request's response sets %v: the browser loses its renewed token", cs)
+	}
+	if got := body(browser.do(t, "GET", "/user")); got != "alice" {
+		t.Errorf("renewed token: user %q, want alice", got)
+	}
+	stale := &client{h: m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := incr(session.FromContext(r.Context())); err != nil {
+			t.Error(err)
+		}
+	})), cookie: &http.Cookie{Name: session.DefaultCookieName, Value: old}}
+	if w := stale.do(t, "GET", "/"); w.Code != http.StatusOK || len(w.Result().Cookies()) != 1 {
+		t.Errorf("an Update with a token ended when it came: %d, cookies %v; want 200 and one", w.Code, w.Result().Cookies())
 	}
 }

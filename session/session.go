@@ -212,7 +212,11 @@ func (s *Session) Delete(key string) error {
 // reads again and calls fn again, up to WithUpdateAttempts times. Use it for
 // read-modify-write (a counter, a cart) that concurrent requests on other
 // instances also perform: none of their updates is lost. An error from fn
-// aborts without writing. A pending Put or Delete of key is dropped. The
+// aborts without writing. A pending Put or Delete of key is dropped. A
+// session that has ended is not resurrected: Update starts a new one, as a
+// Put does, unless the request has run long enough for its token to have
+// been renewed meanwhile (see Manager.Middleware), when it writes nothing and
+// returns ErrNotFound, as it does when the session ends while it retries. The
 // session is held while fn runs: fn must not call its methods (it would
 // wait for itself forever).
 func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) error {
@@ -228,6 +232,12 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 	delete(s.set, key)
 	delete(s.del, key)
 	if !s.found {
+		if s.user == "" && s.lateMiss() {
+			// Maybe renewed by another request while this one ran: a new
+			// session's cookie would replace the renewed token (see
+			// lateMiss), as a Put's would.
+			return ErrNotFound
+		}
 		if err := s.create(nil); err != nil {
 			return err
 		}
