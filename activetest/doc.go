@@ -45,7 +45,8 @@
 // Every fault is a method, safe to call while traffic flows:
 //
 //   - [Fleet.Kill] is a process dying: the listener and every open
-//     connection close at once; requests in flight fail (the client gets a
+//     connection (hijacked ones included) close at once, even during a
+//     Drain; requests in flight fail (the client gets a
 //     502) and the balancer stops sending to the instance.
 //   - [Fleet.Drain] is a stop done right: the instance leaves the balancer,
 //     then http.Server.Shutdown lets the requests in flight finish. A

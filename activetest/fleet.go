@@ -35,6 +35,7 @@ type Fleet struct {
 	mu     sync.Mutex
 	slots  []*slot
 	closed bool
+	up     map[*instance]struct{} // guarded by mu: instances not down
 
 	last int // guarded by mu: the slot round-robin picked last
 
@@ -68,6 +69,10 @@ type instance struct {
 	resetTr *http.Transport // balancer → instance, for requests to reset
 	live    bool            // guarded by Fleet.mu: in the balancer's rotation
 	stopped bool            // guarded by Fleet.mu: Kill or Drain has begun
+	// down is set, under Fleet.mu, once the instance is killed or its
+	// drain has ended: a Kill after it does nothing. A Kill during a
+	// drain cuts it, as SIGKILL cuts a graceful shutdown.
+	down bool
 	// draining is set, under Fleet.mu, while Drain shuts the instance down
 	// gracefully: it closes only connections it has read no request from,
 	// so a request that failed on one may be sent elsewhere, unless its
@@ -80,6 +85,9 @@ type instance struct {
 	// (abandoned). A request is retried only if the balancer wins.
 	attempts  sync.Map
 	closeOnce sync.Once
+
+	hijackedMu sync.Mutex
+	hijacked   map[net.Conn]struct{} // connections its handlers took over
 }
 
 // NewFleet starts n instances, the handler of instance i built by
@@ -112,6 +120,7 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 		newInstance: newInstance,
 		opts:        o,
 		clients:     &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
+		up:          map[*instance]struct{}{},
 	}
 	f.slots = make([]*slot, n)
 	for i := range n {
@@ -208,8 +217,10 @@ func (f *Fleet) Addr(i int) string {
 // requests in flight on it fail (their clients get a 502; their handlers'
 // contexts end). Kill returns without waiting for the handlers; they are
 // waited for, and the handler closed if it is an io.Closer, in the
-// background and at the latest by the cleanup. Killing an instance that is
-// down does nothing.
+// background and at the latest by the cleanup. Connections its handlers
+// took over (http.Hijacker, a WebSocket) close too. Killing an instance
+// being drained cuts the drain, as SIGKILL cuts a graceful shutdown;
+// killing an instance that is down does nothing.
 func (f *Fleet) Kill(i int) {
 	s := f.slot(i, "Kill")
 	if s == nil {
@@ -217,18 +228,29 @@ func (f *Fleet) Kill(i int) {
 	}
 	f.mu.Lock()
 	in := s.cur
-	if in == nil || in.stopped {
+	if in == nil || !f.takeDown(in) {
 		f.mu.Unlock()
 		return
 	}
-	in.live, in.stopped = false, true
 	f.mu.Unlock()
 	f.kill(in)
+}
+
+// takeDown marks in down, out of the balancer and no longer draining, and
+// reports whether it was up; f.mu is held.
+func (f *Fleet) takeDown(in *instance) bool {
+	if in.down {
+		return false
+	}
+	in.live, in.stopped, in.draining, in.down = false, true, false, true
+	delete(f.up, in)
+	return true
 }
 
 // kill closes a stopped instance and reaps it in the background.
 func (f *Fleet) kill(in *instance) {
 	_ = in.srv.Close()
+	in.closeHijacked()
 	in.handlers.stop()
 	in.tr.CloseIdleConnections()
 	in.resetTr.CloseIdleConnections()
@@ -242,8 +264,9 @@ func (f *Fleet) kill(in *instance) {
 // accepting connections, and the requests in flight on it may finish for up
 // to timeout (http.Server.Shutdown); then it is closed like Kill. Drain
 // returns when the instance has stopped: nil if every request in flight
-// finished, else an error saying they were cut. Draining an instance that is
-// down does nothing.
+// finished, else an error saying they were cut (by the timeout, or by a Kill
+// or the cleanup during the drain). Draining an instance that is down or
+// draining does nothing.
 func (f *Fleet) Drain(i int, timeout time.Duration) error {
 	s := f.slot(i, "Drain")
 	if s == nil {
@@ -261,17 +284,38 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := f.shutdown(ctx, in)
-	if err != nil {
-		f.mu.Lock()
-		in.draining = false // what is cut now may have been handled
-		f.mu.Unlock()
+	if err == nil {
+		// Shutdown does not wait for the handlers of hijacked
+		// connections.
+		in.handlers.stop()
+		select {
+		case <-in.handlers.idle():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	killed := in.down
+	cut := !killed && err != nil
+	if cut {
+		f.takeDown(in) // what is cut now may have been handled
+	} else if !killed {
+		// draining stays set: a request sent on a connection the server
+		// closed idle still fails after the drain, unread.
+		in.down = true
+		delete(f.up, in)
+	}
+	f.mu.Unlock()
+	switch {
+	case killed:
+		return fmt.Errorf("activetest: drain of instance %d: killed during the drain", s.index)
+	case cut:
 		f.kill(in)
 		return fmt.Errorf("activetest: drain of instance %d: requests in flight after %v were cut: %w", s.index, timeout, err)
 	}
-	in.handlers.stop()
+	in.closeHijacked()
 	in.tr.CloseIdleConnections()
 	in.resetTr.CloseIdleConnections()
-	<-in.handlers.idle() // Shutdown returned: no handler runs
 	f.closeHandler(in)
 	return nil
 }
@@ -328,7 +372,7 @@ func (f *Fleet) start(s *slot) error {
 		closeIfCloser(h)
 		return fmt.Errorf("activetest: instance %d: %w", s.index, err)
 	}
-	in := &instance{slot: s, addr: ln.Addr().String(), handler: h, live: true}
+	in := &instance{slot: s, addr: ln.Addr().String(), handler: h, live: true, hijacked: map[net.Conn]struct{}{}}
 	in.tr = &http.Transport{
 		DialContext:         f.dialer(s, in.addr, false),
 		MaxIdleConnsPerHost: 256,
@@ -342,6 +386,11 @@ func (f *Fleet) start(s *slot) error {
 		Handler:           in.handlers.wrap(in.claim(instanceHandler(s, h))),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateHijacked {
+				in.hijack(c)
+			}
+		},
 	}
 
 	f.mu.Lock()
@@ -362,6 +411,7 @@ func (f *Fleet) start(s *slot) error {
 	}
 	s.cur = in
 	s.gen++
+	f.up[in] = struct{}{}
 	f.bg.Go(func() { _ = in.srv.Serve(ln) })
 	f.mu.Unlock()
 	return nil
@@ -376,6 +426,29 @@ func instanceHandler(s *slot, h http.Handler) http.Handler {
 		w.Header().Set(InstanceHeader, name)
 		h.ServeHTTP(w, r)
 	})
+}
+
+// hijack records a connection a handler took over, which http.Server's
+// Close and Shutdown leave open; one taken after the kill is closed at once.
+func (in *instance) hijack(c net.Conn) {
+	in.hijackedMu.Lock()
+	defer in.hijackedMu.Unlock()
+	if in.hijacked == nil {
+		_ = c.Close()
+		return
+	}
+	in.hijacked[c] = struct{}{}
+}
+
+// closeHijacked closes the connections the handlers took over, as a dying
+// process's are.
+func (in *instance) closeHijacked() {
+	in.hijackedMu.Lock()
+	defer in.hijackedMu.Unlock()
+	for c := range in.hijacked {
+		_ = c.Close()
+	}
+	in.hijacked = nil
 }
 
 // claim runs h for a request only if the balancer has not abandoned its
@@ -427,11 +500,11 @@ func (f *Fleet) close() {
 	f.mu.Lock()
 	f.closed = true
 	var running []*instance
-	for _, s := range f.slots {
-		if s != nil && s.cur != nil && !s.cur.stopped {
-			s.cur.live, s.cur.stopped = false, true
-			running = append(running, s.cur)
-		}
+	for in := range f.up { // draining ones included
+		running = append(running, in)
+	}
+	for _, in := range running {
+		f.takeDown(in)
 	}
 	f.mu.Unlock()
 

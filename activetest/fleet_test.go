@@ -316,7 +316,6 @@ func TestRestart(t *testing.T) {
 		return &closingHandler{Handler: answer(i), closed: &closed}
 	})
 	c := f.Client()
-	oldAddr := f.Addr(1)
 	f.Kill(1)
 	eventually(t, "the killed handler closed", func() bool { return closed.Load() == 1 })
 	for range 4 {
@@ -325,8 +324,9 @@ func TestRestart(t *testing.T) {
 		}
 	}
 	f.Restart(1)
-	if addr := f.Addr(1); addr == oldAddr || addr == "" {
-		t.Errorf("restarted on %q, was %q", addr, oldAddr)
+	// The new listener may get the old one's port back from the kernel.
+	if addr := f.Addr(1); addr == "" {
+		t.Errorf("restarted on %q", addr)
 	}
 	if live := f.Live(); !slices.Equal(live, []int{0, 1}) {
 		t.Errorf("Live() after Restart(1) = %v", live)
