@@ -258,17 +258,20 @@ func TestNewManagerValidates(t *testing.T) {
 	store, _ := newMem(t)
 	key := session.EncryptionKey{Name: "k1", Secret: bytes.Repeat([]byte{1}, 32)}
 	for name, opts := range map[string][]session.Option{
-		"nil option":          {nil},
-		"idle over absolute":  {session.WithIdleTimeout(2 * time.Hour), session.WithAbsoluteTimeout(time.Hour)},
-		"negative":            {session.WithRenewGrace(-1)},
-		"value over session":  {session.WithLimits(100, 10)},
-		"bad cookie name":     {session.WithCookie(session.CookieConfig{Name: "a b"})},
-		"insecure host":       {session.WithCookie(session.CookieConfig{Name: "__Host-x"}), session.WithInsecureCookie()},
-		"host with domain":    {session.WithCookie(session.CookieConfig{Name: "__Host-x", Domain: "example.com"})},
-		"none insecure":       {session.WithCookie(session.CookieConfig{SameSite: http.SameSiteNoneMode}), session.WithInsecureCookie()},
-		"short key":           {session.WithEncryption(session.EncryptionKey{Name: "k", Secret: []byte("short")})},
-		"duplicate key names": {session.WithEncryption(key, key)},
-		"unnamed key":         {session.WithEncryption(session.EncryptionKey{Secret: key.Secret})},
+		"nil option":           {nil},
+		"idle over absolute":   {session.WithIdleTimeout(2 * time.Hour), session.WithAbsoluteTimeout(time.Hour)},
+		"negative":             {session.WithRenewGrace(-1)},
+		"value over session":   {session.WithLimits(100, 10)},
+		"bad cookie name":      {session.WithCookie(session.CookieConfig{Name: "a b"})},
+		"insecure host":        {session.WithCookie(session.CookieConfig{Name: "__Host-x"}), session.WithInsecureCookie()},
+		"host with domain":     {session.WithCookie(session.CookieConfig{Name: "__Host-x", Domain: "example.com"})},
+		"host any case, path":  {session.WithCookie(session.CookieConfig{Name: "__HOST-x", Path: "/app"})},
+		"insecure secure":      {session.WithCookie(session.CookieConfig{Name: "__Secure-x"}), session.WithInsecureCookie()},
+		"insecure secure case": {session.WithCookie(session.CookieConfig{Name: "__secure-x"}), session.WithInsecureCookie()},
+		"none insecure":        {session.WithCookie(session.CookieConfig{SameSite: http.SameSiteNoneMode}), session.WithInsecureCookie()},
+		"short key":            {session.WithEncryption(session.EncryptionKey{Name: "k", Secret: []byte("short")})},
+		"duplicate key names":  {session.WithEncryption(key, key)},
+		"unnamed key":          {session.WithEncryption(session.EncryptionKey{Secret: key.Secret})},
 	} {
 		if _, err := session.NewManager(store, opts...); err == nil {
 			t.Errorf("%s: NewManager accepted it", name)

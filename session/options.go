@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -139,7 +140,9 @@ func jsonInt(data []byte) (int64, bool) {
 // cannot carry the prefix: with WithInsecureCookie, a Domain, or a Path
 // other than "/"; such a cookie can be planted by a sibling subdomain (or,
 // without Secure, by anyone on the network path). A Name set here is kept
-// as it is; a __Host- name with any of those is refused by NewManager.
+// as it is; a __Host- name with any of those, or a __Secure- name with
+// WithInsecureCookie, is refused by NewManager (the prefixes in any case, as
+// browsers match them).
 //
 // Changing the name, explicitly or by changing the attributes above (or by
 // upgrading from a version whose default name was "session"), ends every
@@ -354,8 +357,14 @@ func (c *config) validate() (map[string]cipher.AEAD, error) {
 	case c.cookie.SameSite == http.SameSiteNoneMode && c.insecure:
 		return nil, errors.New("session: SameSite=None needs a Secure cookie")
 	}
-	if len(c.cookie.Name) > 7 && c.cookie.Name[:7] == "__Host-" && (c.insecure || c.cookie.Domain != "" || c.cookie.Path != "/") {
+	// Browsers match the prefixes without regard to case (RFC 6265bis), and
+	// drop a cookie that lacks what its prefix demands: no session would
+	// ever come back.
+	switch name := c.cookie.Name; {
+	case hasPrefixFold(name, "__Host-") && (c.insecure || c.cookie.Domain != "" || c.cookie.Path != "/"):
 		return nil, errors.New("session: a __Host- cookie must be Secure, with Path / and no Domain")
+	case hasPrefixFold(name, "__Secure-") && c.insecure:
+		return nil, errors.New("session: a __Secure- cookie must be Secure")
 	}
 	if len(c.keys) == 0 {
 		return nil, nil
@@ -395,4 +404,9 @@ func validCookieName(name string) bool {
 		}
 	}
 	return true
+}
+
+// hasPrefixFold reports whether s begins with prefix, ignoring ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
