@@ -147,7 +147,13 @@ func jsonInt(data []byte) (int64, bool) {
 // Changing the name, explicitly or by changing the attributes above (or by
 // upgrading from a version whose default name was "session"), ends every
 // session held under the old name: a request carrying only the old cookie
-// has no session, as a new visitor.
+// has no session, as a new visitor. While instances using either name serve
+// one site (a rolling upgrade), each reads only its own cookie: a login
+// through one name is not seen by instances using the other, and a logout
+// (Destroy) clears one cookie only, leaving the other name's session live
+// until it expires (to come back with a rollback). To upgrade without that,
+// set Name to "session" first, and move to the new name in a rollout of its
+// own, when that split is acceptable.
 type CookieConfig struct {
 	Name     string
 	Path     string
