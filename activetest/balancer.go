@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -176,17 +177,20 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		// A request with a body the transport cannot rewind is one it
 		// never replays on a new connection: once sent, a request must not
 		// reach an instance twice. The body is the inbound one, closed by
-		// the server; a bodyless GET gets an empty one, which the
-		// transport sees is empty and does not send.
+		// the server, read again from what was sent of it on a retry; a
+		// bodyless GET gets an empty one, which the transport sees is
+		// empty and does not send.
+		var ab *attemptBody
 		if req.Body != nil && req.Body != http.NoBody || replayable(req) {
-			out.Body, out.GetBody = body, nil
+			ab = &attemptBody{b: body}
+			out.Body, out.GetBody = ab, nil
 		}
 		resp, err := tr.RoundTrip(out)
 		if err == nil {
 			in.attempts.Delete(id)
 			return resp, nil
 		}
-		if body.read.Load() || ctx.Err() != nil || attempt >= f.opts.connectRetries {
+		if ctx.Err() != nil || attempt >= f.opts.connectRetries {
 			in.attempts.Delete(id)
 			return nil, err
 		}
@@ -206,6 +210,9 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
+		// The transport may go on reading an attempt's body after
+		// RoundTrip returned; the next attempt reads it from the start.
+		ab.end()
 	}
 }
 
@@ -261,24 +268,54 @@ func (f *Fleet) pick(tried []*instance) *instance {
 }
 
 // sentBody is a request body shared by the attempts of one request: it
-// records whether a byte of it was read, and leaves closing to the server.
+// keeps what was read of it, so that an attempt that no handler took can be
+// sent again whole, and leaves closing to the server.
 type sentBody struct {
-	rc   io.ReadCloser
-	read atomic.Bool
+	mu  sync.Mutex
+	rc  io.ReadCloser
+	buf []byte // what was read from rc
 }
 
-func (b *sentBody) Read(p []byte) (int, error) {
-	if b.rc == nil {
+// attemptBody is the body of one attempt: sentBody read from its start.
+type attemptBody struct {
+	b   *sentBody
+	pos int  // guarded by b.mu
+	off bool // guarded by b.mu: the attempt is over
+}
+
+var errAttemptOver = errors.New("activetest: attempt abandoned")
+
+func (a *attemptBody) Read(p []byte) (int, error) {
+	a.b.mu.Lock()
+	defer a.b.mu.Unlock()
+	if a.off {
+		return 0, errAttemptOver
+	}
+	if a.pos < len(a.b.buf) {
+		n := copy(p, a.b.buf[a.pos:])
+		a.pos += n
+		return n, nil
+	}
+	if a.b.rc == nil {
 		return 0, io.EOF
 	}
-	n, err := b.rc.Read(p)
-	if n > 0 {
-		b.read.Store(true)
-	}
+	n, err := a.b.rc.Read(p)
+	a.b.buf = append(a.b.buf, p[:n]...)
+	a.pos += n
 	return n, err
 }
 
-func (b *sentBody) Close() error { return nil }
+func (a *attemptBody) Close() error { return nil }
+
+// end stops the attempt's reads; nil does nothing.
+func (a *attemptBody) end() {
+	if a == nil {
+		return
+	}
+	a.b.mu.Lock()
+	defer a.b.mu.Unlock()
+	a.off = true
+}
 
 // proxyError answers a request the balancer could not complete, as a load
 // balancer does: 503 when no instance could be reached, 502 when the

@@ -38,7 +38,9 @@
 // written to an instance is never sent again, even a GET on a reused
 // connection (which Go's http.Transport alone would replay): once sent, the
 // instance may have acted on it, and the client sees the failure, as behind
-// a real balancer.
+// a real balancer. The one exception is a request, with its body, that an
+// instance being drained closed the connection of without handing it to a
+// handler (see Drain below).
 //
 // # Faults
 //

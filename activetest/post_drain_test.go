@@ -1,0 +1,78 @@
+package activetest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/activetest"
+)
+
+// Drain and Restart under POST traffic with bodies: no request fails, and
+// each one reaches a handler once with its body whole. A POST the balancer
+// wrote on a keep-alive connection the draining server closed, idle,
+// without reading it, goes to another instance, as a GET does.
+func TestRollingDrainPostNoFailure(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		seen = map[string]int{}
+	)
+	f := activetest.NewFleet(t, 3, func(int) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			seen[string(b)]++
+			mu.Unlock()
+			fmt.Fprint(w, len(b))
+		})
+	})
+	ctx := t.Context()
+	var (
+		nmu sync.Mutex
+		n   int
+	)
+	load := f.Start(ctx, 8, func(ctx context.Context, w int, c *http.Client) error {
+		nmu.Lock()
+		n++
+		body := fmt.Sprintf("w%d-%d-%s", w, n, strings.Repeat("x", 100))
+		nmu.Unlock()
+		resp, err := c.Post(f.URL(), "text/plain", stringsReader(body))
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	})
+	for k := range 15 {
+		if err := load.WaitOK(ctx, load.Report().OK+50); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Drain(k%3, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		f.Restart(k % 3)
+	}
+	if rep := load.Stop(); rep.Failed != 0 {
+		t.Errorf("rolling drain: %v", rep)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for b, k := range seen {
+		if k != 1 {
+			t.Errorf("body %.10s handled %d times", b, k)
+		}
+	}
+}
