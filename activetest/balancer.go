@@ -23,11 +23,12 @@ import (
 type Fault struct {
 	// Latency is added before each request is sent to the instance.
 	Latency time.Duration
-	// Refuse makes new connections to the instance fail as from a port
-	// nobody listens on (ECONNREFUSED), and closes its idle ones, while
-	// the instance runs on: what the balancer meets when an instance died
-	// and it has not noticed. The balancer retries such requests on
-	// another instance (WithConnectRetries).
+	// Refuse makes every request's connection to the instance fail as
+	// from a port nobody listens on (ECONNREFUSED), keep-alive ones
+	// opened before included, while the instance runs on: what the
+	// balancer meets when an instance died and it has not noticed. The
+	// balancer retries such requests on another instance
+	// (WithConnectRetries).
 	Refuse bool
 	// ResetRate is the fraction, from 0 to 1, of requests whose connection
 	// is reset (TCP RST) as the first bytes of the response arrive: the
@@ -102,7 +103,7 @@ func (f *Fleet) dialer(s *slot, addr string, reset bool) func(ctx context.Contex
 	var d net.Dialer
 	return func(ctx context.Context, network, _ string) (net.Conn, error) {
 		if f.faultOf(s).Refuse {
-			return nil, &dialError{&net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}
+			return nil, refused(network)
 		}
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
@@ -113,6 +114,11 @@ func (f *Fleet) dialer(s *slot, addr string, reset bool) func(ctx context.Contex
 		}
 		return c, nil
 	}
+}
+
+// refused is the error of a connection refused by the instance.
+func refused(network string) error {
+	return &dialError{&net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}
 }
 
 // resetConn resets the connection (TCP RST) as soon as the first bytes of
@@ -185,7 +191,17 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 			ab = &attemptBody{b: body}
 			out.Body, out.GetBody = ab, nil
 		}
-		resp, err := tr.RoundTrip(out)
+		var (
+			resp *http.Response
+			err  error
+		)
+		if ft.Refuse {
+			// Not even on a keep-alive connection opened before the
+			// fault: the path is cut.
+			err = refused("tcp")
+		} else {
+			resp, err = tr.RoundTrip(out)
+		}
 		if err == nil {
 			in.attempts.Delete(id)
 			return resp, nil
