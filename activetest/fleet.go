@@ -95,7 +95,8 @@ type instance struct {
 // listener, and the balancer in front of them. Everything stops in
 // t.Cleanup: the balancer and the instances close, the fleet waits for
 // every handler to return, and a handler that implements io.Closer is then
-// closed (in slot order), as a process's clients would be on its exit.
+// closed (each instance's once its own handlers returned, in no set order),
+// as a process's clients would be on its exit.
 //
 // It starts one goroutine per instance and one for the balancer, all ended
 // by the cleanup. A bad option or argument fails the test at once.

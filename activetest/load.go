@@ -23,7 +23,11 @@ type Report struct {
 	OK     int64 // calls that returned nil
 	Failed int64 // calls that returned an error, the stop aside
 	// Canceled counts calls cut by the end of the run: they returned the
-	// run context's error after it ended. They are neither OK nor Failed.
+	// run context's error after it ended. They are neither OK nor Failed,
+	// but like a failed call one may have taken effect (its request
+	// reached an instance before the cut): bound an invariant by OK+Failed
+	// +Canceled, or make fn finish its call (context.WithoutCancel) so
+	// that every call is OK or Failed.
 	Canceled int64
 	// Errors counts failed calls by error text; keep per-request details
 	// out of the errors a WorkFunc returns so that equal failures group.
