@@ -350,13 +350,21 @@ func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
 // newInstance(i) returns, on a new listener, as a replacement process
 // would come up; the balancer sends it requests as soon as Restart
 // returns. An instance still running in the slot is killed first (Drain
-// it before for a graceful replacement). A failure to start fails the test.
+// it before for a graceful replacement); one being drained drains on beside
+// the replacement, as in a rolling update. A failure to start fails the
+// test.
 func (f *Fleet) Restart(i int) {
 	s := f.slot(i, "Restart")
 	if s == nil {
 		return
 	}
-	f.Kill(i)
+	f.mu.Lock()
+	in := s.cur
+	running := in != nil && !in.stopped && f.takeDown(in)
+	f.mu.Unlock()
+	if running {
+		f.kill(in)
+	}
 	if err := f.start(s); err != nil {
 		f.tb.Error(err)
 	}

@@ -165,3 +165,40 @@ func TestCleanupKillsDraining(t *testing.T) {
 	}
 	goleak.VerifyNone(t, ignore)
 }
+
+// Restart during a Drain brings the replacement up beside the draining
+// instance, as a rolling update does: the drain goes on and its request
+// finishes.
+func TestRestartDuringDrain(t *testing.T) {
+	b := newBlocker()
+	f := activetest.NewFleet(t, 1, func(int) http.Handler { return b })
+	c := f.Client()
+	res := make(chan int, 1)
+	go func() {
+		resp, err := c.Get(f.URL() + "?id=x&block=1")
+		if err != nil {
+			res <- 0
+			return
+		}
+		resp.Body.Close()
+		res <- resp.StatusCode
+	}()
+	<-b.entered
+	drained := make(chan error, 1)
+	go func() { drained <- f.Drain(0, 5*time.Second) }()
+	eventually(t, "slot 0 out of the balancer", func() bool { return len(f.Live()) == 0 })
+	f.Restart(0)
+	if code, _, _ := get(t, c, f.URL()+"?id=new"); code != http.StatusOK {
+		t.Errorf("the replacement answered %d", code)
+	}
+	close(b.release)
+	if err := <-b.ended; err != nil {
+		t.Errorf("the draining request was cut: %v", err)
+	}
+	if code := <-res; code != http.StatusOK {
+		t.Errorf("the draining request: %d, want 200", code)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("Drain: %v", err)
+	}
+}
