@@ -266,7 +266,10 @@ func (f *Fleet) kill(in *instance) {
 // to timeout (http.Server.Shutdown); then it is closed like Kill. Drain
 // returns when the instance has stopped: nil if every request in flight
 // finished, else an error saying they were cut (by the timeout, or by a Kill
-// or the cleanup during the drain). Draining an instance that is down or
+// or the cleanup during the drain). Handlers of hijacked connections (a
+// WebSocket), which Shutdown does not wait for, count as requests in flight:
+// a service that ends them on SIGTERM has no way to hear of the drain here,
+// so they are cut at the timeout. Draining an instance that is down or
 // draining does nothing.
 func (f *Fleet) Drain(i int, timeout time.Duration) error {
 	s := f.slot(i, "Drain")
