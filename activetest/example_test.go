@@ -108,11 +108,18 @@ func ExampleFleet_Start() {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = load.WaitOK(ctx, 200)
+	// 200 more acknowledged updates, or the test fails: without them the
+	// check below would pass on no load at all.
+	step := func(what string) {
+		if err := load.WaitOK(ctx, load.Report().OK+200); err != nil {
+			t.Fatalf("%s: %v (%v)", what, err, load.Report())
+		}
+	}
+	step("before the kill")
 	f.Kill(0)
-	_ = load.WaitOK(ctx, load.Report().OK+200)
+	step("with instance 0 down")
 	f.Restart(0)
-	_ = load.WaitOK(ctx, load.Report().OK+200)
+	step("after the restart")
 	load.Stop()
 
 	lost := 0

@@ -145,7 +145,7 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 		ErrorLog:     log.New(io.Discard, "", 0),
 	}
 	f.front = &http.Server{
-		Handler:           f.frontTracker.wrap(proxy),
+		Handler:           f.frontTracker.wrap(proxy, nil),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
@@ -189,7 +189,9 @@ func (f *Fleet) Live() []int {
 }
 
 // Served returns how many requests reached the handlers of slot i, over
-// all the instances it has run.
+// all the instances it has run. A request is counted as the instance takes
+// it, before its handler runs: once Kill(i) returns, or a Drain(i), no
+// request is counted for, or reaches, the instance stopped.
 func (f *Fleet) Served(i int) int64 {
 	s := f.slot(i, "Served")
 	if s == nil {
@@ -395,7 +397,10 @@ func (f *Fleet) start(s *slot) error {
 		DisableKeepAlives: true,
 	}
 	in.srv = &http.Server{
-		Handler:           in.handlers.wrap(in.claim(instanceHandler(s, h))),
+		// Counted as the tracker admits it, so that a request is counted
+		// only if it reaches the handler, and never after Kill or a drain
+		// stopped the tracker.
+		Handler:           in.claim(in.handlers.wrap(instanceHandler(s, h), &s.served)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 		ConnState: func(c net.Conn, st http.ConnState) {
@@ -429,12 +434,10 @@ func (f *Fleet) start(s *slot) error {
 	return nil
 }
 
-// instanceHandler counts the request for its slot and names the slot in
-// the response.
+// instanceHandler names the slot in the response.
 func instanceHandler(s *slot, h http.Handler) http.Handler {
 	name := strconv.Itoa(s.index)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.served.Add(1)
 		w.Header().Set(InstanceHeader, name)
 		h.ServeHTTP(w, r)
 	})
@@ -561,7 +564,10 @@ type tracker struct {
 	done    chan struct{} // closed when stopped and n == 0
 }
 
-func (t *tracker) wrap(h http.Handler) http.Handler {
+// wrap runs h for each request the tracker admits, and adds one to count
+// (nil: none) as it admits it, under the same lock as stop: once stop
+// returns, no request is admitted or counted.
+func (t *tracker) wrap(h http.Handler, count *atomic.Int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t.mu.Lock()
 		if t.stopped {
@@ -570,6 +576,9 @@ func (t *tracker) wrap(h http.Handler) http.Handler {
 			return
 		}
 		t.n++
+		if count != nil {
+			count.Add(1)
+		}
 		t.mu.Unlock()
 		defer t.exit()
 		h.ServeHTTP(w, r)
