@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net/http"
 	"sync"
@@ -16,11 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/activekit/activekit/activetest"
-	"github.com/activekit/activekit/health"
-	"github.com/activekit/activekit/observability"
 	"github.com/activekit/activekit/session"
 	"github.com/activekit/activekit/session/memstore"
-	"github.com/activekit/activekit/session/redisstore"
 )
 
 // The product's claim, proved with activetest: three instances behind a
@@ -181,12 +176,11 @@ func (u *fleetUser) visit(ctx context.Context, c *http.Client, base string) erro
 	return nil
 }
 
-// fleetInstance returns activetest's newInstance for the service: steps 1
-// to 6 of run (identity, logs, configuration, telemetry, sessions in Redis,
-// health) with env as the environment, and its routes; a fleet instance
-// has no listener of its own (activetest serves it) and no Consul. The
-// handler closes its Redis client, configuration and telemetry when
-// activetest closes it, after its last request.
+// fleetInstance returns activetest's newInstance for the service: the
+// instance run builds (newService) with env as its environment, served by
+// activetest instead of its own listener, without the registration and
+// lifecycle of serve (env sets no Consul). activetest closes it (its Redis
+// client, configuration and telemetry) after its last request.
 //
 // With inInstance, sessions are kept in the instance's memory instead of
 // Redis: the mistake the fleet test must catch.
@@ -195,6 +189,10 @@ func fleetInstance(t *testing.T, env map[string]string, inInstance bool) func(i 
 		mu  sync.Mutex
 		gen = map[int]int{}
 	)
+	sessions := redisSessions
+	if inInstance {
+		sessions = func(redis.UniversalClient, Config) (session.Store, error) { return memstore.New() }
+	}
 	return func(i int) http.Handler {
 		mu.Lock()
 		g := gen[i]
@@ -202,83 +200,13 @@ func fleetInstance(t *testing.T, env map[string]string, inInstance bool) func(i 
 		mu.Unlock()
 		e := maps.Clone(env)
 		e["ACTIVEKIT_INSTANCE_ID"] = fmt.Sprintf("fleet-%d.%d", i, g)
-		h, err := newInstanceHandler(t.Context(), func(k string) string { return e[k] }, &logSink{addr: make(chan string, 1)}, inInstance)
+		svc, err := newService(t.Context(), nil, func(k string) string { return e[k] }, &logSink{addr: make(chan string, 1)}, sessions)
 		if err != nil {
 			t.Errorf("instance %d: %v", i, err)
 			return nil
 		}
-		return h
+		return svc
 	}
-}
-
-// instanceHandler is the handler of one fleet instance and what it must
-// close.
-type instanceHandler struct {
-	http.Handler
-	closers []health.Closer
-}
-
-func (h *instanceHandler) Close() error { return closeAll(h.closers) }
-
-// newInstanceHandler builds what run builds before it listens, for a
-// service without Consul.
-func newInstanceHandler(ctx context.Context, getenv func(string) string, stdout io.Writer, inInstance bool) (_ *instanceHandler, err error) {
-	var closers []health.Closer
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, closeAll(closers))
-		}
-	}()
-	name := getenv(observability.EnvServiceName)
-	if name == "" {
-		name = defaultServiceName
-	}
-	id, err := observability.NewIdentity(observability.IdentityConfig{ServiceName: name, Getenv: getenv})
-	if err != nil {
-		return nil, err
-	}
-	log := slog.New(observability.NewLogHandler(slog.NewJSONHandler(stdout, nil), id))
-	store, _, err := loadConfig(ctx, id.ServiceName(), map[string]any{}, getenv, nil, log)
-	if err != nil {
-		return nil, err
-	}
-	closers = append(closers, health.Closer{Name: "config", Close: func(context.Context) error { return store.Close() }})
-	cfg := store.Load()
-	if cfg.ConsulAddr != "" {
-		return nil, fmt.Errorf("a fleet instance runs without Consul (consul_addr %q)", cfg.ConsulAddr)
-	}
-	tel, err := observability.Setup(ctx, observability.Config{Identity: id})
-	if err != nil {
-		return nil, err
-	}
-	closers = append(closers, health.Closer{Name: "telemetry", Close: tel.Shutdown})
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: redisAddrs(cfg.RedisAddr), MasterName: cfg.RedisSentinelMaster})
-	closers = append(closers, health.Closer{Name: "redis", Close: func(context.Context) error { return rdb.Close() }})
-	var sessions session.Store
-	if inInstance {
-		sessions, err = memstore.New()
-	} else {
-		sessions, err = redisstore.New(rdb, redisstore.WithPrefix(cfg.SessionPrefix))
-	}
-	if err != nil {
-		return nil, err
-	}
-	sopts := []session.Option{session.WithLogger(log), session.WithMeterProvider(tel.Providers().MeterProvider)}
-	if cfg.InsecureCookie {
-		sopts = append(sopts, session.WithInsecureCookie())
-	}
-	mgr, err := session.NewManager(sessions, sopts...)
-	if err != nil {
-		return nil, err
-	}
-	reg, err := health.NewRegistry(health.WithIdentity(id), health.WithConfigHash(store.Hash), health.WithLogger(log))
-	if err != nil {
-		return nil, err
-	}
-	if err := reg.Register(health.Check{Name: "redis:ping", ComponentType: "datastore", Func: redisstore.HealthCheck(rdb), Timeout: 500 * time.Millisecond}); err != nil {
-		return nil, err
-	}
-	return &instanceHandler{Handler: routes(id, store, mgr, reg, tel.Providers(), nil, log), closers: closers}, nil
 }
 
 // The control: the same fleet with sessions kept in each instance. The

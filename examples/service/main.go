@@ -50,10 +50,54 @@ func main() {
 // drains and stops it; it returns nil after a clean stop. args are the
 // command-line arguments without the program name, getenv reads the
 // environment, and the JSON log goes to stdout. Tests call it in-process.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
-	flags, err := parseFlags(args, stdout)
+//
+// It builds the instance (newService, steps 1 to 7), then serves it
+// (serve, steps 8 to 10).
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	svc, err := newService(ctx, args, getenv, stdout, redisSessions)
 	if err != nil {
 		return err
+	}
+	return svc.serve(ctx)
+}
+
+// service is one instance, built and not yet serving: the handler of its
+// routes, and what it opened, to close in reverse order once it stops
+// serving. It is an http.Handler and an io.Closer, so a test can serve it
+// its own way (behind activetest's balancer) and close it after.
+type service struct {
+	http.Handler
+
+	// What serve needs to listen, register and run the lifecycle.
+	id     observability.Identity
+	log    *slog.Logger
+	cfg    Config // as built: what serve reads is restart-only
+	store  *config.Store[Config]
+	reg    *health.Registry
+	consul *api.Client // nil without Consul
+
+	closers []health.Closer // serve takes them over
+}
+
+// sessionStore opens the session store of an instance on its Redis client.
+type sessionStore func(rdb redis.UniversalClient, cfg Config) (session.Store, error)
+
+// redisSessions keeps the sessions in Redis, under session_prefix: any
+// instance serves any user.
+func redisSessions(rdb redis.UniversalClient, cfg Config) (session.Store, error) {
+	return redisstore.New(rdb, redisstore.WithPrefix(cfg.SessionPrefix))
+}
+
+// newService builds one instance (steps 1 to 7) without listening: run's
+// args, getenv and stdout, with its sessions in the store sessions opens
+// (redisSessions; a test passes one kept in the instance's memory to show
+// that its checks would catch it). With Consul, it starts the goroutine
+// that follows the configuration, which Close stops. When it fails, it
+// closes what it opened.
+func newService(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, sessions sessionStore) (_ *service, err error) {
+	flags, err := parseFlags(args, stdout)
+	if err != nil {
+		return nil, err
 	}
 
 	// 1. Identity: one value, computed once, in every log line, span,
@@ -64,7 +108,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	id, err := observability.NewIdentity(observability.IdentityConfig{ServiceName: name, Getenv: getenv})
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// 2. Logging: JSON, with the identity and the trace of the request.
@@ -72,10 +116,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	log := slog.New(observability.NewLogHandler(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}), id))
 
 	// Everything opened from here on is closed in reverse order: by the
-	// lifecycle once it runs, by the deferred call before that.
+	// lifecycle once serve runs it, by Close, or by this deferred call if
+	// the build fails.
 	var closers []health.Closer
 	defer func() {
-		if closers != nil {
+		if err != nil {
 			err = errors.Join(err, closeAll(closers))
 		}
 	}()
@@ -91,7 +136,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return api.NewClient(cc)
 	}, log)
 	if err != nil {
-		return fmt.Errorf("configuration: %w", err)
+		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	closers = append(closers, health.Closer{Name: "config", Close: func(context.Context) error { return store.Close() }})
 	if consulTransport != nil {
@@ -113,7 +158,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		OTLPEndpoint: cfg.OTLPEndpoint,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Closed after everything opened later, so that it flushes the spans
 	// of their shutdown too.
@@ -126,17 +171,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		MasterName: cfg.RedisSentinelMaster,
 	})
 	closers = append(closers, health.Closer{Name: "redis", Close: func(context.Context) error { return rdb.Close() }})
-	sessions, err := redisstore.New(rdb, redisstore.WithPrefix(cfg.SessionPrefix))
+	st, err := sessions(rdb, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sopts := []session.Option{session.WithLogger(log), session.WithMeterProvider(providers.MeterProvider)}
 	if cfg.InsecureCookie {
 		sopts = append(sopts, session.WithInsecureCookie())
 	}
-	mgr, err := session.NewManager(sessions, sopts...)
+	mgr, err := session.NewManager(st, sopts...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// 6. Health: Redis gates readiness; the configuration and Consul only
@@ -144,7 +189,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// on them would empty the load balancer at once.
 	reg, err := health.NewRegistry(health.WithIdentity(id), health.WithConfigHash(store.Hash), health.WithLogger(log))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	checks := []health.Check{{
 		Name:          "redis:ping",
@@ -174,7 +219,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	for _, c := range checks {
 		if err := reg.Register(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
@@ -196,6 +241,41 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}})
 	}
 
+	return &service{
+		Handler: handler,
+		id:      id,
+		log:     log,
+		cfg:     cfg,
+		store:   store,
+		reg:     reg,
+		consul:  consulClient,
+		closers: closers,
+	}, nil
+}
+
+// Close closes what the instance opened, in reverse order, for an instance
+// that was built and not served: serve closes them itself.
+func (s *service) Close() error {
+	closers := s.closers
+	s.closers = nil
+	return closeAll(closers)
+}
+
+// serve serves the instance (steps 8 to 10) until SIGTERM, SIGINT or the
+// end of ctx, then drains it and closes what it opened; it returns nil
+// after a clean stop. It closes the instance on every path, so do not call
+// Close after it.
+func (s *service) serve(ctx context.Context) (err error) {
+	cfg, log := s.cfg, s.log
+	// The lifecycle closes them once it runs; this deferred call before.
+	closers := s.closers
+	s.closers = nil
+	defer func() {
+		if closers != nil {
+			err = errors.Join(err, closeAll(closers))
+		}
+	}()
+
 	// 8. Listen, and say where: with port 0 the kernel picks the port.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -207,7 +287,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// 9. Consul registration (optional): registered once serving, critical
 	// as soon as the drain starts, deregistered once stopped.
 	var onStarted, onDrain []func(context.Context) error
-	if consulClient != nil {
+	if s.consul != nil {
 		var g *consul.Registration
 		host, err := advertiseHost(cfg, addr)
 		if err != nil {
@@ -215,18 +295,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return err
 		}
 		hostPort := net.JoinHostPort(host, strconv.Itoa(addr.Port))
-		dreg, err := consul.NewRegistry(consulClient, consul.RegistryConfig{
+		dreg, err := consul.NewRegistry(s.consul, consul.RegistryConfig{
 			TTL:        cfg.ConsulTTL,
 			HTTPCheck:  "http://" + hostPort + "/readyz",
-			Version:    id.ServiceVersion(),
-			ConfigHash: store.Hash(),
+			Version:    s.id.ServiceVersion(),
+			ConfigHash: s.store.Hash(),
 			Logger:     log,
 		})
 		if err != nil {
 			_ = ln.Close()
 			return err
 		}
-		inst := discovery.Instance{ID: id.InstanceID(), Service: id.ServiceName(), Address: host, Port: addr.Port}
+		inst := discovery.Instance{ID: s.id.InstanceID(), Service: s.id.ServiceName(), Address: host, Port: addr.Port}
 		onStarted = append(onStarted, func(ctx context.Context) error {
 			r, err := dreg.RegisterInstance(ctx, inst)
 			if err != nil {
@@ -253,10 +333,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// 10. The lifecycle: serve, then on SIGTERM fail readiness, wait for
 	// the load balancer to notice, finish the requests in flight, close.
 	lc := health.Lifecycle{
-		Registry: reg,
+		Registry: s.reg,
 		Servers: []health.Server{{
 			HTTP: &http.Server{
-				Handler:           handler,
+				Handler:           s.Handler,
 				ReadHeaderTimeout: 5 * time.Second,
 				// Longer than any load balancer's idle timeout, so that
 				// the balancer, never the server, closes an idle
@@ -287,8 +367,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return err
 }
 
-// closeAll runs closers in reverse order, for a start that failed before
-// the lifecycle took them over.
+// closeAll runs closers in reverse order, for an instance the lifecycle
+// did not take over: its build or start failed, or it was never served.
 func closeAll(closers []health.Closer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), health.DefaultCloseTimeout)
 	defer cancel()
