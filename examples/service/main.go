@@ -128,23 +128,23 @@ func newService(ctx context.Context, args []string, getenv func(string) string, 
 	// 3. Configuration: defaults < Consul KV < environment < flags,
 	// validated before use; a bad change in Consul is refused and the
 	// instance keeps the last good one.
-	var consulTransport *http.Transport
+	// The Consul client is closed as soon as it exists: reading the
+	// configuration through it leaves a keep-alive connection (two
+	// goroutines) open even when that configuration is then refused.
 	store, consulClient, err := loadConfig(ctx, id.ServiceName(), flags, getenv, func(addr string) (*api.Client, error) {
 		cc := api.DefaultConfig()
 		cc.Address = addr
-		consulTransport = cc.Transport
+		tr := cc.Transport
+		closers = append(closers, health.Closer{Name: "consul client", Close: func(context.Context) error {
+			tr.CloseIdleConnections()
+			return nil
+		}})
 		return api.NewClient(cc)
 	}, log)
 	if err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	closers = append(closers, health.Closer{Name: "config", Close: func(context.Context) error { return store.Close() }})
-	if consulTransport != nil {
-		closers = append(closers, health.Closer{Name: "consul client", Close: func(context.Context) error {
-			consulTransport.CloseIdleConnections()
-			return nil
-		}})
-	}
 	cfg := store.Load()
 	level.Set(cfg.LogLevel)
 	store.Subscribe(func(_, c Config) { level.Set(c.LogLevel) })
