@@ -203,11 +203,18 @@ func (b *Backoff) NextBackOff() time.Duration {
 		return backoff.Stop
 	}
 	d := b.next()
-	if b.p.MaxElapsedTime > 0 && b.clock.Now().Sub(b.start)+d > b.p.MaxElapsedTime {
+	if b.p.MaxElapsedTime > 0 && pastElapsed(b.clock.Now().Sub(b.start), d, b.p.MaxElapsedTime) {
 		return backoff.Stop
 	}
 	b.retries++
 	return d
+}
+
+// pastElapsed reports whether a delay d that starts elapsed after the
+// elapsed-time clock started would end past limit. It does not add elapsed
+// and d, which could overflow (a huge Retry-After hint) and wrap negative.
+func pastElapsed(elapsed, d, limit time.Duration) bool {
+	return d > limit-max(elapsed, 0)
 }
 
 // next returns the next jittered delay, ignoring limits.

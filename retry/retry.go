@@ -245,7 +245,7 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 			delay = h
 		}
 		now := r.clock.Now()
-		if p.MaxElapsedTime > 0 && now.Sub(start)+delay > p.MaxElapsedTime {
+		if p.MaxElapsedTime > 0 && pastElapsed(now.Sub(start), delay, p.MaxElapsedTime) {
 			return &Error{Attempts: attempt, Err: err, Stop: ErrMaxElapsed}
 		}
 		if dl, ok := ctx.Deadline(); ok && !now.Add(delay).Before(dl) {

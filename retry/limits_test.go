@@ -1,0 +1,60 @@
+package retry_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/retry"
+)
+
+// A Retry-After hint so large that elapsed+hint overflows a Duration must
+// still be stopped by MaxElapsedTime, not wrap negative and be waited.
+func TestHugeHintStillStopsOnElapsed(t *testing.T) {
+	r, clock := newRetrier(t, retry.Policy{
+		InitialInterval: time.Second,
+		MaxAttempts:     5,
+		MaxElapsedTime:  time.Minute,
+		Jitter:          retry.NoJitter,
+	})
+	calls := 0
+	err := r.Do(context.Background(), func(context.Context) error {
+		calls++
+		if calls == 1 {
+			return errTransient // waits 1s, so some time has elapsed
+		}
+		return retry.After(time.Duration(math.MaxInt64), errTransient)
+	})
+	re := mustRetryError(t, err)
+	if !errors.Is(err, retry.ErrMaxElapsed) || re.Attempts != 2 || calls != 2 {
+		t.Fatalf("err = %v, calls = %d, delays = %v; want ErrMaxElapsed after 2 calls", err, calls, clock.Delays())
+	}
+	if got := clock.Delays(); len(got) != 1 || got[0] != time.Second {
+		t.Fatalf("delays = %v, want [1s]", got)
+	}
+}
+
+// The same overflow through a Backoff's NextBackOff.
+func TestBackoffHugeIntervalStillStopsOnElapsed(t *testing.T) {
+	clock := newAutoClock()
+	b, err := retry.NewBackoff(retry.Policy{
+		InitialInterval: time.Second,
+		Multiplier:      1e300,
+		MaxInterval:     time.Duration(math.MaxInt64),
+		MaxAttempts:     -1,
+		MaxElapsedTime:  time.Minute,
+		Jitter:          retry.NoJitter,
+	}, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := b.NextBackOff(); d != time.Second {
+		t.Fatalf("first delay = %v, want 1s", d)
+	}
+	clock.Advance(time.Second)
+	if d := b.NextBackOff(); d != -1 {
+		t.Fatalf("second delay = %v, want backoff.Stop (past MaxElapsedTime)", d)
+	}
+}
