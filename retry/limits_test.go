@@ -58,3 +58,23 @@ func TestBackoffHugeIntervalStillStopsOnElapsed(t *testing.T) {
 		t.Fatalf("second delay = %v, want backoff.Stop (past MaxElapsedTime)", d)
 	}
 }
+
+// MaxInterval caps every delay (before jitter), also when it is below the
+// default InitialInterval that a zero InitialInterval stands for.
+func TestMaxIntervalBelowDefaultInitial(t *testing.T) {
+	r, clock := newRetrier(t, retry.Policy{
+		MaxInterval: 20 * time.Millisecond,
+		MaxAttempts: 4,
+		Jitter:      retry.NoJitter,
+	})
+	fn, _ := failing(100, errTransient)
+	_ = r.Do(context.Background(), fn)
+	for _, d := range clock.Delays() {
+		if d > 20*time.Millisecond {
+			t.Fatalf("delays = %v, want each at most MaxInterval 20ms", clock.Delays())
+		}
+	}
+	if p := r.Policy(); p.InitialInterval > p.MaxInterval {
+		t.Fatalf("normalized policy has InitialInterval %v above MaxInterval %v", p.InitialInterval, p.MaxInterval)
+	}
+}

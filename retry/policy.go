@@ -66,6 +66,7 @@ func (j Jitter) String() string {
 // deadline and the budget still apply).
 type Policy struct {
 	// InitialInterval is the delay before the first retry, before jitter.
+	// Zero means 100ms, or MaxInterval if that is set and smaller.
 	InitialInterval time.Duration
 	// Multiplier scales the delay after each retry; at least 1.
 	Multiplier float64
@@ -119,6 +120,9 @@ func (p Policy) normalize() (Policy, error) {
 	}
 	if p.InitialInterval == 0 {
 		p.InitialInterval = DefaultInitialInterval
+		if p.MaxInterval != 0 {
+			p.InitialInterval = min(p.InitialInterval, p.MaxInterval)
+		}
 	}
 	if p.Multiplier == 0 {
 		p.Multiplier = DefaultMultiplier
