@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/redis/go-redis/v9"
@@ -80,5 +82,80 @@ func TestNewServiceFailsClean(t *testing.T) {
 			}
 			goleak.VerifyNone(t, before)
 		})
+	}
+}
+
+// serve failing before it serves (the port is taken), or started with its
+// context already ended, closes everything newService opened, the
+// configuration watch and the Consul client included, and Close after it
+// closes nothing twice.
+func TestServeFailsClean(t *testing.T) {
+	cc := testenv.Consul(t)
+	name := testenv.Name(t)
+	testenv.CleanupConsulKV(t, cc, name+"/")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = taken.Close() })
+
+	for _, tc := range []struct {
+		name     string
+		listen   string
+		canceled bool
+		want     string // in the error; empty: nil error
+	}{
+		{name: "port in use", listen: taken.Addr().String(), want: "address already in use"},
+		{name: "context ended", listen: "127.0.0.1:0", canceled: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := baseEnv(t, name)
+			env["ACTIVEKIT_LISTEN"] = tc.listen
+			env["ACTIVEKIT_CONSUL_ADDR"] = testenv.ConsulAddr(t)
+			env["ACTIVEKIT_CONSUL_PREFIX"] = name + "/config"
+			before := goleak.IgnoreCurrent()
+			svc, err := newService(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, redisSessions)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			if tc.canceled {
+				cancel()
+			}
+			err = svc.serve(ctx)
+			cancel()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("serve: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("serve: %v; want it to mention %q", err, tc.want)
+			}
+			if err := svc.Close(); err != nil {
+				t.Errorf("Close after serve: %v", err)
+			}
+			goleak.VerifyNone(t, before)
+		})
+	}
+}
+
+// Close closes once: a second Close is no error and closes nothing again,
+// and a closed instance refuses to serve instead of serving on closed
+// clients.
+func TestCloseTwiceThenServe(t *testing.T) {
+	env := baseEnv(t, "svc-closed")
+	svc, err := newService(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, redisSessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := svc.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := svc.serve(ctx); !errors.Is(err, errDone) {
+		t.Errorf("serve after Close: %v, want %v", err, errDone)
 	}
 }

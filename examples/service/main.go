@@ -77,7 +77,12 @@ type service struct {
 	consul *api.Client // nil without Consul
 
 	closers []health.Closer // serve takes them over
+	done    bool            // served or closed: serve refuses to run
 }
+
+// errDone is serve's answer for an instance already served or closed: its
+// clients are closed, so it could only serve errors.
+var errDone = errors.New("service: already served or closed")
 
 // sessionStore opens the session store of an instance on its Redis client.
 type sessionStore func(rdb redis.UniversalClient, cfg Config) (session.Store, error)
@@ -256,6 +261,7 @@ func newService(ctx context.Context, args []string, getenv func(string) string, 
 // Close closes what the instance opened, in reverse order, for an instance
 // that was built and not served: serve closes them itself.
 func (s *service) Close() error {
+	s.done = true
 	closers := s.closers
 	s.closers = nil
 	return closeAll(closers)
@@ -263,9 +269,13 @@ func (s *service) Close() error {
 
 // serve serves the instance (steps 8 to 10) until SIGTERM, SIGINT or the
 // end of ctx, then drains it and closes what it opened; it returns nil
-// after a clean stop. It closes the instance on every path, so do not call
-// Close after it.
+// after a clean stop. It closes the instance on every path (Close after it
+// does nothing), and runs once: after serve or Close it returns errDone.
 func (s *service) serve(ctx context.Context) (err error) {
+	if s.done {
+		return errDone
+	}
+	s.done = true
 	cfg, log := s.cfg, s.log
 	// The lifecycle closes them once it runs; this deferred call before.
 	closers := s.closers
