@@ -29,9 +29,11 @@
 //   - Retries are not scheduled when they cannot help: when the context
 //     has ended (Do returns at once, even mid-wait), when the next attempt
 //     could not start before the context deadline (ErrDeadline), for errors
-//     marked Permanent or judged not retryable by the classifier, and for an
-//     error that another retry loop already gave up on, so retries happen at
-//     one layer only.
+//     marked Permanent or judged not retryable by the classifier, and (by
+//     the default classifier, IsRetryable) for an error that another retry
+//     loop already gave up on, so retries happen at one layer only. A
+//     Policy.Retryable of your own decides that for itself: call IsRetryable
+//     from it to keep the rule.
 //   - A server's Retry-After (see ParseRetryAfter and After) is honoured as
 //     a floor on the next delay, never as a way around the policy.
 //

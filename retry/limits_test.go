@@ -78,3 +78,27 @@ func TestMaxIntervalBelowDefaultInitial(t *testing.T) {
 		t.Fatalf("normalized policy has InitialInterval %v above MaxInterval %v", p.InitialInterval, p.MaxInterval)
 	}
 }
+
+// The one-layer rule is the default classifier's: a Policy.Retryable of
+// the caller's own decides about an inner loop's *Error, as the docs say.
+func TestCustomClassifierDecidesInnerLoopError(t *testing.T) {
+	inner := &retry.Error{Attempts: 3, Err: errTransient, Stop: retry.ErrMaxAttempts}
+	for _, tc := range []struct {
+		name      string
+		retryable func(error) bool
+		wantCalls int
+	}{
+		{"default", nil, 1},
+		{"custom calling IsRetryable", func(err error) bool { return retry.IsRetryable(err) }, 1},
+		{"custom saying retry", func(error) bool { return true }, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newRetrier(t, retry.Policy{MaxAttempts: 3, Retryable: tc.retryable})
+			fn, calls := failing(100, inner)
+			_ = r.Do(context.Background(), fn)
+			if *calls != tc.wantCalls {
+				t.Fatalf("calls = %d, want %d", *calls, tc.wantCalls)
+			}
+		})
+	}
+}

@@ -85,7 +85,9 @@ type Policy struct {
 	Jitter Jitter
 	// Retryable reports whether an attempt's error is worth another
 	// attempt; nil means IsRetryable. Errors marked Permanent stop the
-	// loop whatever it says, and a done context always stops it.
+	// loop whatever it says, and a done context always stops it. An inner
+	// retry loop's *Error stops it only if Retryable says so (IsRetryable
+	// does).
 	Retryable func(error) bool
 }
 
