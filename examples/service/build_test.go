@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,5 +159,88 @@ func TestCloseTwiceThenServe(t *testing.T) {
 	defer cancel()
 	if err := svc.serve(ctx); !errors.Is(err, errDone) {
 		t.Errorf("serve after Close: %v, want %v", err, errDone)
+	}
+}
+
+// blockingStore holds the first Apply until release is closed, so a test
+// can keep a request in flight through the shutdown.
+type blockingStore struct {
+	session.Store
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingStore) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.entered)
+		<-s.release
+	}
+	return s.Store.Apply(ctx, id, d)
+}
+
+// A request in flight when the instance is told to stop still reaches
+// Redis and is answered: the server shuts down (after the drain delay)
+// waiting for it, and the clients close only after it finished.
+func TestShutdownFinishesInFlight(t *testing.T) {
+	env := baseEnv(t, "svc-inflight")
+	sessionPrefix(t, env)
+	env["ACTIVEKIT_DRAIN_DELAY"] = "100ms"
+	bs := &blockingStore{entered: make(chan struct{}), release: make(chan struct{})}
+	sessions := func(rdb redis.UniversalClient, cfg Config) (session.Store, error) {
+		st, err := redisSessions(rdb, cfg)
+		bs.Store = st
+		return bs, err
+	}
+	sink := &logSink{addr: make(chan string, 1)}
+	svc, err := newService(t.Context(), nil, func(k string) string { return env[k] }, sink, sessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- svc.serve(ctx) }()
+	var base string
+	select {
+	case addr := <-sink.addr:
+		base = "http://" + addr
+	case err := <-served:
+		t.Fatalf("serve returned before listening: %v", err)
+	}
+	c := newClient(t)
+	waitReady(t, c, base)
+
+	type answer struct {
+		code int
+		body []byte
+		err  error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		resp, err := c.Get(base + "/visits")
+		if err != nil {
+			answered <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		answered <- answer{resp.StatusCode, body, err}
+	}()
+	<-bs.entered
+	stop() // SIGTERM
+	eventually(t, 5*time.Second, "server shutting down", func() bool { return sink.has("health: shutting down servers", nil) })
+	if sink.has("health: stopped", nil) {
+		t.Fatal("stopped with a request in flight")
+	}
+	close(bs.release)
+	a := <-answered
+	if a.err != nil || a.code != http.StatusOK || !strings.Contains(string(a.body), `"visits":1`) {
+		t.Errorf("request in flight through the shutdown: %d %s %v", a.code, a.body, a.err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
 	}
 }
