@@ -102,3 +102,26 @@ func TestCustomClassifierDecidesInnerLoopError(t *testing.T) {
 		})
 	}
 }
+
+// An attempt that returns after the caller's deadline has passed, before
+// the context's own timer has marked it done (ctx.Err() is still nil for a
+// moment after the deadline), ends the loop with the context's error, as
+// if ctx.Err() had been seen: not with ErrDeadline alone, which a caller
+// matching context.DeadlineExceeded would miss. The fake clock stands for
+// the moment after the deadline; the context's real deadline is an hour
+// away, so its timer has not fired.
+func TestDeadlinePassedDuringAttempt(t *testing.T) {
+	r, clock := newRetrier(t, retry.Policy{MaxElapsedTime: -1})
+	ctx, cancel := context.WithDeadline(context.Background(), clock.Now().Add(time.Hour))
+	defer cancel()
+	calls := 0
+	err := r.Do(ctx, func(context.Context) error {
+		calls++
+		clock.Advance(time.Hour) // the attempt ends at the deadline
+		return errTransient
+	})
+	re := mustRetryError(t, err)
+	if calls != 1 || re.Attempts != 1 || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, errTransient) {
+		t.Fatalf("calls = %d, err = %v; want one call ended by context.DeadlineExceeded, joined with errTransient", calls, err)
+	}
+}

@@ -16,8 +16,10 @@ import (
 // An invalid policy is reported (wrapping ErrInvalidPolicy) before anything
 // runs. A context that has already ended runs nothing. Cancelling ctx while
 // Do waits between attempts returns at once, with the context's error
-// joined to the last attempt's error. A retry whose delay would end at or
-// after ctx's deadline is not scheduled: Do returns at once with
+// joined to the last attempt's error, and so does an attempt that fails
+// once ctx has ended or its deadline has passed (context.DeadlineExceeded,
+// even if ctx's timer has not yet marked it done). A retry whose delay would
+// end at or after ctx's deadline is not scheduled: Do returns at once with
 // ErrDeadline. fn receives ctx and must return promptly when it ends.
 //
 // Do uses the system clock and no budget, hooks or metrics; a client that
@@ -231,7 +233,7 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 	var b Backoff
 	b.init(p, r.clock)
 	for attempt := 1; ; attempt++ {
-		if cerr := ctx.Err(); cerr != nil {
+		if cerr := ended(ctx, r.clock); cerr != nil {
 			return &Error{Attempts: attempt, Err: err, Stop: cerr}
 		}
 		if isPermanent(err) || !p.Retryable(err) {
@@ -270,6 +272,21 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 			return nil
 		}
 	}
+}
+
+// ended returns ctx's error if it has ended, or context.DeadlineExceeded if
+// its deadline has passed by clock although ctx.Err() is not yet set (the
+// context's timer runs a moment after the deadline): an attempt that
+// returned at its caller's deadline ends the loop with the caller's error,
+// not with ErrDeadline.
+func ended(ctx context.Context, clock Clock) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !clock.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // wait waits for d or until ctx ends, and returns ctx's error if it ended.
