@@ -374,6 +374,15 @@ func TestConsul(t *testing.T) {
 	// A change in Consul reaches the running instance.
 	put("greeting", "changed")
 	eventually(t, 5*time.Second, "greeting follows Consul", func() bool { return greeting() == "changed" })
+	// So does the log level: at debug, a visit logs a line.
+	if in.log.has("visit", nil) {
+		t.Fatal("a debug line logged at the info level")
+	}
+	put("log_level", "debug")
+	eventually(t, 5*time.Second, "log level follows Consul", func() bool {
+		visit(t, c, in.base)
+		return in.log.has("visit", nil)
+	})
 
 	// A change of a boot-only key is refused: the instance keeps its
 	// configuration and stays ready, with a warning.
