@@ -104,10 +104,12 @@ func TestServeFailsClean(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		listen   string
+		ttl      string
 		canceled bool
 		want     string // in the error; empty: nil error
 	}{
 		{name: "port in use", listen: taken.Addr().String(), want: "address already in use"},
+		{name: "registration refused", listen: "127.0.0.1:0", ttl: "500ms", want: "TTL 500ms is below 1s"},
 		{name: "context ended", listen: "127.0.0.1:0", canceled: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,6 +117,9 @@ func TestServeFailsClean(t *testing.T) {
 			env["ACTIVEKIT_LISTEN"] = tc.listen
 			env["ACTIVEKIT_CONSUL_ADDR"] = testenv.ConsulAddr(t)
 			env["ACTIVEKIT_CONSUL_PREFIX"] = name + "/config"
+			if tc.ttl != "" {
+				env["ACTIVEKIT_CONSUL_TTL"] = tc.ttl
+			}
 			before := goleak.IgnoreCurrent()
 			svc, err := newService(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, redisSessions)
 			if err != nil {
