@@ -7,6 +7,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/activekit/activekit/retry"
 )
 
 // Sentinel errors, matched with errors.Is.
@@ -98,8 +100,10 @@ func hasAnyCode(err error, codes []int) bool {
 // TransientTransactionError or RetryableError labels, or a server code of
 // a failover or shutdown (NotWritablePrimary, PrimarySteppedDown,
 // InterruptedDueToReplStateChange, ...). It is false for nil, for a context
-// that ended (the caller gave up) and for UnknownTransactionCommitResult
-// (retry the commit, not the transaction: see IsAmbiguous).
+// that ended (the caller gave up), for an error a retry loop has already
+// given up on (a *retry.Error, wrapped or not: retries happen at one layer)
+// and for UnknownTransactionCommitResult (retry the commit, not the
+// transaction: see IsAmbiguous).
 //
 // With retryable reads and writes on (ClientOptions), the driver has
 // already retried a retryable read or write before the error reached the
@@ -109,6 +113,12 @@ func hasAnyCode(err error, codes []int) bool {
 // the retry package).
 func IsRetryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	// A retry loop gave up on it already: retried again, each layer would
+	// multiply the attempts (as for retry.IsRetryable).
+	var done *retry.Error
+	if errors.As(err, &done) {
 		return false
 	}
 	if hasLabel(err, labelNetwork) || hasLabel(err, labelRetryableWrite) ||

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/activekit/activekit/consistency"
 	"github.com/activekit/activekit/retry"
@@ -95,5 +96,41 @@ func TestNewTransactorValidates(t *testing.T) {
 	}
 	if _, err := consistency.NewTransactor(c, consistency.WithTransactionLevel(consistency.Fast)); err != nil {
 		t.Errorf("valid options: %v", err)
+	}
+}
+
+// TestIsRetryableOneLayer: an error that a retry loop has already given up
+// on (a *retry.Error, wrapped or not) is final for IsRetryable, whatever
+// the Mongo error inside it says, as it is for retry.IsRetryable: retries
+// happen at one layer only, or each layer multiplies the attempts.
+func TestIsRetryableOneLayer(t *testing.T) {
+	stepDown := mongo.CommandError{Code: 189, Labels: []string{"RetryableWriteError"}}
+	if !consistency.IsRetryable(stepDown) {
+		t.Fatal("a step-down is retryable")
+	}
+	calls := 0
+	inner := retry.Do(t.Context(), retry.Policy{MaxAttempts: 2, InitialInterval: time.Millisecond}, func(context.Context) error {
+		calls++
+		return stepDown
+	})
+	var re *retry.Error
+	if !errors.As(inner, &re) || calls != 2 {
+		t.Fatalf("inner loop: %v after %d calls, want a *retry.Error after 2", inner, calls)
+	}
+	for _, err := range []error{inner, fmt.Errorf("save: %w", inner)} {
+		if consistency.IsRetryable(err) {
+			t.Errorf("IsRetryable(%v) = true after a retry loop gave up on it", err)
+		}
+	}
+	// An outer loop classifying with IsRetryable makes no attempt more.
+	calls = 0
+	outer := retry.Do(t.Context(), retry.Policy{MaxAttempts: 5, InitialInterval: time.Millisecond, Retryable: consistency.IsRetryable}, func(ctx context.Context) error {
+		return retry.Do(ctx, retry.Policy{MaxAttempts: 2, InitialInterval: time.Millisecond}, func(context.Context) error {
+			calls++
+			return stepDown
+		})
+	})
+	if outer == nil || calls != 2 {
+		t.Fatalf("nested loops: %v after %d calls, want an error after 2", outer, calls)
 	}
 }
