@@ -55,6 +55,7 @@ func TestNewServiceFailsClean(t *testing.T) {
 	}{
 		{name: "bad config", env: map[string]string{"ACTIVEKIT_LOG_LEVEL": "loud"}, want: []string{"configuration", "log_level"}},
 		{name: "bad config in consul", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": badPrefix}, want: []string{"configuration", "log_level"}},
+		{name: "bad consul ttl", env: map[string]string{"ACTIVEKIT_CONSUL_TTL": "500ms"}, want: []string{"configuration", "consul_ttl 500ms is below 1s"}},
 		{name: "consul down", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": deadAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, want: []string{"configuration", "connection refused"}},
 		{name: "bad telemetry", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix, "ACTIVEKIT_OTLP_ENDPOINT": "ftp://collector"}, want: []string{"observability", "otlp endpoint"}},
 		{name: "sessions", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, sessions: failingSessions, is: errSessions},
@@ -104,12 +105,10 @@ func TestServeFailsClean(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		listen   string
-		ttl      string
 		canceled bool
 		want     string // in the error; empty: nil error
 	}{
 		{name: "port in use", listen: taken.Addr().String(), want: "address already in use"},
-		{name: "registration refused", listen: "127.0.0.1:0", ttl: "500ms", want: "TTL 500ms is below 1s"},
 		{name: "context ended", listen: "127.0.0.1:0", canceled: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,9 +116,6 @@ func TestServeFailsClean(t *testing.T) {
 			env["ACTIVEKIT_LISTEN"] = tc.listen
 			env["ACTIVEKIT_CONSUL_ADDR"] = testenv.ConsulAddr(t)
 			env["ACTIVEKIT_CONSUL_PREFIX"] = name + "/config"
-			if tc.ttl != "" {
-				env["ACTIVEKIT_CONSUL_TTL"] = tc.ttl
-			}
 			before := goleak.IgnoreCurrent()
 			svc, err := newService(t.Context(), nil, func(k string) string { return env[k] }, io.Discard, redisSessions)
 			if err != nil {

@@ -98,6 +98,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("consul_addr %q: %w", c.ConsulAddr, err))
 		}
 	}
+	// Checked here, not only by consul.NewRegistry when serve registers:
+	// a bad value fails the build, before the instance listens.
+	if c.ConsulTTL < 0 || c.ConsulTTL > 0 && c.ConsulTTL < time.Second {
+		errs = append(errs, fmt.Errorf("consul_ttl %v is below 1s", c.ConsulTTL))
+	}
 	// The lifecycle checks the durations against the grace period itself.
 	return errors.Join(errs...)
 }
