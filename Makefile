@@ -13,10 +13,12 @@ SERVER_VARS   := ACTIVEKIT_REDIS_ADDR ACTIVEKIT_REDIS_SENTINELS ACTIVEKIT_REDIS_
 
 .PHONY: test unit lint bench fuzz services-up services-down
 
-## test: start the real servers, run every test with the race detector (a missing server fails), stop them
+## test: start the real servers, run every test with the race detector (a missing server fails), stop them;
+## then the bench/ module's tests (TestLostUpdates: activekit must lose no update; the rivals' counts)
 test:
 	$(GO) mod download
-	$(SERVICES) run -- env ACTIVEKIT_REQUIRE_INTEGRATION=1 $(GO) test $(GOTESTFLAGS) $(PKGS)
+	if [ -f bench/go.mod ]; then cd bench && $(GO) mod download; fi
+	$(SERVICES) run -- env ACTIVEKIT_REQUIRE_INTEGRATION=1 sh -c '$(GO) test $(GOTESTFLAGS) $(PKGS) && if [ -f bench/go.mod ]; then cd bench && $(GO) test $(GOTESTFLAGS) ./...; fi'
 
 ## unit: the tests that need no server (integration tests skip, no containers are started)
 unit:
@@ -27,6 +29,7 @@ lint:
 	@out=$$(gofmt -l . | grep -v '^bench/vendor/' || true); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
+	if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...; fi
 
 ## bench: benchmarks against the real servers, ours and the alternatives side by side (bench/ module)
 bench:
