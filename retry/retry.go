@@ -233,7 +233,8 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 	var b Backoff
 	b.init(p, r.clock)
 	for attempt := 1; ; attempt++ {
-		if cerr := ended(ctx, r.clock); cerr != nil {
+		now := r.clock.Now()
+		if cerr := ended(ctx, now); cerr != nil {
 			return &Error{Attempts: attempt, Err: err, Stop: cerr}
 		}
 		if isPermanent(err) || !p.Retryable(err) {
@@ -246,7 +247,6 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 		if h, ok := hint(err); ok && h > delay {
 			delay = h
 		}
-		now := r.clock.Now()
 		if p.MaxElapsedTime > 0 && pastElapsed(now.Sub(start), delay, p.MaxElapsedTime) {
 			return &Error{Attempts: attempt, Err: err, Stop: ErrMaxElapsed}
 		}
@@ -275,15 +275,15 @@ func (r *Retrier) retries(ctx context.Context, fn func(context.Context) error, e
 }
 
 // ended returns ctx's error if it has ended, or context.DeadlineExceeded if
-// its deadline has passed by clock although ctx.Err() is not yet set (the
+// its deadline is not after now although ctx.Err() is not yet set (the
 // context's timer runs a moment after the deadline): an attempt that
 // returned at its caller's deadline ends the loop with the caller's error,
 // not with ErrDeadline.
-func ended(ctx context.Context, clock Clock) error {
+func ended(ctx context.Context, now time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if dl, ok := ctx.Deadline(); ok && !clock.Now().Before(dl) {
+	if dl, ok := ctx.Deadline(); ok && !now.Before(dl) {
 		return context.DeadlineExceeded
 	}
 	return nil
