@@ -22,6 +22,9 @@
 //     applied all the same, so Register deregisters it before returning
 //     the error. Registration.SetCritical takes the instance out of
 //     rotation at once, the first step of a graceful drain.
+//     Registration.SetMeta changes the instance's Meta while it runs (the
+//     configuration hash after a run-time change), keeping its checks'
+//     status, and every later re-registration sends it.
 //   - Resolver.Watch follows the passing instances of a service through
 //     blocking queries on /v1/health/service (package internal/consulwatch):
 //     the first result is delivered even when empty, an empty list is a real

@@ -44,6 +44,38 @@ func ExampleRegistry() {
 	_ = g.Close(ctx)
 }
 
+// ExampleRegistration_SetMeta keeps the configuration hash in the catalog
+// true when the configuration changes at run time (here a new hash from a
+// configuration store's subscription), so that an operator comparing the
+// fleet in Consul sees the configuration each instance runs. It needs a
+// Consul agent, so it is compiled but not run.
+func ExampleRegistration_SetMeta() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	reg, err := consul.NewRegistry(client, consul.RegistryConfig{ConfigHash: "9f2c1e"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	g, err := reg.RegisterInstance(ctx, discovery.Instance{
+		ID: "orders-7f9c", Service: "orders", Address: "10.0.0.7", Port: 8080,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer g.Close(ctx)
+
+	// The configuration changed: its new hash is 4b07aa.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := g.SetMeta(ctx, consul.MetaConfigHash, "4b07aa"); err != nil {
+		// Kept all the same: the next heartbeat sends it.
+		log.Print(err)
+	}
+}
+
 // ExampleResolver calls the healthy "orders" instances by name.
 func ExampleResolver() {
 	client, err := api.NewClient(api.DefaultConfig())

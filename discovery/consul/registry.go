@@ -55,7 +55,10 @@ type RegistryConfig struct {
 	HTTPCheckTimeout  time.Duration
 	// Version and ConfigHash, when set, are written to the instance's
 	// Meta under MetaVersion and MetaConfigHash, so that the version and
-	// configuration of every instance of the fleet can be compared.
+	// configuration of every instance of the fleet can be compared. They
+	// are the values at registration: an instance whose configuration
+	// changes at run time passes the new hash to Registration.SetMeta, so
+	// that the catalog keeps showing the configuration it runs.
 	Version    string
 	ConfigHash string
 	// Logger receives heartbeat failures and re-registrations; nil means
@@ -190,29 +193,37 @@ func (r *Registry) RegisterInstance(ctx context.Context, inst discovery.Instance
 // Registration is an instance registered with the agent. Its heartbeat
 // goroutine passes the TTL check every TTL/3 (or keeps it critical after
 // SetCritical) and re-registers the service when the agent has forgotten
-// it; Close stops the heartbeat and deregisters. It is safe for concurrent
-// use: its writes to the agent (heartbeat, SetCritical, Close) are sent one
-// at a time, so a heartbeat in flight never lands after SetCritical, and
-// nothing is registered again after Close.
+// it; SetMeta changes its Meta while it runs; Close stops the heartbeat and
+// deregisters. It is safe for concurrent use: its writes to the agent
+// (heartbeat, SetCritical, SetMeta, Close) are sent one at a time, so a
+// heartbeat in flight never lands after SetCritical, and nothing is
+// registered again after Close.
 type Registration struct {
 	client  *api.Client
 	cfg     RegistryConfig
-	inst    discovery.Instance
+	inst    discovery.Instance // Meta guarded by mu, replaced, never modified
 	checkID string
 
 	io chan struct{} // one-slot semaphore held by each write to the agent
 
-	mu     sync.Mutex
-	status string // api.HealthPassing or api.HealthCritical
-	note   string
-	closed bool
+	mu       sync.Mutex
+	status   string // api.HealthPassing or api.HealthCritical
+	note     string
+	metaGen  uint64 // counts the changes of inst.Meta by SetMeta
+	sentMeta uint64 // the metaGen of the last registration the agent accepted
+	closed   bool
 
 	cancel  context.CancelFunc // stops the heartbeat
 	stopped chan struct{}      // closed when the heartbeat has returned
 }
 
-// Instance returns the registered instance, Meta included.
-func (g *Registration) Instance() discovery.Instance { return g.inst.Clone() }
+// Instance returns the registered instance, Meta included (with the
+// changes of SetMeta, whether or not the agent has them yet).
+func (g *Registration) Instance() discovery.Instance {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inst.Clone()
+}
 
 // CheckID returns the ID of the TTL check.
 func (g *Registration) CheckID() string { return g.checkID }
@@ -223,7 +234,14 @@ func (g *Registration) CheckID() string { return g.checkID }
 // registered while still starting). A registration sent again after the
 // agent forgot it keeps the current status, so that a ready instance
 // comes back within one heartbeat.
-func (g *Registration) registration(status, note string, first bool) *api.AgentServiceRegistration {
+//
+// A registration sent again while the agent still has the service (SetMeta,
+// or a heartbeat sending a Meta change that SetMeta could not) replaces the
+// service, Meta included, and keeps the status and output of its checks: an
+// agent that receives a check ID it already has restores that check's
+// status and output, whatever the payload says. The TTL check's timer
+// starts again from the registration, as from a heartbeat.
+func (g *Registration) registration(status, note string, meta map[string]string, first bool) *api.AgentServiceRegistration {
 	ttl := &api.AgentServiceCheck{
 		CheckID:                        g.checkID,
 		Name:                           "activekit heartbeat",
@@ -258,22 +276,33 @@ func (g *Registration) registration(status, note string, first bool) *api.AgentS
 		Tags:    g.inst.Tags,
 		Port:    g.inst.Port,
 		Address: g.inst.Address,
-		Meta:    g.inst.Meta,
+		Meta:    meta,
 		Checks:  checks,
 	}
 }
 
-// register (re-)registers the service with the current status; first is
-// the initial registration (see registration).
+// register (re-)registers the service with the current status and Meta;
+// first is the initial registration (see registration). The caller holds
+// the right to write (lockIO), except for the first registration.
 func (g *Registration) register(ctx context.Context, first bool) error {
 	g.mu.Lock()
-	status, note := g.status, g.note
+	status, note, meta, gen := g.status, g.note, g.inst.Meta, g.metaGen
 	g.mu.Unlock()
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
-	if err := g.client.Agent().ServiceRegisterOpts(g.registration(status, note, first), opts); err != nil {
+	if err := g.client.Agent().ServiceRegisterOpts(g.registration(status, note, meta, first), opts); err != nil {
 		return fmt.Errorf("consul: registering %s: %w", g.inst.ID, err)
 	}
+	g.mu.Lock()
+	g.sentMeta = gen // writes are sent one at a time: gen is the latest sent
+	g.mu.Unlock()
 	return nil
+}
+
+// metaPending reports a Meta change that the agent has not accepted yet.
+func (g *Registration) metaPending() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sentMeta != g.metaGen
 }
 
 // withdrawTimeout bounds the deregistration that follows a first
@@ -350,7 +379,8 @@ func jitter(period time.Duration) time.Duration {
 }
 
 // beat sends one heartbeat, bounded by timeout, and registers the service
-// again if the agent has forgotten it. Once sent, a beat is not cancelled
+// again if the agent has forgotten it, or if a Meta change has not reached
+// the agent (a SetMeta that failed or gave up). Once sent, a beat is not cancelled
 // by ctx (Close): an agent applies a request whose client gave up, so an
 // abandoned re-registration could land after Close's deregistration and
 // bring the stopped instance back. Close waits for it instead.
@@ -362,8 +392,12 @@ func (g *Registration) beat(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	err := g.update(ctx)
-	if err != nil && forgotten(err) {
+	switch {
+	case err != nil && forgotten(err):
 		g.cfg.Logger.Warn("consul: agent lost the registration, registering again", "instance", g.inst.ID, "error", err)
+		err = g.register(ctx, false)
+	case err == nil && g.metaPending():
+		g.cfg.Logger.Info("consul: sending the instance's changed meta", "instance", g.inst.ID)
 		err = g.register(ctx, false)
 	}
 	return err
@@ -431,6 +465,102 @@ func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
+	}
+	return nil
+}
+
+// SetMeta sets the instance's Meta key to value (an empty value removes
+// the key) and registers the service again with the agent, so that the
+// catalog, and every watch, shows it within the agent's sync: how an
+// instance whose configuration changes at run time keeps MetaConfigHash
+// true. Everything else is kept: ID, address, port, tags, and the checks
+// with their current status and output (a drained instance stays critical,
+// a passing one stays passing).
+//
+// The write is sent after any write in flight (a heartbeat, SetCritical),
+// within ctx. Once sent, it is not abandoned when ctx ends, since an agent
+// applies a request whose client gave up and it could land after Close's
+// deregistration: SetMeta then waits for the answer, at most TTL/3. The
+// new value is kept even when the write fails or ctx ends first, and the
+// next heartbeat sends it (and every later re-registration includes it).
+// Setting the value a key already has, once the agent has it, sends
+// nothing.
+//
+// The key must be 1 to 128 letters, digits, '_' or '-', not starting with
+// "consul-", and the value at most 512 bytes, as Consul requires; else it
+// returns an error matching discovery.ErrInvalidInstance and changes
+// nothing. After Close it returns an error matching discovery.ErrClosed and
+// sends nothing.
+func (g *Registration) SetMeta(ctx context.Context, key, value string) error {
+	if err := validMeta(key, value); err != nil {
+		return err
+	}
+	what := fmt.Sprintf("consul: setting meta %s of %s", key, g.inst.ID)
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return fmt.Errorf("%s: %w", what, discovery.ErrClosed)
+	}
+	old, had := g.inst.Meta[key]
+	if old != value || had != (value != "") {
+		meta := maps.Clone(g.inst.Meta)
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		if value == "" {
+			delete(meta, key)
+		} else {
+			meta[key] = value
+		}
+		if len(meta) > maxMetaPairs {
+			g.mu.Unlock()
+			return fmt.Errorf("%s: %w: more than %d meta pairs", what, discovery.ErrInvalidInstance, maxMetaPairs)
+		}
+		g.inst.Meta = meta
+		g.metaGen++
+	}
+	g.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := g.lockIO(ctx); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	defer g.unlockIO()
+	g.mu.Lock()
+	closed, pending := g.closed, g.sentMeta != g.metaGen
+	g.mu.Unlock()
+	switch {
+	case closed:
+		return fmt.Errorf("%s: %w", what, discovery.ErrClosed) // Close deregistered it meanwhile
+	case !pending:
+		return nil // already sent, by a heartbeat or another SetMeta
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.TTL/3)
+	defer cancel()
+	if err := g.register(wctx, false); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// Consul's limits on service Meta.
+const (
+	maxMetaPairs    = 64
+	maxMetaKeyLen   = 128
+	maxMetaValueLen = 512
+)
+
+// validMeta checks a Meta pair against Consul's rules, so that a bad pair
+// is refused by SetMeta rather than by every later registration.
+func validMeta(key, value string) error {
+	bad := key == "" || len(key) > maxMetaKeyLen || strings.HasPrefix(key, "consul-") || len(value) > maxMetaValueLen
+	for _, c := range key {
+		bad = bad || !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-')
+	}
+	if bad {
+		return fmt.Errorf("%w: meta %q=%q: a key is 1 to %d letters, digits, '_' or '-' not starting with \"consul-\", a value at most %d bytes",
+			discovery.ErrInvalidInstance, key, value, maxMetaKeyLen, maxMetaValueLen)
 	}
 	return nil
 }
