@@ -295,10 +295,17 @@ func (s *service) serve(ctx context.Context) (err error) {
 	log.Info("listening", "addr", addr.String())
 
 	// 9. Consul registration (optional): registered once serving, critical
-	// as soon as the drain starts, deregistered once stopped.
+	// as soon as the drain starts, deregistered once stopped. Its meta
+	// carries the hash of the configuration the instance runs, followed
+	// at run time, so that the catalog shows drift.
 	var onStarted, onDrain []func(context.Context) error
 	if s.consul != nil {
-		var g *consul.Registration
+		// mu orders the registration and the config hash updates, so
+		// that the catalog ends with the latest hash.
+		var (
+			mu sync.Mutex
+			g  *consul.Registration
+		)
 		host, err := advertiseHost(cfg, addr)
 		if err != nil {
 			_ = ln.Close()
@@ -306,18 +313,36 @@ func (s *service) serve(ctx context.Context) (err error) {
 		}
 		hostPort := net.JoinHostPort(host, strconv.Itoa(addr.Port))
 		dreg, err := consul.NewRegistry(s.consul, consul.RegistryConfig{
-			TTL:        cfg.ConsulTTL,
-			HTTPCheck:  "http://" + hostPort + "/readyz",
-			Version:    s.id.ServiceVersion(),
-			ConfigHash: s.store.Hash(),
-			Logger:     log,
+			TTL:       cfg.ConsulTTL,
+			HTTPCheck: "http://" + hostPort + "/readyz",
+			Version:   s.id.ServiceVersion(),
+			Logger:    log,
 		})
 		if err != nil {
 			_ = ln.Close()
 			return err
 		}
 		inst := discovery.Instance{ID: s.id.InstanceID(), Service: s.id.ServiceName(), Address: host, Port: addr.Port}
+		// Changes come one at a time, in order, from the watch's
+		// goroutine; each sends the hash current then.
+		unsubscribe := s.store.Subscribe(func(_, _ Config) {
+			mu.Lock()
+			defer mu.Unlock()
+			if g == nil {
+				return // not registered yet: the registration reads the hash
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), consulMetaTimeout)
+			defer cancel()
+			switch err := g.SetMeta(ctx, consul.MetaConfigHash, s.store.Hash()); {
+			case errors.Is(err, discovery.ErrClosed): // stopping
+			case err != nil:
+				log.Warn("config hash not updated in Consul yet: the heartbeat sends it", "error", err)
+			}
+		})
 		onStarted = append(onStarted, func(ctx context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			inst.Meta = map[string]string{consul.MetaConfigHash: s.store.Hash()}
 			r, err := dreg.RegisterInstance(ctx, inst)
 			if err != nil {
 				return err
@@ -333,6 +358,7 @@ func (s *service) serve(ctx context.Context) (err error) {
 			return g.SetCritical(ctx, "draining")
 		})
 		closers = append(closers, health.Closer{Name: "consul registration", Close: func(ctx context.Context) error {
+			unsubscribe()
 			if g == nil {
 				return nil
 			}
@@ -376,6 +402,10 @@ func (s *service) serve(ctx context.Context) (err error) {
 	}
 	return err
 }
+
+// consulMetaTimeout bounds the wait of a config hash update for a
+// heartbeat in flight; past it the heartbeat sends the hash.
+const consulMetaTimeout = 2 * time.Second
 
 // closeAll runs closers in reverse order, for an instance the lifecycle
 // did not take over: its build or start failed, or it was never served.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/activekit/activekit/discovery/consul"
 	"github.com/activekit/activekit/health"
 	"github.com/activekit/activekit/internal/testenv"
 )
@@ -371,9 +372,42 @@ func TestConsul(t *testing.T) {
 		return true
 	})
 
-	// A change in Consul reaches the running instance.
+	// The catalog's config hash is the one /readyz reports.
+	catalogHash := func() string {
+		entries, _, err := cc.Health().Service(name, "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Service.ID == name+"-0" {
+				return e.Service.Meta[consul.MetaConfigHash]
+			}
+		}
+		return ""
+	}
+	readyHash := func() string {
+		_, r := healthOf(t, c, in.base+"/readyz")
+		return r.ConfigHash
+	}
+	booted := readyHash()
+	if h := catalogHash(); h == "" || h != booted {
+		t.Errorf("catalog config hash %q, /readyz %q", h, booted)
+	}
+
+	// A change in Consul reaches the running instance, and the catalog
+	// shows its new hash, the instance still passing.
 	put("greeting", "changed")
 	eventually(t, 5*time.Second, "greeting follows Consul", func() bool { return greeting() == "changed" })
+	changed := readyHash()
+	if changed == booted {
+		t.Fatalf("/readyz config hash %q unchanged by a change", changed)
+	}
+	eventually(t, 5*time.Second, "catalog config hash follows Consul", func() bool { return catalogHash() == changed })
+	for id, ch := range checks() {
+		if ch.Status != api.HealthPassing {
+			t.Errorf("check %s %s after the config hash update, want passing", id, ch.Status)
+		}
+	}
 	// So does the log level: at debug, a visit logs a line.
 	if in.log.has("visit", nil) {
 		t.Fatal("a debug line logged at the info level")
@@ -394,6 +428,9 @@ func TestConsul(t *testing.T) {
 	if code, r := healthOf(t, c, in.base+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after a refused change: %d:%s", code, fmtChecks(r))
 	}
+	eventually(t, 5*time.Second, "catalog config hash after the log level change and a refused one", func() bool {
+		return catalogHash() == readyHash()
+	})
 
 	// Stop: critical in Consul while still serving, then gone.
 	stopped := make(chan error, 1)
