@@ -68,9 +68,11 @@ type Session struct {
 	renew   bool
 	user    string // user to bind at save
 	destroy bool
-	// start: when the request came, if it carried a token; missedAt: when
-	// the token was found leading nowhere (see lateMiss).
-	start, missedAt time.Time
+	// start: when the request came, if it carried a token; missedLate:
+	// the token was last found leading nowhere late enough for lateMiss
+	// (see missed).
+	start      time.Time
+	missedLate bool
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
@@ -232,7 +234,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 	delete(s.set, key)
 	delete(s.del, key)
 	if !s.found {
-		if s.user == "" && s.lateMiss() {
+		if s.lateMiss() {
 			// Maybe renewed by another request while this one ran: a new
 			// session's cookie would replace the renewed token (see
 			// lateMiss), as a Put's would.
@@ -449,9 +451,15 @@ func (s *Session) reload() error {
 	}
 	s.rec, s.found = rec, found
 	if !found {
-		s.missedAt = s.m.cfg.now()
+		s.missed()
 	}
 	return nil
+}
+
+// missed records that the token was found leading nowhere, and whether the
+// request had run long enough by then for lateMiss. s.mu must be held.
+func (s *Session) missed() {
+	s.missedLate = s.m.cfg.now().Sub(s.start) >= max(s.m.cfg.grace/2, lateMissMin)
 }
 
 // lateMiss reports whether the request's token, found leading nowhere, may
@@ -467,9 +475,10 @@ func (s *Session) reload() error {
 // session's cookie would replace the renewed token and clearing would
 // delete it, logging the user out. The Manager cannot tell this from a
 // session that had already ended (expired, revoked) when a long request
-// came: the store keeps nothing of either. s.mu must be held.
+// came: the store keeps nothing of either. A login (SetUser) is never a
+// late miss: it gets its session all the same. s.mu must be held.
 func (s *Session) lateMiss() bool {
-	return s.token != "" && !s.issued && s.missedAt.Sub(s.start) >= max(s.m.cfg.grace/2, lateMissMin)
+	return s.user == "" && s.token != "" && !s.issued && s.missedLate
 }
 
 // lateMissMin is the least time a request runs before lateMiss holds.
@@ -576,7 +585,7 @@ func (s *Session) save(h http.Header) error {
 	h.Add("Vary", "Cookie")
 	switch {
 	case !s.found:
-		if s.user == "" && s.lateMiss() {
+		if s.lateMiss() {
 			// Maybe renewed by another request while this one ran (see
 			// lateMiss): the changes, a renewal too, are dropped and the
 			// cookie left alone, as for a session that ended after it was
@@ -692,7 +701,8 @@ func (s *Session) saveBlind(h http.Header) error {
 		// came (see clearCookie): the cookie is left alone.
 		return nil
 	}
-	s.loaded, s.found, s.missedAt = true, false, m.cfg.now()
+	s.loaded, s.found = true, false
+	s.missed()
 	if s.lateMiss() {
 		m.cfg.logger.LogAttrs(s.ctx, slog.LevelDebug, "session ended while the request ran; its changes are dropped")
 		return nil
