@@ -55,7 +55,6 @@ type slot struct {
 	index  int
 	served atomic.Int64
 	cur    *instance // guarded by Fleet.mu
-	gen    int       // guarded by Fleet.mu: instances started in the slot
 	fault  Fault     // guarded by Fleet.mu
 }
 
@@ -427,7 +426,6 @@ func (f *Fleet) start(s *slot) error {
 		return nil
 	}
 	s.cur = in
-	s.gen++
 	f.up[in] = struct{}{}
 	f.bg.Go(func() { _ = in.srv.Serve(ln) })
 	f.mu.Unlock()
