@@ -252,10 +252,8 @@ func (f *Fleet) takeDown(in *instance) bool {
 // kill closes a stopped instance and reaps it in the background.
 func (f *Fleet) kill(in *instance) {
 	_ = in.srv.Close()
-	in.closeHijacked()
+	in.closeConns()
 	in.handlers.stop()
-	in.tr.CloseIdleConnections()
-	in.resetTr.CloseIdleConnections()
 	f.bg.Go(func() {
 		<-in.handlers.idle()
 		f.closeHandler(in)
@@ -318,9 +316,7 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 		f.kill(in)
 		return fmt.Errorf("activetest: drain of instance %d: requests in flight after %v were cut: %w", s.index, timeout, err)
 	}
-	in.closeHijacked()
-	in.tr.CloseIdleConnections()
-	in.resetTr.CloseIdleConnections()
+	in.closeConns()
 	f.closeHandler(in)
 	return nil
 }
@@ -451,6 +447,14 @@ func (in *instance) hijack(c net.Conn) {
 		return
 	}
 	in.hijacked[c] = struct{}{}
+}
+
+// closeConns closes, once the instance has stopped, the connections its
+// handlers took over and the balancer's idle ones to it.
+func (in *instance) closeConns() {
+	in.closeHijacked()
+	in.tr.CloseIdleConnections()
+	in.resetTr.CloseIdleConnections()
 }
 
 // closeHijacked closes the connections the handlers took over, as a dying
