@@ -441,3 +441,70 @@ func TestCloseRacingReregistration(t *testing.T) {
 		t.Fatal("instance registered at the agent after Close: a re-registration in flight landed after the deregistration")
 	}
 }
+
+// TestSetCriticalReregistrationNotAbandoned: a SetCritical that finds the
+// agent has forgotten the service registers it again; if its caller's ctx
+// ends while that registration is in flight, the registration must not be
+// abandoned (the agent applies it all the same) and land after Close's
+// deregistration, leaving a stopped instance registered.
+func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
+	a, c := newFakeAgent(t)
+	held := make(chan struct{})
+	deregApplied := make(chan struct{})
+	var holdOnce, deregOnce sync.Once
+	a.mu.Lock()
+	a.stubborn = true
+	a.applied = func(event string) {
+		if event == "deregister" {
+			deregOnce.Do(func() { close(deregApplied) })
+		}
+	}
+	a.mu.Unlock()
+	// A long TTL: no heartbeat during the test.
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: 30 * time.Second})
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	if e := a.next(t); e != "register" {
+		t.Fatalf("first request %q", e)
+	}
+	a.setGate(func(event string, _ *http.Request) {
+		if event != "register" {
+			return
+		}
+		first := false
+		holdOnce.Do(func() { first = true })
+		if first {
+			close(held)
+			select {
+			case <-deregApplied:
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	})
+	a.mu.Lock()
+	a.forgetful = true
+	delete(a.registered, "orders-1")
+	a.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.SetCritical(ctx, "draining") }()
+	<-held
+	cancel()
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	for reregistered, deregistered := false, false; !reregistered || !deregistered; {
+		switch a.next(t) {
+		case "register":
+			reregistered = true
+		case "deregister":
+			deregistered = true
+		}
+	}
+	a.mu.Lock()
+	_, ok := a.registered["orders-1"]
+	a.mu.Unlock()
+	if ok {
+		t.Fatal("the instance is registered after Close: SetCritical's abandoned registration landed after the deregistration")
+	}
+}

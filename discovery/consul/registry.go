@@ -439,8 +439,11 @@ func (g *Registration) heartbeat(ctx context.Context, period time.Duration, bo *
 // has: the first step of a graceful drain. The heartbeat keeps it critical
 // from then on (and re-registers it critical if the agent forgets it), even
 // when SetCritical itself fails. A heartbeat already in flight is waited
-// for (within ctx) so that it cannot land afterwards. After Close it
-// returns discovery.ErrClosed.
+// for (within ctx) so that it cannot land afterwards. Once sent, its own
+// write (and the registration it makes when the agent has forgotten the
+// service) is not abandoned when ctx ends: it waits for the answer, at most
+// TTL/3, so that nothing it sent lands after Close. After Close it returns
+// discovery.ErrClosed.
 func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	g.mu.Lock()
 	if g.closed {
@@ -459,9 +462,14 @@ func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	if closed {
 		return discovery.ErrClosed // Close deregistered it meanwhile
 	}
-	err := g.update(ctx)
+	// Once sent, a write is not abandoned when ctx ends: the agent applies
+	// it all the same, and a registration abandoned in flight could land
+	// after Close's deregistration (as for SetMeta and the heartbeat).
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.TTL/3)
+	defer cancel()
+	err := g.update(wctx)
 	if err != nil && forgotten(err) {
-		err = g.register(ctx, false)
+		err = g.register(wctx, false)
 	}
 	if err != nil {
 		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
