@@ -1,7 +1,6 @@
 package activetest_test
 
 import (
-	"io"
 	"net/http"
 	"slices"
 	"testing"
@@ -18,18 +17,7 @@ func TestDrainHandledNotResent(t *testing.T) {
 	f := activetest.NewFleet(t, 2, func(int) http.Handler { return b })
 	f.SetFault(0, activetest.Fault{ResetRate: 1})
 	c := f.Client()
-	res := make(chan int, 1)
-	go func() {
-		resp, err := c.Get(f.URL() + "?id=x&block=1")
-		if err != nil {
-			t.Errorf("request: %v", err)
-			res <- 0
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		res <- resp.StatusCode
-	}()
+	res := getAsync(t, c, f.URL()+"?id=x&block=1")
 	<-b.entered // on slot 0
 	drained := make(chan error, 1)
 	go func() { drained <- f.Drain(0, 5*time.Second) }()
@@ -60,18 +48,7 @@ func TestDrainAbortedNotResent(t *testing.T) {
 		})
 	})
 	c := f.Client()
-	res := make(chan int, 1)
-	go func() {
-		resp, err := c.Get(f.URL() + "?id=x&block=1&abort=1")
-		if err != nil {
-			t.Errorf("request: %v", err)
-			res <- 0
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		res <- resp.StatusCode
-	}()
+	res := getAsync(t, c, f.URL()+"?id=x&block=1&abort=1")
 	<-b.entered
 	drained := make(chan error, 1)
 	go func() { drained <- f.Drain(0, 5*time.Second) }()

@@ -47,6 +47,24 @@ func get(t *testing.T, c *http.Client, url string) (int, int, string) {
 	return resp.StatusCode, slot, string(b)
 }
 
+// getAsync sends GET url with c on another goroutine, and sends its status
+// on the channel returned, or 0 after reporting the error.
+func getAsync(t *testing.T, c *http.Client, url string) <-chan int {
+	res := make(chan int, 1)
+	go func() {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Errorf("GET %s: %v", url, err)
+			res <- 0
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		res <- resp.StatusCode
+	}()
+	return res
+}
+
 // eventually polls cond every 5ms until it holds, or fails after 5s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -234,18 +252,7 @@ func TestDrainLetsInFlightFinish(t *testing.T) {
 	b := newBlocker()
 	f := activetest.NewFleet(t, 2, func(int) http.Handler { return b })
 	c := f.Client()
-	res := make(chan int, 1)
-	go func() {
-		resp, err := c.Get(f.URL() + "?id=x&block=1")
-		if err != nil {
-			t.Errorf("draining request: %v", err)
-			res <- 0
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		res <- resp.StatusCode
-	}()
+	res := getAsync(t, c, f.URL()+"?id=x&block=1")
 	<-b.entered // on slot 0
 	drained := make(chan error, 1)
 	go func() { drained <- f.Drain(0, 5*time.Second) }()
@@ -277,17 +284,7 @@ func TestDrainTimeout(t *testing.T) {
 	b := newBlocker()
 	f := activetest.NewFleet(t, 1, func(int) http.Handler { return b })
 	c := f.Client()
-	res := make(chan int, 1)
-	go func() {
-		resp, err := c.Get(f.URL() + "?id=x&block=1")
-		if err != nil {
-			t.Errorf("request: %v", err)
-			res <- 0
-			return
-		}
-		resp.Body.Close()
-		res <- resp.StatusCode
-	}()
+	res := getAsync(t, c, f.URL()+"?id=x&block=1")
 	<-b.entered
 	if err := f.Drain(0, 50*time.Millisecond); err == nil {
 		t.Error("Drain returned nil with a request still running")

@@ -173,16 +173,7 @@ func TestRestartDuringDrain(t *testing.T) {
 	b := newBlocker()
 	f := activetest.NewFleet(t, 1, func(int) http.Handler { return b })
 	c := f.Client()
-	res := make(chan int, 1)
-	go func() {
-		resp, err := c.Get(f.URL() + "?id=x&block=1")
-		if err != nil {
-			res <- 0
-			return
-		}
-		resp.Body.Close()
-		res <- resp.StatusCode
-	}()
+	res := getAsync(t, c, f.URL()+"?id=x&block=1")
 	<-b.entered
 	drained := make(chan error, 1)
 	go func() { drained <- f.Drain(0, 5*time.Second) }()
