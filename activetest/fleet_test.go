@@ -65,6 +65,37 @@ func getAsync(t *testing.T, c *http.Client, url string) <-chan int {
 	return res
 }
 
+// getOK is a load that sends GET url and fails on any answer but a 200.
+func getOK(url string) activetest.WorkFunc {
+	return func(ctx context.Context, _ int, c *http.Client) error {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	}
+}
+
+// rollingDrain drains and restarts the three instances of f in turn, 15
+// times in all, each after 50 more calls of load succeeded.
+func rollingDrain(ctx context.Context, t *testing.T, f *activetest.Fleet, load *activetest.Load) {
+	t.Helper()
+	for k := range 15 {
+		if err := load.WaitOK(ctx, load.Report().OK+50); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Drain(k%3, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		f.Restart(k % 3)
+	}
+}
+
 // eventually polls cond every 5ms until it holds, or fails after 5s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -159,18 +190,7 @@ func TestRandom(t *testing.T) {
 func TestKillSkipsInstance(t *testing.T) {
 	f := activetest.NewFleet(t, 3, answer)
 	ctx := t.Context()
-	load := f.Start(ctx, 8, func(ctx context.Context, _ int, c *http.Client) error {
-		resp, err := c.Get(f.URL())
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	load := f.Start(ctx, 8, getOK(f.URL()))
 	if err := load.WaitOK(ctx, 100); err != nil {
 		t.Fatal(err)
 	}
@@ -579,27 +599,8 @@ func (r *onceReader) Read(p []byte) (int, error) {
 func TestRollingDrainNoFailure(t *testing.T) {
 	f := activetest.NewFleet(t, 3, answer)
 	ctx := t.Context()
-	load := f.Start(ctx, 8, func(ctx context.Context, _ int, c *http.Client) error {
-		resp, err := c.Get(f.URL())
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
-	for k := range 15 {
-		if err := load.WaitOK(ctx, load.Report().OK+50); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Drain(k%3, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		f.Restart(k % 3)
-	}
+	load := f.Start(ctx, 8, getOK(f.URL()))
+	rollingDrain(ctx, t, f, load)
 	if rep := load.Stop(); rep.Failed != 0 {
 		t.Errorf("rolling drain: %v", rep)
 	} else {

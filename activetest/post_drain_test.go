@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/activekit/activekit/activetest"
 )
@@ -56,15 +55,7 @@ func TestRollingDrainPostNoFailure(t *testing.T) {
 		}
 		return nil
 	})
-	for k := range 15 {
-		if err := load.WaitOK(ctx, load.Report().OK+50); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Drain(k%3, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		f.Restart(k % 3)
-	}
+	rollingDrain(ctx, t, f, load)
 	if rep := load.Stop(); rep.Failed != 0 {
 		t.Errorf("rolling drain: %v", rep)
 	}

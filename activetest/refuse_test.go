@@ -1,9 +1,6 @@
 package activetest_test
 
 import (
-	"context"
-	"errors"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -21,18 +18,7 @@ func TestRefuseFaultUnderLoad(t *testing.T) {
 		})
 	})
 	ctx := t.Context()
-	load := f.Start(ctx, 16, func(ctx context.Context, _ int, c *http.Client) error {
-		resp, err := c.Get(f.URL())
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	load := f.Start(ctx, 16, getOK(f.URL()))
 	if err := load.WaitOK(ctx, 200); err != nil {
 		t.Fatal(err)
 	}
