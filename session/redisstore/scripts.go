@@ -280,10 +280,10 @@ return {'ok', ver}
 // every redis.call, tonumber, concatenation and table costs tens to hundreds
 // of nanoseconds, and every argument a string to intern. With the names
 // ready, the globals held in locals, versions compared as the strings they
-// are stored as and no table for a one-key write, redis-benchmark puts this
-// script at 5.4 µs of Redis CPU per one-key write where the previous one,
-// which built the names itself from 14 arguments, took 6.4 µs (both skipping
-// the expiry; docs/benchmarks.md). The caller keeps the delta small enough
+// are stored as and no table for a one-key write, bench/cpu.sh puts its
+// EVALSHA at 5.8 µs of Redis CPU per write where the previous one, which
+// built the names itself from 14 arguments, took 6.7 to 7.2 µs
+// (docs/benchmarks.md, session 5). The caller keeps the delta small enough
 // that no call needs chunks.
 var applyFastScript = redis.NewScript(`
 if not redis.REDIS_VERSION_NUM then return {'old'} end
