@@ -19,6 +19,9 @@
 //     service would: requests/s with what every request costs a Go service
 //     whatever its session library. It needs wrk (scripts/services install
 //     puts it there) and skips without it; run it with -benchtime=1x.
+//     ACTIVEKIT_WRK_CONNECTIONS sets wrk's connections (by default as many
+//     as BenchmarkSessions's goroutines: 8 × GOMAXPROCS) and
+//     ACTIVEKIT_WRK_DURATION how long it runs (10s by default).
 //
 // All need a Redis server: ACTIVEKIT_REDIS_ADDR (eval "$(../scripts/services
 // env)"). Without it they skip, unless ACTIVEKIT_REQUIRE_INTEGRATION=1, when

@@ -32,8 +32,9 @@ end
 
 // BenchmarkHTTP serves each contestant over real HTTP, a net/http server on
 // loopback, and drives it with wrk (one thread, ACTIVEKIT_WRK_CONNECTIONS
-// keep-alive connections, 16 by default as BenchmarkSessions has 16
-// goroutines, for ACTIVEKIT_WRK_DURATION, 10s by default), as a load test of
+// keep-alive connections, by default as many as BenchmarkSessions's
+// goroutines, parallelism × GOMAXPROCS: 16 on 2 CPUs, for
+// ACTIVEKIT_WRK_DURATION, 10s by default), as a load test of
 // a service would: requests/s here include what every request costs a Go service
 // whatever its session library (parsing, the response, the sockets), where
 // BenchmarkSessions counts the handlers alone. Each sub-benchmark runs wrk
