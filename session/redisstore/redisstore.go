@@ -634,7 +634,7 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	}
 	ms := d.Idle.Milliseconds()
 	fast := d.Create == nil && d.User == "" && len(d.Set)+len(d.Delete)+len(d.Expect) <= fastMaxKeys
-	a := applyArgs{d: &d, ms: ms}
+	a := applyArgs{d: &d}
 	if fast {
 		a.fast = fastArgs(d, ms)
 	}
@@ -725,7 +725,6 @@ func fastArgs(d session.Delta, idleMs int64) []any {
 // when they are needed.
 type applyArgs struct {
 	d          *session.Delta
-	ms         int64
 	fast, slow []any
 }
 
@@ -734,7 +733,7 @@ func (a *applyArgs) slowFor(id string) []any {
 	if a.slow == nil {
 		d := a.d
 		args := make([]any, 0, 11+2*len(d.Set)+len(d.Delete)+2*len(d.Expect))
-		args = append(args, "", "0", int64(0), int64(0), int64(0), a.ms, d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
+		args = append(args, "", "0", int64(0), int64(0), int64(0), d.Idle.Milliseconds(), d.User, len(d.Set), len(d.Delete), len(d.Expect), d.MaxSize)
 		if c := d.Create; c != nil {
 			args[1], args[2] = "1", c.Absolute.Milliseconds()
 			if !c.Deadline.IsZero() {
