@@ -235,11 +235,10 @@ func dropNils(m map[string]any) {
 }
 
 // canonical returns the canonical JSON of v (sorted keys, secrets as their
-// slow derivations, from secrets' cache) and its flattened form (dotted
-// path to the JSON of the leaf) for diffing. Neither is ever printed: a
-// diff reports keys only.
+// slow derivations, from secrets' cache, which the caller then ends with
+// done) and its flattened form (dotted path to the JSON of the leaf) for
+// diffing. Neither is ever printed: a diff reports keys only.
 func canonical[T any](v *T, secrets *secretCache) ([]byte, map[string]string, error) {
-	defer secrets.done()
 	tree := toTree(reflect.ValueOf(v).Elem(), "", func(path string, s Secret) any { return secrets.derive(path, s) })
 	b, err := json.Marshal(tree)
 	if err != nil {

@@ -138,8 +138,12 @@ func (c *secretCache) derive(path string, s Secret) string {
 	return d
 }
 
-// done ends one canonical form: its derivations become the cache, those it
-// did not use are dropped.
-func (c *secretCache) done() {
-	c.last, c.cur = c.cur, nil
+// done ends one canonical form: when kept (its configuration is now the
+// current one), its derivations become the cache and those it did not use
+// are dropped; else the cache stays as it was.
+func (c *secretCache) done(keep bool) {
+	if keep {
+		c.last = c.cur
+	}
+	c.cur = nil
 }

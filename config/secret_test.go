@@ -176,6 +176,32 @@ func TestSecretDerivedOncePerValue(t *testing.T) {
 	}
 }
 
+// TestSecretCacheKeptOnRefusal: a change refused after its secrets were
+// derived (a restart-only key with it) leaves the cache of the current
+// configuration alone, so a reload that goes back to it derives nothing.
+func TestSecretCacheKeptOnRefusal(t *testing.T) {
+	type cfg struct {
+		Password Secret `json:"password"`
+		Listen   string `json:"listen" config:"restart"`
+	}
+	src := &mutable{m: map[string]any{"password": "pw0", "listen": ":1"}}
+	s := newTestStore(t, Options[cfg]{Sources: []Source{src}})
+	src.set(map[string]any{"password": "pw1", "listen": ":2"})
+	if err := s.Reload(context.Background()); !errors.Is(err, ErrRestartRequired) {
+		t.Fatalf("reload with a restart-only key: %v, want ErrRestartRequired", err)
+	}
+	if s.secrets.derived != 2 {
+		t.Fatalf("derivations after the refused change %d, want 2", s.secrets.derived)
+	}
+	src.set(map[string]any{"password": "pw0", "listen": ":1"})
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.secrets.derived != 2 {
+		t.Errorf("derivations after a reload with the current secret %d, want 2", s.secrets.derived)
+	}
+}
+
 // TestSecretNeverInTexts: no log line (at any level), status message or
 // error shows a secret, its plain digest or its derivation, through a
 // rotation, a refused change that also rotates the secret, and a recovery;

@@ -442,7 +442,11 @@ func (s *Store[T]) reject(ctx context.Context, err error) {
 // build merges layers over the defaults, decodes, validates and, when old
 // is not nil (a change at run time), diffs and refuses restart-only keys.
 // It returns the new snapshot and the keys changed.
-func (s *Store[T]) build(layers []map[string]any, old *snapshot[T]) (*snapshot[T], []string, error) {
+func (s *Store[T]) build(layers []map[string]any, old *snapshot[T]) (_ *snapshot[T], _ []string, err error) {
+	// The secrets' cache follows the configuration built only once it is
+	// accepted: a refused change (a restart-only key) leaves the current
+	// one's derivations.
+	defer func() { s.secrets.done(err == nil) }()
 	k := koanf.New("\x00")
 	if err := k.Load(confmap.Provider(s.defaults, ""), nil); err != nil {
 		return nil, nil, &ChangeError{Stage: StageMerge, Err: err}
