@@ -620,11 +620,11 @@ func (s *Store) EnforcesMaxSize() bool { return true }
 
 // Apply implements session.Store: one round trip for a live record (WAIT,
 // with WithWait, goes in the same pipeline). On Redis 7 and later a delta
-// without Create or User runs applyFastScript, and applyScript in a second
-// trip only for what that leaves (an alias, a record without _s): three
-// round trips through an alias (the alias's two, then the target's). A
-// delta with Create or User runs applyScript alone: two round trips through
-// an alias.
+// without Create or User, naming at most 256 keys (fastMaxKeys), runs
+// applyFastScript, and applyScript in a second trip only for what that
+// leaves (an alias, a record without _s): three round trips through an
+// alias (the alias's two, then the target's). Any other delta runs
+// applyScript alone: two round trips through an alias.
 func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
 	if err := d.Validate(); err != nil {
 		return 0, err
