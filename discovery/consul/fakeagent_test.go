@@ -383,39 +383,13 @@ func TestHeartbeatJitter(t *testing.T) {
 // until DeregisterCriticalAfter, after the process has stopped.
 func TestCloseRacingReregistration(t *testing.T) {
 	a, c := newFakeAgent(t)
-	held := make(chan struct{})
-	deregApplied := make(chan struct{})
-	var holdOnce, deregOnce sync.Once
-	a.mu.Lock()
-	a.stubborn = true
-	a.applied = func(event string) {
-		if event == "deregister" {
-			deregOnce.Do(func() { close(deregApplied) })
-		}
-	}
-	a.mu.Unlock()
+	holdNextRegistration := a.applyAbandoned()
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
 	if e := a.next(t); e != "register" {
 		t.Fatalf("first request %q", e)
 	}
-	a.setGate(func(event string, _ *http.Request) {
-		if event != "register" {
-			return
-		}
-		first := false
-		holdOnce.Do(func() { first = true })
-		if first {
-			close(held)
-			// Hold the re-registration until the deregistration
-			// has been applied; a Close that waits for it never
-			// deregisters meanwhile, hence the bound.
-			select {
-			case <-deregApplied:
-			case <-time.After(300 * time.Millisecond):
-			}
-		}
-	})
+	held := holdNextRegistration()
 	a.mu.Lock()
 	a.forgetful = true
 	delete(a.registered, "orders-1")
@@ -449,37 +423,14 @@ func TestCloseRacingReregistration(t *testing.T) {
 // deregistration, leaving a stopped instance registered.
 func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 	a, c := newFakeAgent(t)
-	held := make(chan struct{})
-	deregApplied := make(chan struct{})
-	var holdOnce, deregOnce sync.Once
-	a.mu.Lock()
-	a.stubborn = true
-	a.applied = func(event string) {
-		if event == "deregister" {
-			deregOnce.Do(func() { close(deregApplied) })
-		}
-	}
-	a.mu.Unlock()
+	holdNextRegistration := a.applyAbandoned()
 	// A long TTL: no heartbeat during the test.
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: 30 * time.Second})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
 	if e := a.next(t); e != "register" {
 		t.Fatalf("first request %q", e)
 	}
-	a.setGate(func(event string, _ *http.Request) {
-		if event != "register" {
-			return
-		}
-		first := false
-		holdOnce.Do(func() { first = true })
-		if first {
-			close(held)
-			select {
-			case <-deregApplied:
-			case <-time.After(300 * time.Millisecond):
-			}
-		}
-	})
+	held := holdNextRegistration()
 	a.mu.Lock()
 	a.forgetful = true
 	delete(a.registered, "orders-1")
@@ -506,5 +457,42 @@ func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 	a.mu.Unlock()
 	if ok {
 		t.Fatal("the instance is registered after Close: SetCritical's abandoned registration landed after the deregistration")
+	}
+}
+
+// applyAbandoned makes a apply requests whose client gave up, as a real
+// agent does, and returns holdNextRegistration: it makes the agent hold the
+// next registration it receives until a deregistration has been applied
+// (at most 300ms: a Close that waits for the registration never sends one
+// meanwhile), and returns a channel closed when that registration arrives.
+func (a *fakeAgent) applyAbandoned() (holdNextRegistration func() <-chan struct{}) {
+	deregApplied := make(chan struct{})
+	var deregOnce sync.Once
+	a.mu.Lock()
+	a.stubborn = true
+	a.applied = func(event string) {
+		if event == "deregister" {
+			deregOnce.Do(func() { close(deregApplied) })
+		}
+	}
+	a.mu.Unlock()
+	return func() <-chan struct{} {
+		held := make(chan struct{})
+		var holdOnce sync.Once
+		a.setGate(func(event string, _ *http.Request) {
+			if event != "register" {
+				return
+			}
+			first := false
+			holdOnce.Do(func() { first = true })
+			if first {
+				close(held)
+				select {
+				case <-deregApplied:
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		})
+		return held
 	}
 }
