@@ -452,29 +452,43 @@ func (g *Registration) SetCritical(ctx context.Context, note string) error {
 	}
 	g.status, g.note = api.HealthCritical, note
 	g.mu.Unlock()
+	err := g.send(ctx, func(ctx context.Context) error {
+		err := g.update(ctx)
+		if err != nil && forgotten(err) {
+			err = g.register(ctx, false)
+		}
+		return err
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, discovery.ErrClosed):
+		return err // Close deregistered it meanwhile
+	}
+	return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
+}
+
+// send makes one write to the agent, SetCritical's or SetMeta's, in turn
+// with the others: it waits for the write in flight (within ctx), returns
+// discovery.ErrClosed without sending once Close has begun, and runs write
+// with a context bounded by TTL/3 and not by ctx. Once sent, a write is not
+// abandoned when ctx ends: the agent applies it all the same, and a
+// registration abandoned in flight could land after Close's deregistration
+// (the heartbeat's beat does the same).
+func (g *Registration) send(ctx context.Context, write func(context.Context) error) error {
 	if err := g.lockIO(ctx); err != nil {
-		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
+		return err
 	}
 	defer g.unlockIO()
 	g.mu.Lock()
 	closed := g.closed
 	g.mu.Unlock()
 	if closed {
-		return discovery.ErrClosed // Close deregistered it meanwhile
+		return discovery.ErrClosed
 	}
-	// Once sent, a write is not abandoned when ctx ends: the agent applies
-	// it all the same, and a registration abandoned in flight could land
-	// after Close's deregistration (as for SetMeta and the heartbeat).
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.TTL/3)
 	defer cancel()
-	err := g.update(wctx)
-	if err != nil && forgotten(err) {
-		err = g.register(wctx, false)
-	}
-	if err != nil {
-		return fmt.Errorf("consul: setting %s critical: %w", g.inst.ID, err)
-	}
-	return nil
+	return write(wctx)
 }
 
 // SetMeta sets the instance's Meta key to value (an empty value removes
@@ -531,23 +545,14 @@ func (g *Registration) SetMeta(ctx context.Context, key, value string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := g.lockIO(ctx); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	defer g.unlockIO()
-	g.mu.Lock()
-	closed, pending := g.closed, g.sentMeta != g.metaGen
-	g.mu.Unlock()
-	switch {
-	case closed:
-		return fmt.Errorf("%s: %w", what, discovery.ErrClosed) // Close deregistered it meanwhile
-	case !pending:
-		return nil // already sent, by a heartbeat or another SetMeta
-	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.TTL/3)
-	defer cancel()
-	if err := g.register(wctx, false); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+	err := g.send(ctx, func(ctx context.Context) error {
+		if !g.metaPending() {
+			return nil // already sent, by a heartbeat or another SetMeta
+		}
+		return g.register(ctx, false)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err) // ErrClosed: Close deregistered it meanwhile
 	}
 	return nil
 }
