@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,5 +277,70 @@ func TestSetMetaConcurrent(t *testing.T) {
 		if meta[k] != v {
 			t.Errorf("catalog meta %s=%q, registration has %q", k, meta[k], v)
 		}
+	}
+}
+
+// TestSetMetaSameValueSendsNothing: SetMeta with the value the agent
+// already has sends nothing; a new value sends one registration carrying
+// it.
+func TestSetMetaSameValueSendsNothing(t *testing.T) {
+	a, c := newFakeAgent(t)
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour, ConfigHash: "h1"}) // no heartbeat
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	if e := a.next(t); e != "register" {
+		t.Fatalf("first request %q", e)
+	}
+	for _, value := range []string{"h1", "h2", "h2"} {
+		if err := g.SetMeta(context.Background(), consul.MetaConfigHash, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e := a.next(t); e != "register" {
+		t.Fatalf("SetMeta h2 sent %q", e)
+	}
+	a.mu.Lock()
+	got := a.registered["orders-1"].Meta[consul.MetaConfigHash]
+	a.mu.Unlock()
+	if got != "h2" {
+		t.Fatalf("agent has config hash %q, want h2", got)
+	}
+	select {
+	case e := <-a.events:
+		t.Fatalf("%q sent by a SetMeta of the value the agent has", e)
+	default:
+	}
+}
+
+// TestSetMetaRefusesConsulLimits: a value over 512 bytes, or a 65th pair,
+// is refused with ErrInvalidInstance, changes nothing and sends nothing.
+func TestSetMetaRefusesConsulLimits(t *testing.T) {
+	a, c := newFakeAgent(t)
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour}) // no heartbeat
+	g := register(t, reg, instance("orders", "orders-1", 9001))
+	if e := a.next(t); e != "register" {
+		t.Fatalf("first request %q", e)
+	}
+	if err := g.SetMeta(context.Background(), "big", strings.Repeat("x", 513)); !errors.Is(err, discovery.ErrInvalidInstance) {
+		t.Fatalf("SetMeta of a 513-byte value: %v, want ErrInvalidInstance", err)
+	}
+	for i := len(g.Instance().Meta); i < 64; i++ {
+		if err := g.SetMeta(context.Background(), fmt.Sprintf("k%d", i), "v"); err != nil {
+			t.Fatalf("pair %d: %v", i+1, err)
+		}
+		if e := a.next(t); e != "register" {
+			t.Fatalf("SetMeta sent %q", e)
+		}
+	}
+	if err := g.SetMeta(context.Background(), "one-more", "v"); !errors.Is(err, discovery.ErrInvalidInstance) {
+		t.Fatalf("SetMeta of a 65th pair: %v, want ErrInvalidInstance", err)
+	}
+	meta := g.Instance().Meta
+	if _, ok := meta["one-more"]; ok || len(meta) != 64 || meta["big"] != "" {
+		t.Fatalf("Meta after refused changes: %d pairs, one-more %v, big %q", len(meta), ok, meta["big"])
+	}
+	select {
+	case e := <-a.events:
+		t.Fatalf("%q sent by a refused SetMeta", e)
+	default:
 	}
 }
