@@ -71,8 +71,7 @@ type service struct {
 	// What serve needs to listen, register and run the lifecycle.
 	id     observability.Identity
 	log    *slog.Logger
-	cfg    Config // as built: what serve reads is restart-only
-	store  *config.Store[Config]
+	store  *config.Store[Config] // what serve reads of it is restart-only
 	reg    *health.Registry
 	consul *api.Client // nil without Consul
 
@@ -250,7 +249,6 @@ func newService(ctx context.Context, args []string, getenv func(string) string, 
 		Handler: handler,
 		id:      id,
 		log:     log,
-		cfg:     cfg,
 		store:   store,
 		reg:     reg,
 		consul:  consulClient,
@@ -276,7 +274,7 @@ func (s *service) serve(ctx context.Context) (err error) {
 		return errDone
 	}
 	s.done = true
-	cfg, log := s.cfg, s.log
+	cfg, log := s.store.Load(), s.log
 	// The lifecycle closes them once it runs; this deferred call before.
 	closers := s.closers
 	s.closers = nil
