@@ -75,8 +75,9 @@ type service struct {
 	reg    *health.Registry
 	consul *api.Client // nil without Consul
 
-	closers []health.Closer // serve takes them over
-	done    bool            // served or closed: serve refuses to run
+	// closers is never empty once built; serve takes them over and Close
+	// closes them, both leaving it nil: a served or closed instance.
+	closers []health.Closer
 }
 
 // errDone is serve's answer for an instance already served or closed: its
@@ -259,7 +260,6 @@ func newService(ctx context.Context, args []string, getenv func(string) string, 
 // Close closes what the instance opened, in reverse order, for an instance
 // that was built and not served: serve closes them itself.
 func (s *service) Close() error {
-	s.done = true
 	closers := s.closers
 	s.closers = nil
 	return closeAll(closers)
@@ -270,10 +270,9 @@ func (s *service) Close() error {
 // after a clean stop. It closes the instance on every path (Close after it
 // does nothing), and runs once: after serve or Close it returns errDone.
 func (s *service) serve(ctx context.Context) (err error) {
-	if s.done {
+	if s.closers == nil {
 		return errDone
 	}
-	s.done = true
 	cfg, log := s.store.Load(), s.log
 	// The lifecycle closes them once it runs; this deferred call before.
 	closers := s.closers
