@@ -199,10 +199,7 @@ func TestReregisterWhenAgentForgets(t *testing.T) {
 	if e := a.next(t); e != "update-passing" {
 		t.Fatalf("heartbeat sent %q", e)
 	}
-	a.mu.Lock()
-	a.forgetful = true
-	delete(a.registered, "orders-1")
-	a.mu.Unlock()
+	a.forget("orders-1")
 	if e := a.next(t); e != "update-404" {
 		t.Fatalf("heartbeat sent %q", e)
 	}
@@ -390,28 +387,12 @@ func TestCloseRacingReregistration(t *testing.T) {
 		t.Fatalf("first request %q", e)
 	}
 	held := holdNextRegistration()
-	a.mu.Lock()
-	a.forgetful = true
-	delete(a.registered, "orders-1")
-	a.mu.Unlock()
+	a.forget("orders-1")
 	<-held
 	if err := g.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	// Both the held registration (applied when its hold ends, even if
-	// abandoned) and the deregistration have been applied, in some order.
-	for reregistered, deregistered := false, false; !reregistered || !deregistered; {
-		switch a.next(t) {
-		case "register":
-			reregistered = true
-		case "deregister":
-			deregistered = true
-		}
-	}
-	a.mu.Lock()
-	_, ok := a.registered["orders-1"]
-	a.mu.Unlock()
-	if ok {
+	if a.registeredAfterBoth(t, "orders-1") {
 		t.Fatal("instance registered at the agent after Close: a re-registration in flight landed after the deregistration")
 	}
 }
@@ -431,10 +412,7 @@ func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 		t.Fatalf("first request %q", e)
 	}
 	held := holdNextRegistration()
-	a.mu.Lock()
-	a.forgetful = true
-	delete(a.registered, "orders-1")
-	a.mu.Unlock()
+	a.forget("orders-1")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.SetCritical(ctx, "draining") }()
@@ -444,6 +422,25 @@ func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
+	if a.registeredAfterBoth(t, "orders-1") {
+		t.Fatal("the instance is registered after Close: SetCritical's abandoned registration landed after the deregistration")
+	}
+}
+
+// forget makes a forget the service id, as a restarted agent does: check
+// updates are answered 404 until the next registration.
+func (a *fakeAgent) forget(id string) {
+	a.mu.Lock()
+	a.forgetful = true
+	delete(a.registered, id)
+	a.mu.Unlock()
+}
+
+// registeredAfterBoth waits until a has applied both a registration (a held
+// one is applied when its hold ends, even if abandoned) and a
+// deregistration, in some order, and reports whether id is registered then.
+func (a *fakeAgent) registeredAfterBoth(t *testing.T, id string) bool {
+	t.Helper()
 	for reregistered, deregistered := false, false; !reregistered || !deregistered; {
 		switch a.next(t) {
 		case "register":
@@ -453,11 +450,9 @@ func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 		}
 	}
 	a.mu.Lock()
-	_, ok := a.registered["orders-1"]
-	a.mu.Unlock()
-	if ok {
-		t.Fatal("the instance is registered after Close: SetCritical's abandoned registration landed after the deregistration")
-	}
+	defer a.mu.Unlock()
+	_, ok := a.registered[id]
+	return ok
 }
 
 // applyAbandoned makes a apply requests whose client gave up, as a real
