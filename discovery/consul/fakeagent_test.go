@@ -491,3 +491,26 @@ func (a *fakeAgent) applyAbandoned() (holdNextRegistration func() <-chan struct{
 		return held
 	}
 }
+
+// TestRegisterEndedContextSendsNothing: Register with a context already
+// ended returns its error and sends nothing: no registration, and no
+// deregistration to withdraw one that was never sent.
+func TestRegisterEndedContextSendsNothing(t *testing.T) {
+	a, c := newFakeAgent(t)
+	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	g, err := reg.RegisterInstance(ctx, instance("orders", "orders-1", 9001))
+	if err == nil {
+		_ = g.Close(context.Background())
+		t.Fatal("Register with an ended context succeeded")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Register = %v, want context.Canceled", err)
+	}
+	select {
+	case e := <-a.events:
+		t.Fatalf("%q sent by a Register whose context had ended", e)
+	default: // a withdrawal is sent and answered before Register returns
+	}
+}

@@ -129,7 +129,8 @@ func NewRegistry(client *api.Client, cfg RegistryConfig) (*Registry, error) {
 // best effort, on the caller's goroutine and within a bound of its own
 // (2s, so it may return up to that much after ctx ends), before it returns
 // the registration's error. A registration the agent refused (a
-// 4xx answer) registered nothing and is not followed by a deregistration.
+// 4xx answer) registered nothing and is not followed by a deregistration;
+// nor is a Register whose ctx had already ended, which sends nothing.
 // An agent that applies the lost registration only after the
 // deregistration (it was still queued there) keeps it until its TTL check
 // lapses and DeregisterCriticalAfter passes, as for a crashed instance.
