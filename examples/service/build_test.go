@@ -90,8 +90,8 @@ func TestNewServiceFailsClean(t *testing.T) {
 
 // serve failing before it serves (the port is taken), or started with its
 // context already ended, closes everything newService opened, the
-// configuration watch and the Consul client included, and Close after it
-// closes nothing twice.
+// configuration watch and the Consul client included; a second serve
+// refuses with errDone, and Close after it closes nothing twice.
 func TestServeFailsClean(t *testing.T) {
 	cc := testenv.Consul(t)
 	name := testenv.Name(t)
@@ -132,6 +132,11 @@ func TestServeFailsClean(t *testing.T) {
 				t.Errorf("serve: %v", err)
 			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 				t.Errorf("serve: %v; want it to mention %q", err, tc.want)
+			}
+			// serve runs once: a second one refuses (its context ended,
+			// so that one that ran would return at once).
+			if err := svc.serve(ctx); !errors.Is(err, errDone) {
+				t.Errorf("second serve: %v, want %v", err, errDone)
 			}
 			if err := svc.Close(); err != nil {
 				t.Errorf("Close after serve: %v", err)
