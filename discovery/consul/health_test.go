@@ -3,7 +3,6 @@ package consul_test
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -45,16 +44,8 @@ func TestHealthCheckUp(t *testing.T) {
 }
 
 func TestHealthCheckDown(t *testing.T) {
-	// A loopback port nothing listens on.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	err = consul.HealthCheck(clientAt(t, addr))(checkCtx(t))
+	addr := testenv.FreeAddr(t)
+	err := consul.HealthCheck(clientAt(t, addr))(checkCtx(t))
 	if err == nil {
 		t.Fatalf("check of %s, where nothing listens: no error", addr)
 	}

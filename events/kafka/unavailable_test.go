@@ -372,13 +372,7 @@ func startRedisServer(t *testing.T) *redisServer {
 	if err != nil {
 		testenv.Unavailable(t, "PATH", "no redis-server binary to run a private Redis: %v", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	s := &redisServer{t: t, bin: bin, addr: addr}
+	s := &redisServer{t: t, bin: bin, addr: testenv.FreeAddr(t)}
 	s.start()
 	t.Cleanup(s.kill)
 	return s

@@ -19,18 +19,6 @@ import (
 	"github.com/activekit/activekit/session"
 )
 
-// deadAddr returns a local address nothing listens on.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
-}
-
 // newService failing at each step returns an error that says which, and
 // leaves nothing open: no goroutine (a Consul connection, the watch), no
 // client.
@@ -56,7 +44,7 @@ func TestNewServiceFailsClean(t *testing.T) {
 		{name: "bad config", env: map[string]string{"ACTIVEKIT_LOG_LEVEL": "loud"}, want: []string{"configuration", "log_level"}},
 		{name: "bad config in consul", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": badPrefix}, want: []string{"configuration", "log_level"}},
 		{name: "bad consul ttl", env: map[string]string{"ACTIVEKIT_CONSUL_TTL": "500ms"}, want: []string{"configuration", "consul_ttl 500ms is below 1s"}},
-		{name: "consul down", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": deadAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, want: []string{"configuration", "connection refused"}},
+		{name: "consul down", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.FreeAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, want: []string{"configuration", "connection refused"}},
 		{name: "bad telemetry", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix, "ACTIVEKIT_OTLP_ENDPOINT": "ftp://collector"}, want: []string{"observability", "otlp endpoint"}},
 		{name: "sessions", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, sessions: failingSessions, is: errSessions},
 	} {

@@ -162,12 +162,7 @@ func TestVisitsAcrossInstances(t *testing.T) {
 // Redis down: the instance is alive (no restart would help) but not ready,
 // and a visit fails closed with 503 instead of starting a fresh session.
 func TestRedisDown(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	_ = l.Close()
+	dead := testenv.FreeAddr(t)
 	env := baseEnv(t, "svc-down")
 	env["ACTIVEKIT_REDIS_ADDR"] = dead
 	in := startInstance(t, env)

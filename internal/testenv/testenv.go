@@ -157,3 +157,21 @@ func (e env) lookupAddrList(t testing.TB, variable string) ([]string, bool) {
 	}
 	return a, true
 }
+
+// FreeAddr returns a loopback address ("127.0.0.1:port") that nothing
+// listens on: a port the kernel just handed out, closed again. A client
+// dialling it is refused at once (a server that is down); a test that
+// starts a server of its own can listen there (the kernel may hand the
+// port out again meanwhile, which is unlikely but possible).
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return addr
+}

@@ -16,21 +16,6 @@ import (
 	"github.com/activekit/activekit/session/redisstore"
 )
 
-// deadAddr returns a loopback address nothing listens on: a port the kernel
-// just handed out and that was closed again.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
 func checkCtx(t *testing.T) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
@@ -62,7 +47,7 @@ func TestHealthCheckUp(t *testing.T) {
 
 func TestHealthCheckDown(t *testing.T) {
 	live := testenv.RedisAddr(t)
-	dead := deadAddr(t)
+	dead := testenv.FreeAddr(t)
 	for _, tc := range []struct {
 		name   string
 		client func() redis.UniversalClient
@@ -115,7 +100,7 @@ func TestHealthCheckReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := testenv.Redis(t)
-	dead := redis.NewClient(&redis.Options{Addr: deadAddr(t), MaxRetries: -1})
+	dead := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), MaxRetries: -1})
 	t.Cleanup(func() { _ = dead.Close() })
 	for name, c := range map[string]*redis.Client{"redis:live": live, "redis:dead": dead} {
 		if err := reg.Register(health.Check{Name: name, Func: redisstore.HealthCheck(c), Interval: -1}); err != nil {
