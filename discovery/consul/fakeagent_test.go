@@ -143,6 +143,25 @@ func (a *fakeAgent) next(t *testing.T) string {
 	}
 }
 
+// expect fails t unless the next request the agent receives is want.
+func (a *fakeAgent) expect(t *testing.T, want string) {
+	t.Helper()
+	if e := a.next(t); e != want {
+		t.Fatalf("the agent received %q, want %q", e, want)
+	}
+}
+
+// quiet fails t if the agent has received a request not yet taken by next:
+// what after names the step that should have sent nothing.
+func (a *fakeAgent) quiet(t *testing.T, after string) {
+	t.Helper()
+	select {
+	case e := <-a.events:
+		t.Fatalf("%q sent %s", e, after)
+	default:
+	}
+}
+
 func TestRegistrationPayload(t *testing.T) {
 	a, c := newFakeAgent(t)
 	reg := newRegistry(t, c, consul.RegistryConfig{
@@ -152,9 +171,7 @@ func TestRegistrationPayload(t *testing.T) {
 	inst := instance("orders", "orders-1", 9001)
 	inst.Meta = map[string]string{"zone": "z1"}
 	g := register(t, reg, inst)
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	a.mu.Lock()
 	got := a.registered["orders-1"]
 	a.mu.Unlock()
@@ -175,15 +192,11 @@ func TestRegistrationPayload(t *testing.T) {
 	if httpc.HTTP != "http://127.0.0.1:9001/readyz" || httpc.Interval != "5s" || httpc.DeregisterCriticalServiceAfter != "1m0s" {
 		t.Fatalf("HTTP check %+v", httpc)
 	}
-	if e := a.next(t); e != "update-passing" {
-		t.Fatalf("heartbeat sent %q", e)
-	}
+	a.expect(t, "update-passing")
 	if err := g.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if e := a.next(t); e != "deregister" {
-		t.Fatalf("Close sent %q", e)
-	}
+	a.expect(t, "deregister")
 }
 
 // TestReregisterWhenAgentForgets: an agent that answers a heartbeat with 404
@@ -193,30 +206,18 @@ func TestReregisterWhenAgentForgets(t *testing.T) {
 	a, c := newFakeAgent(t)
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
-	if e := a.next(t); e != "update-passing" {
-		t.Fatalf("heartbeat sent %q", e)
-	}
+	a.expect(t, "register")
+	a.expect(t, "update-passing")
 	a.forget("orders-1")
-	if e := a.next(t); e != "update-404" {
-		t.Fatalf("heartbeat sent %q", e)
-	}
-	if e := a.next(t); e != "register" {
-		t.Fatalf("after a 404, %q, want a registration", e)
-	}
-	if e := a.next(t); e != "update-passing" {
-		t.Fatalf("after re-registration, %q", e)
-	}
+	a.expect(t, "update-404")
+	a.expect(t, "register")
+	a.expect(t, "update-passing")
 
 	// A drained registration is registered again as critical.
 	if err := g.SetCritical(context.Background(), "draining"); err != nil {
 		t.Fatal(err)
 	}
-	if e := a.next(t); e != "update-critical" {
-		t.Fatalf("SetCritical sent %q", e)
-	}
+	a.expect(t, "update-critical")
 	a.mu.Lock()
 	a.forgetful = true
 	a.mu.Unlock()
@@ -231,9 +232,7 @@ func TestReregisterWhenAgentForgets(t *testing.T) {
 	if st != api.HealthCritical {
 		t.Fatalf("re-registered drained instance as %q, want critical", st)
 	}
-	if e := a.next(t); e != "update-critical" {
-		t.Fatalf("heartbeat of a drained instance sent %q", e)
-	}
+	a.expect(t, "update-critical")
 }
 
 // TestDrainNotUndoneByHeartbeat: a heartbeat that read "passing" and is in
@@ -383,9 +382,7 @@ func TestCloseRacingReregistration(t *testing.T) {
 	holdNextRegistration := a.applyAbandoned()
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Second})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	held := holdNextRegistration()
 	a.forget("orders-1")
 	<-held
@@ -408,9 +405,7 @@ func TestSetCriticalReregistrationNotAbandoned(t *testing.T) {
 	// A long TTL: no heartbeat during the test.
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: 30 * time.Second})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	held := holdNextRegistration()
 	a.forget("orders-1")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -508,9 +503,6 @@ func TestRegisterEndedContextSendsNothing(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Register = %v, want context.Canceled", err)
 	}
-	select {
-	case e := <-a.events:
-		t.Fatalf("%q sent by a Register whose context had ended", e)
-	default: // a withdrawal is sent and answered before Register returns
-	}
+	// A withdrawal would be sent and answered before Register returns.
+	a.quiet(t, "by a Register whose context had ended")
 }

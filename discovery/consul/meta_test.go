@@ -166,23 +166,15 @@ func TestSetMetaAfterCloseFakeAgent(t *testing.T) {
 	a, c := newFakeAgent(t)
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour})
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	if err := g.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if e := a.next(t); e != "deregister" {
-		t.Fatalf("Close sent %q", e)
-	}
+	a.expect(t, "deregister")
 	if err := g.SetMeta(context.Background(), consul.MetaConfigHash, "h2"); !errors.Is(err, discovery.ErrClosed) {
 		t.Fatalf("SetMeta after Close: %v, want ErrClosed", err)
 	}
-	select {
-	case e := <-a.events:
-		t.Fatalf("%q sent after Close", e)
-	default:
-	}
+	a.quiet(t, "after Close")
 }
 
 // TestSetMetaKeptWhenAgentForgets: when the agent forgets the service (an
@@ -287,28 +279,20 @@ func TestSetMetaSameValueSendsNothing(t *testing.T) {
 	a, c := newFakeAgent(t)
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour, ConfigHash: "h1"}) // no heartbeat
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	for _, value := range []string{"h1", "h2", "h2"} {
 		if err := g.SetMeta(context.Background(), consul.MetaConfigHash, value); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if e := a.next(t); e != "register" {
-		t.Fatalf("SetMeta h2 sent %q", e)
-	}
+	a.expect(t, "register")
 	a.mu.Lock()
 	got := a.registered["orders-1"].Meta[consul.MetaConfigHash]
 	a.mu.Unlock()
 	if got != "h2" {
 		t.Fatalf("agent has config hash %q, want h2", got)
 	}
-	select {
-	case e := <-a.events:
-		t.Fatalf("%q sent by a SetMeta of the value the agent has", e)
-	default:
-	}
+	a.quiet(t, "by a SetMeta of the value the agent has")
 }
 
 // TestSetMetaRefusesConsulLimits: a value over 512 bytes, or a 65th pair,
@@ -317,9 +301,7 @@ func TestSetMetaRefusesConsulLimits(t *testing.T) {
 	a, c := newFakeAgent(t)
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: time.Hour}) // no heartbeat
 	g := register(t, reg, instance("orders", "orders-1", 9001))
-	if e := a.next(t); e != "register" {
-		t.Fatalf("first request %q", e)
-	}
+	a.expect(t, "register")
 	if err := g.SetMeta(context.Background(), "big", strings.Repeat("x", 513)); !errors.Is(err, discovery.ErrInvalidInstance) {
 		t.Fatalf("SetMeta of a 513-byte value: %v, want ErrInvalidInstance", err)
 	}
@@ -327,9 +309,7 @@ func TestSetMetaRefusesConsulLimits(t *testing.T) {
 		if err := g.SetMeta(context.Background(), fmt.Sprintf("k%d", i), "v"); err != nil {
 			t.Fatalf("pair %d: %v", i+1, err)
 		}
-		if e := a.next(t); e != "register" {
-			t.Fatalf("SetMeta sent %q", e)
-		}
+		a.expect(t, "register")
 	}
 	if err := g.SetMeta(context.Background(), "one-more", "v"); !errors.Is(err, discovery.ErrInvalidInstance) {
 		t.Fatalf("SetMeta of a 65th pair: %v, want ErrInvalidInstance", err)
@@ -338,9 +318,5 @@ func TestSetMetaRefusesConsulLimits(t *testing.T) {
 	if _, ok := meta["one-more"]; ok || len(meta) != 64 || meta["big"] != "" {
 		t.Fatalf("Meta after refused changes: %d pairs, one-more %v, big %q", len(meta), ok, meta["big"])
 	}
-	select {
-	case e := <-a.events:
-		t.Fatalf("%q sent by a refused SetMeta", e)
-	default:
-	}
+	a.quiet(t, "by a refused SetMeta")
 }
