@@ -68,17 +68,22 @@ func getAsync(t *testing.T, c *http.Client, url string) <-chan int {
 // getOK is a load that sends GET url and fails on any answer but a 200.
 func getOK(url string) activetest.WorkFunc {
 	return func(ctx context.Context, _ int, c *http.Client) error {
-		resp, err := c.Get(url)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
+		return okResponse(c.Get(url))
 	}
+}
+
+// okResponse reads and closes the body of a call's response, and returns
+// the call's error, or one for any answer but a 200.
+func okResponse(resp *http.Response, err error) error {
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
 }
 
 // rollingDrain drains and restarts the three instances of f in turn, 15

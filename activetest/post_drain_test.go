@@ -2,7 +2,6 @@ package activetest_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -44,16 +43,7 @@ func TestRollingDrainPostNoFailure(t *testing.T) {
 		n++
 		body := fmt.Sprintf("w%d-%d-%s", w, n, strings.Repeat("x", 100))
 		nmu.Unlock()
-		resp, err := c.Post(f.URL(), "text/plain", stringsReader(body))
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
+		return okResponse(c.Post(f.URL(), "text/plain", stringsReader(body)))
 	})
 	rollingDrain(ctx, t, f, load)
 	if rep := load.Stop(); rep.Failed != 0 {

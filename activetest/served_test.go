@@ -2,7 +2,6 @@ package activetest_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -52,15 +51,7 @@ func TestServedFinalAfterKill(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
+		return okResponse(c.Do(req))
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
