@@ -146,7 +146,8 @@ func FromContext(ctx context.Context) *Session {
 // browser hold the renewed token, which a new cookie, or clearing it, would
 // take away. The request's changes are then dropped and the cookie is left
 // alone, as when a session ends after the request has read it; a login
-// (SetUser) still gets its new session.
+// (SetUser) still gets its new session, and a logout (Destroy) clears the
+// cookie only if the token still led to a session (see Session.Destroy).
 //
 // The response is not buffered: writes and flushes pass straight through
 // once the session is saved. http.ResponseController works through the

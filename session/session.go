@@ -412,7 +412,20 @@ func (s *Session) Renew() error {
 }
 
 // Destroy ends the session when the response is saved, and clears the
-// cookie.
+// cookie. Ending the session ends its renewal too while the old token's
+// grace period lasts (the token then leads to it).
+//
+// In a request that has run long enough for its token to have been renewed
+// by another request meanwhile, and the grace period to have ended (see
+// Manager.Middleware), Destroy first reads whether the token still leads to
+// a session (one more round trip): if it does, the session is ended and the
+// cookie cleared; if not, nothing is ended and the cookie is left alone.
+// The browser may by then hold a newer token (a login on another tab), and
+// a response cannot clear a cookie only if it still holds a given value:
+// Set-Cookie replaces or clears by name whatever the browser holds
+// (Clear-Site-Data, every cookie of the site). The cost: a session that
+// ended by itself (expired, revoked) during such a request leaves its token
+// in the browser, where it opens nothing, until its next request clears it.
 func (s *Session) Destroy() error {
 	if s == nil {
 		return ErrNoSession
@@ -458,8 +471,23 @@ func (s *Session) reload() error {
 
 // missed records that the token was found leading nowhere, and whether the
 // request had run long enough by then for lateMiss. s.mu must be held.
-func (s *Session) missed() {
-	s.missedLate = s.m.cfg.now().Sub(s.start) >= max(s.m.cfg.grace/2, lateMissMin)
+func (s *Session) missed() { s.missedLate = s.late() }
+
+// late reports whether the request has run long enough for its token to
+// have been renewed by another request, and the renewal's grace period to
+// have ended, since it came (see lateMiss).
+func (s *Session) late() bool {
+	return s.m.cfg.now().Sub(s.start) >= max(s.m.cfg.grace/2, lateMissMin)
+}
+
+// live reports whether id still leads to a session, without moving its
+// idle deadline.
+func (s *Session) live(id string) (bool, error) {
+	start := time.Now()
+	_, found, err := s.m.store.Load(s.ctx, id, 0)
+	s.m.metrics.loads.Add(s.ctx, 1)
+	s.m.observe(s.ctx, &s.m.metrics.load, start, err)
+	return found, err
 }
 
 // lateMiss reports whether the request's token, found leading nowhere, may
@@ -561,6 +589,20 @@ func (s *Session) save(h http.Header) error {
 		} else if s.loaded && s.loadErr == nil {
 			id = "" // read and found missing: nothing to delete
 		}
+		clear := s.token != "" && !(id == "" && s.lateMiss())
+		if id != "" && s.token != "" && !s.issued && s.late() {
+			// The browser may hold a newer token by now (see lateMiss),
+			// which clearing the cookie would delete: clear it only if the
+			// token still leads to a session, which the delete ends (the
+			// newer token is then its renewal's, ended with it).
+			found, err := s.live(id)
+			if err != nil {
+				return fmt.Errorf("session: destroy: %w", err)
+			}
+			if !found {
+				id, clear = "", false
+			}
+		}
 		if id != "" {
 			start := time.Now()
 			err := m.store.Delete(s.ctx, id)
@@ -570,7 +612,7 @@ func (s *Session) save(h http.Header) error {
 			}
 		}
 		h.Add("Vary", "Cookie")
-		if s.token != "" {
+		if clear {
 			s.clearCookie(h)
 		}
 		return nil
@@ -937,8 +979,9 @@ func (s *Session) setCookie(h http.Header, maxAge time.Duration) {
 	h.Add("Cache-Control", `no-cache="Set-Cookie"`)
 }
 
-// clearCookie clears the session cookie: on Destroy, and for a token that
-// led nowhere when the request read it. A session found when the request
+// clearCookie clears the session cookie: on Destroy (in a long request,
+// only of a session still there: see Destroy), and for a token that led
+// nowhere when the request read it. A session found when the request
 // read it, and gone when it saves (destroyed, revoked or expired meanwhile,
 // or renewed by another request and its alias ended with the grace period),
 // gets no cookie change: cookies go by name, not value, and by then the
