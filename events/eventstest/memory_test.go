@@ -1,0 +1,274 @@
+package eventstest
+
+import (
+	"context"
+	"hash/fnv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/activekit/activekit/events"
+)
+
+// fault is a way for the in-memory pair to break a promise of the suite.
+type fault int
+
+const (
+	faultNone             fault = iota
+	faultRequeue                // a failed event goes to the back of its partition (legal without OrderingPerKey)
+	faultDrop                   // Publish loses the second event of each call
+	faultCorrupt                // Publish loses the extensions of each event
+	faultPartial                // Publish stores the valid events before an invalid one
+	faultOpenAfterClose         // Publish after Close succeeds
+	faultReverse                // Publish stores each call's events in reverse order
+	faultGiveUpEarly            // a failing event is dropped after its second failure
+	faultCountUnavailable       // Unavailable errors count as attempts, and the event is dropped after five
+	faultNoRedelivery           // an event whose handler was cut short by ctx is acknowledged
+	faultNoGroups               // every subscriber gets every event, whatever its group
+	faultLatest                 // a new group starts at the end of the topic
+	faultErrOnCancel            // Subscribe returns ctx's error once ctx ends
+)
+
+// parts is the number of partitions of a topic of the in-memory broker.
+const parts = 4
+
+// maxAttempts is how often the in-memory subscriber tries an event whose
+// handler fails (Unavailable aside) before it drops it, as a dead-lettering
+// subscriber would.
+const maxAttempts = 5
+
+// broker is an in-memory events backend with partitions keyed by
+// events.Event.Key, consumer groups that own partitions, offsets committed
+// after the handler succeeds, and retries in place (or, with
+// faultRequeue, at the back of the partition). Its faults make it break one
+// promise each, for the suite to catch.
+type broker struct {
+	fault fault
+
+	mu      sync.Mutex
+	topics  map[string]*memTopic
+	changed chan struct{} // closed, and replaced, when anything changes
+}
+
+type memTopic struct {
+	parts  [parts][]events.Event
+	groups map[string]*memGroup
+}
+
+type memGroup struct {
+	next  [parts]int       // the first offset not acknowledged
+	owner [parts]*struct{} // the subscription consuming the partition; nil when none
+}
+
+func newBroker(f fault) *broker {
+	return &broker{fault: f, topics: map[string]*memTopic{}, changed: make(chan struct{})}
+}
+
+// constructor returns the suite's Constructor over b.
+func (b *broker) constructor() Constructor {
+	return func(t *testing.T, topic, group string) (events.Publisher, events.Subscriber) {
+		return &memPublisher{b: b, topic: topic}, &memSubscriber{b: b, group: group}
+	}
+}
+
+// notify wakes every waiting subscription; b.mu is held.
+func (b *broker) notify() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// topic returns the topic of that name, made when new; b.mu is held.
+func (b *broker) topic(name string) *memTopic {
+	t := b.topics[name]
+	if t == nil {
+		t = &memTopic{groups: map[string]*memGroup{}}
+		b.topics[name] = t
+	}
+	return t
+}
+
+func partition(e events.Event) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(e.Key()))
+	return int(h.Sum32() % parts)
+}
+
+type memPublisher struct {
+	b      *broker
+	topic  string
+	mu     sync.Mutex
+	closed bool
+}
+
+func (p *memPublisher) Publish(ctx context.Context, es ...events.Event) error {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed && p.b.fault != faultOpenAfterClose {
+		return events.ErrClosed
+	}
+	b := p.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.topic(p.topic)
+	var valid []events.Event
+	for _, e := range es {
+		if err := e.Validate(); err != nil {
+			if b.fault == faultPartial {
+				break
+			}
+			return err
+		}
+		valid = append(valid, e.Clone())
+	}
+	if len(valid) < len(es) {
+		defer b.notify()
+		p.store(t, valid)
+		return &events.ValidationError{Attribute: "source", Reason: "refused after storing the valid events"}
+	}
+	p.store(t, valid)
+	b.notify()
+	return nil
+}
+
+// store appends es to their partitions, as the broker's fault has it;
+// b.mu is held.
+func (p *memPublisher) store(t *memTopic, es []events.Event) {
+	for i := range es {
+		e := es[i]
+		switch p.b.fault {
+		case faultDrop:
+			if i == 1 {
+				continue
+			}
+		case faultCorrupt:
+			e.Extensions = nil
+		case faultReverse:
+			e = es[len(es)-1-i]
+		}
+		k := partition(e)
+		t.parts[k] = append(t.parts[k], e)
+	}
+}
+
+func (p *memPublisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	return nil
+}
+
+type memSubscriber struct {
+	b     *broker
+	group string
+}
+
+// Subscribe consumes the partitions of topic no other subscription of the
+// group owns, one event at a time.
+func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Handler) error {
+	b := s.b
+	me := new(struct{})
+	group := s.group
+	b.mu.Lock()
+	t := b.topic(topic)
+	g := t.groups[group]
+	if g == nil {
+		g = &memGroup{}
+		if b.fault == faultLatest {
+			for k := range g.next {
+				g.next[k] = len(t.parts[k])
+			}
+		}
+		t.groups[group] = g
+	}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for k := range g.owner {
+			if g.owner[k] == me {
+				g.owner[k] = nil
+			}
+		}
+		b.notify()
+	}()
+	for {
+		b.mu.Lock()
+		k := -1
+		for i := range g.owner {
+			if g.owner[i] == nil {
+				g.owner[i] = me
+			}
+			if g.owner[i] == me && k < 0 && g.next[i] < len(t.parts[i]) {
+				k = i
+			}
+		}
+		if k < 0 {
+			changed := b.changed
+			b.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				if b.fault == faultErrOnCancel {
+					return ctx.Err()
+				}
+				return nil
+			case <-changed:
+				continue
+			}
+		}
+		e := t.parts[k][g.next[k]].Clone()
+		b.mu.Unlock()
+		ack, requeue := s.deliver(ctx, h, e)
+		b.mu.Lock()
+		if ack {
+			g.next[k]++
+		}
+		b.mu.Unlock()
+		if requeue {
+			// Delivered again after a backoff, behind what came since.
+			time.AfterFunc(20*time.Millisecond, func() {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				t.parts[k] = append(t.parts[k], e)
+				b.notify()
+			})
+		}
+		if !ack {
+			if b.fault == faultErrOnCancel {
+				return ctx.Err()
+			}
+			return nil // ctx ended
+		}
+	}
+}
+
+// deliver hands e to h until it succeeds, is given up, or ctx ends. It
+// reports whether e's offset is to be acknowledged, and whether e is to be
+// delivered again at the back of its partition.
+func (s *memSubscriber) deliver(ctx context.Context, h events.Handler, e events.Event) (ack, requeue bool) {
+	attempts := 0
+	for {
+		err := h(ctx, e)
+		if err == nil {
+			return true, false
+		}
+		if ctx.Err() != nil {
+			return s.b.fault == faultNoRedelivery, false
+		}
+		if !events.IsUnavailable(err) || s.b.fault == faultCountUnavailable {
+			attempts++
+			switch {
+			case s.b.fault == faultRequeue:
+				return true, true
+			case s.b.fault == faultGiveUpEarly && attempts == 2,
+				attempts == maxAttempts:
+				return true, false // dead-lettered
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return s.b.fault == faultNoRedelivery, false
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
