@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -70,14 +71,16 @@ type TransportConfig struct {
 // watch, balances over its instances with a Balancer, and retries
 // idempotent requests on a different instance.
 //
-// A request is retried only when it is idempotent (GET, HEAD, OPTIONS and
-// TRACE, or any method with an Idempotency-Key header) and its body can be
-// sent again (no body, or Request.GetBody set, as http.NewRequest does for
-// in-memory bodies); only after a connection failure or a 502, 503 or 504
-// answer; on an instance it has not tried (when every instance has been
-// tried, the last failure is returned at once, its error wrapping
-// ErrNoInstances); while the retry budget allows. Everything else is sent
-// once. The body of an answer that is not returned is drained and closed,
+// A request is retried only when its body can be sent again (no body, or
+// Request.GetBody set, as http.NewRequest does for in-memory bodies); on an
+// instance it has not tried (when every instance has been tried, the last
+// failure is returned at once, its error wrapping ErrNoInstances); while the
+// retry budget allows. An idempotent request (GET, HEAD, OPTIONS and TRACE,
+// or any method with an Idempotency-Key header) is retried after a
+// connection failure or a 502, 503 or 504 answer. Any other request is
+// retried only when the connection to the instance could not be made (the
+// dial failed: the request never left), and never once it was sent, whatever
+// became of it. Everything else is sent once. The body of an answer that is not returned is drained and closed,
 // so that its connection is reused. The request's Host header is left as the
 // service name. The trace context of the request's context is injected into
 // each attempt's headers. The caller's request is never modified: each
@@ -289,7 +292,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, fmt.Errorf("discovery: waiting for the instances of %s: %w", name, context.Cause(ctx))
 	}
-	if !retriable(req) {
+	if !replayable(req) {
 		s.budget.Deposit() // every call earns retries for the others, as in retry.Retrier.Do
 		resp, _, err := t.attempt(s, req, req.Body, nil)
 		if err != nil {
@@ -297,6 +300,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return resp, nil
 	}
+	idem := idempotent(req)
 
 	var (
 		tried   []string
@@ -328,9 +332,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return retry.Permanent(fmt.Errorf("%w (%w: every instance tried)", lastErr, ErrNoInstances))
 		case errors.Is(err, ErrNoInstances):
 			return retry.Permanent(err)
+		case err != nil && !idem && !notSent(err):
+			// Sent, or maybe sent: a second instance could apply it again.
+			return retry.Permanent(err)
 		case err != nil:
 			lastErr = err
-		case retryStatus(r.StatusCode):
+		case idem && retryStatus(r.StatusCode):
 			if last != nil {
 				drain(last)
 			}
@@ -422,16 +429,25 @@ func (t *Transport) propagator() propagation.TextMapPropagator {
 	return otel.GetTextMapPropagator()
 }
 
-// retriable reports whether req may be sent more than once.
-func retriable(req *http.Request) bool {
+// idempotent reports whether req may be applied more than once.
+func idempotent(req *http.Request) bool {
 	switch req.Method {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-	default:
-		if req.Header.Get(IdempotencyKeyHeader) == "" {
-			return false
-		}
+		return true
 	}
+	return req.Header.Get(IdempotencyKeyHeader) != ""
+}
+
+// replayable reports whether req's body can be sent more than once.
+func replayable(req *http.Request) bool {
 	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+}
+
+// notSent reports an attempt's error that proves the request never left: the
+// connection to the instance could not be made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // retryStatus reports an answer that says this instance, not the request,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/activekit/activekit/discovery"
 	"github.com/activekit/activekit/discovery/memregistry"
+	"github.com/activekit/activekit/internal/testenv"
 	"github.com/activekit/activekit/retry"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -397,6 +399,63 @@ func waitFor(t *testing.T, cond func() bool) {
 		case <-deadline:
 			t.Fatal("condition not met within 5s")
 		case <-tick.C:
+		}
+	}
+}
+
+// TestTransportNonIdempotentRetriedWhenNotSent: a POST whose connection
+// could not even be made (the instance is gone: connection refused) was
+// never sent, so it goes to another instance, body whole, and is applied
+// once.
+func TestTransportNonIdempotentRetriedWhenNotSent(t *testing.T) {
+	live := newBackend(t, "live")
+	rec := &recordingTransport{base: &http.Transport{}, failed: map[string]int{}}
+	defer rec.base.(*http.Transport).CloseIdleConnections()
+	reg, tr := fleet(t, discovery.TransportConfig{Base: rec, Balancer: discovery.BalancerConfig{MaxEjectedPercent: -1}}, live)
+	deadAddr := testenv.FreeAddr(t)
+	host, port, _ := net.SplitHostPort(deadAddr)
+	p, _ := strconv.Atoi(port)
+	r, err := reg.Register(context.Background(), discovery.Instance{ID: "dead", Service: "orders", Address: host, Port: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	// Registered before the first request, which starts the watch: the
+	// transport sees both instances from the start.
+
+	client := &http.Client{Transport: tr}
+	sent := 0
+	for i := 0; ; i++ {
+		rec.mu.Lock()
+		refused := rec.failed[deadAddr]
+		rec.mu.Unlock()
+		if refused >= 3 {
+			break
+		}
+		if i == 1000 {
+			t.Fatalf("the dead instance was picked first %d times in %d POSTs: the test proves nothing", refused, i)
+		}
+		body := fmt.Sprintf("pay %d", i)
+		resp, err := client.Post("http://orders/pay", "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(got) != "live" {
+			t.Fatalf("POST %d: %d %q", i, resp.StatusCode, got)
+		}
+		sent++
+	}
+	live.mu.Lock()
+	bodies := slices.Clone(live.bodies)
+	live.mu.Unlock()
+	if len(bodies) != sent {
+		t.Fatalf("the live instance received %d POSTs, want %d (each once)", len(bodies), sent)
+	}
+	for i, b := range bodies {
+		if want := fmt.Sprintf("pay %d", i); b != want {
+			t.Fatalf("POST %d arrived as %q, want %q", i, b, want)
 		}
 	}
 }
