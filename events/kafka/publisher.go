@@ -146,6 +146,10 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // sending are reported as not published, and so are all of them when ctx
 // had ended before Publish was called (its error, never ErrUncertain). An event that carries no
 // traceparent gets the trace context of ctx.
+//
+// Publish keeps no reference to the events' Data: the client resends a copy,
+// so the caller may reuse the buffers once Publish returns, even with
+// ErrUncertain while the client still tries to deliver them.
 func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	for i := range evs {
 		if err := evs[i].Validate(); err != nil {
@@ -159,12 +163,26 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 		// Nothing was handed to the client: certainly not published.
 		return fmt.Errorf("kafka: %d events not published: %w", len(evs), context.Cause(ctx))
 	}
+	// The client reads a record's value again whenever it resends it,
+	// which for a record in flight can be after Publish returned (ctx
+	// ended): the values are copies, so that a caller may reuse its
+	// events' Data once Publish returns, whatever it returned. One
+	// allocation holds them all.
+	var n int
+	for i := range evs {
+		n += len(evs[i].Data)
+	}
+	data := make([]byte, 0, n)
 	records := make([]*kgo.Record, len(evs))
 	for i := range evs {
 		e := evs[i]
 		if e.Extensions[events.ExtTraceParent] == "" && trace.SpanContextFromContext(ctx).IsValid() {
 			e.Extensions = cloneExt(e.Extensions)
 			events.InjectTrace(ctx, p.trace, &e)
+		}
+		if e.Data != nil {
+			data = append(data, e.Data...)
+			e.Data = data[len(data)-len(e.Data) : len(data) : len(data)]
 		}
 		records[i] = Record(p.topic, e)
 	}
