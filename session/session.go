@@ -20,6 +20,9 @@ var (
 	// ErrTooLarge: a value or the whole session is over its limit (see
 	// WithLimits). It wraps a *SizeError.
 	ErrTooLarge = errors.New("session: too large")
+	// ErrSaved: a change came after the session was saved with the
+	// response headers (or the handler returned); it is not made.
+	ErrSaved = errors.New("session: already saved with the response headers")
 )
 
 // SizeError says which limit a Put broke.
@@ -46,8 +49,12 @@ func (e *SizeError) Unwrap() error { return ErrTooLarge }
 
 // Session is one request's view of a user's session. It is loaded from the
 // store the first time it is used, and its changes are saved once, before
-// the response headers go out. Its methods are safe for concurrent use by
-// the handler's goroutines; it must not be used after the handler returns.
+// the response headers go out. A change after that (Put, Delete, SetUser,
+// Renew, Destroy, or an Update that would start a new session, whose
+// cookie could no longer be sent) fails with ErrSaved and is not made; an
+// Update of a session that exists writes to the store at once, and still
+// works. Its methods are safe for concurrent use by the handler's
+// goroutines; it must not be used after the handler returns.
 //
 // A Session keeps the request's context, as *http.Request does, and uses it
 // for its store calls.
@@ -73,6 +80,7 @@ type Session struct {
 	// (see missed).
 	start      time.Time
 	missedLate bool
+	saved      bool // save attempted: later changes fail with ErrSaved
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
@@ -136,6 +144,9 @@ func (s *Session) Put(key string, value any) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.saved {
+		return ErrSaved
+	}
 	if !s.blind(s.m.blind) {
 		if err := s.load(); err != nil {
 			return err
@@ -195,6 +206,9 @@ func (s *Session) Delete(key string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.saved {
+		return ErrSaved
+	}
 	if !s.blind(true) {
 		if err := s.load(); err != nil {
 			return err
@@ -234,6 +248,10 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 	delete(s.set, key)
 	delete(s.del, key)
 	if !s.found {
+		if s.saved {
+			// A new session's cookie could no longer be sent.
+			return ErrSaved
+		}
 		if s.lateMiss() {
 			// Maybe renewed by another request while this one ran: a new
 			// session's cookie would replace the renewed token (see
@@ -385,6 +403,9 @@ func (s *Session) SetUser(user string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.saved {
+		return ErrSaved
+	}
 	s.user, s.renew = user, true
 	return nil
 }
@@ -407,6 +428,9 @@ func (s *Session) Renew() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.saved {
+		return ErrSaved
+	}
 	s.renew = true
 	return nil
 }
@@ -432,6 +456,9 @@ func (s *Session) Destroy() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.saved {
+		return ErrSaved
+	}
 	s.destroy = true
 	return nil
 }
@@ -575,6 +602,7 @@ func (s *Session) sealAll(id string, values map[string][]byte) (map[string][]byt
 func (s *Session) save(h http.Header) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.saved = true
 	changed := len(s.set) > 0 || len(s.del) > 0
 	if !s.loaded && !s.renew && !s.destroy && !changed {
 		return nil // untouched: no backend call
