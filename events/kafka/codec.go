@@ -55,6 +55,12 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // the key is e.Key() (the partitionkey extension, else the subject), so one
 // entity's events go to one partition and stay in order. It does not
 // validate e; Publish does.
+//
+// The record's timestamp is left zero, for the client to stamp with the time
+// it is produced: Kafka's time-based retention counts from a record's
+// timestamp, and an event's own time, which ce_time carries, may be older
+// than the topic's retention (an outbox relay catching up, a replay), which
+// would get the event deleted before anyone read it.
 func Record(topic string, e events.Event) *kgo.Record {
 	r := &kgo.Record{Topic: topic, Value: e.Data}
 	if k := e.Key(); k != "" {
@@ -80,9 +86,6 @@ func Record(topic string, e events.Event) *kgo.Record {
 		add(HeaderPrefix+k, v)
 	}
 	r.Headers = h
-	if !e.Time.IsZero() {
-		r.Timestamp = e.Time
-	}
 	return r
 }
 

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/events/kafka"
 	"github.com/activekit/activekit/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -64,5 +66,57 @@ func TestPublishUncertainKeepsNoCallerMemory(t *testing.T) {
 	}
 	if found != 1 {
 		t.Fatalf("the log holds the event %d times, want once", found)
+	}
+}
+
+// TestOldEventOutlivesRetention: an event whose time of occurrence is older
+// than the topic's retention (an outbox relay catching up after an outage, a
+// replay of history) is published, and the broker then applies retention.
+// Retention counts from the record's timestamp; the event must stay in the
+// log for the topic's retention from when it was published, not be deleted
+// before any consumer reads it.
+func TestOldEventOutlivesRetention(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	res, err := c.adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "retention.ms", Value: kadm.StringPtr("3600000")}}, topic)
+	if err == nil {
+		_, err = res.On(topic, nil)
+	}
+	if err != nil {
+		t.Fatalf("setting retention.ms: %v", err)
+	}
+	p := c.publisher(t, topic)
+	e := events.New("/hostile", "io.activekit.test", []byte("old"))
+	e.Subject = "k"
+	e.Time = e.Time.Add(-2 * time.Hour)
+	if err := p.Publish(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	c.c.ApplyRetention()
+	starts, err := c.adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts.Each(func(o kadm.ListedOffset) {
+		if o.Offset != 0 {
+			t.Errorf("partition %d starts at %d: retention deleted the event published a moment ago", o.Partition, o.Offset)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	rs := c.readAll(t, topic)
+	if len(rs) != 1 {
+		t.Fatalf("the log holds %d records, want 1", len(rs))
+	}
+	got, err := kafka.Decode(rs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Time.Equal(e.Time) {
+		t.Fatalf("decoded time %v, want the event's %v", got.Time, e.Time)
 	}
 }
