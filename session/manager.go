@@ -134,8 +134,11 @@ func FromContext(ctx context.Context) *Session {
 // is loaded only when the handler first uses it, and saved, only if
 // changed, just before the response headers are written (or when the
 // handler returns without writing). If the store fails, the handler's
-// response is replaced by the error handler's (503 by default); no fresh
-// session is ever issued in place of one the store could not read.
+// response is replaced by the error handler's (503 by default), without
+// the headers set that describe the replaced response (Set-Cookie,
+// Cache-Control, Expires, ETag, Last-Modified, the Content- headers,
+// Location, Refresh, Trailer); no fresh session is ever issued in place of
+// one the store could not read.
 //
 // A request whose session has ended (expired, revoked, or renewed by another
 // request and its old token's grace period over) is answered as a new
@@ -244,6 +247,19 @@ type writer struct {
 // handler.
 var ErrSaveFailed = errors.New("session: not saved; the response was replaced")
 
+// responseHeaders describe the handler's response: the error handler's
+// answer, which replaces it when the save fails, must not carry them (a
+// Content-Encoding set by a compressing writer inside the Middleware would
+// make the client decode the plain error body; a Cache-Control or a
+// validator would let a cache keep the error as the page). Other headers,
+// such as those of outer middleware, stay.
+var responseHeaders = []string{
+	"Set-Cookie", "Cache-Control", "Expires", "ETag", "Last-Modified",
+	"Content-Encoding", "Content-Language", "Content-Disposition",
+	"Content-Location", "Content-Range", "Content-Length", "Location",
+	"Refresh", "Trailer",
+}
+
 func (w *writer) commit() bool {
 	if !w.done {
 		w.done = true
@@ -253,7 +269,9 @@ func (w *writer) commit() bool {
 			m.cfg.logger.LogAttrs(w.r.Context(), slog.LevelError, "session store failure",
 				slog.String("method", w.r.Method), slog.String("path", w.r.URL.Path), slog.Any("error", err))
 			h := w.ResponseWriter.Header()
-			h.Del("Set-Cookie")
+			for _, k := range responseHeaders {
+				h.Del(k)
+			}
 			m.cfg.errorHandler(w.ResponseWriter, w.r, err)
 		}
 	}
