@@ -293,6 +293,9 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 		ver, err := s.apply(s.rec.ID, Delta{Set: map[string][]byte{key: sealed}, Expect: map[string]uint64{key: old.Version}, Idle: m.cfg.idle, MaxSize: m.maxSize()})
 		switch {
 		case err == nil:
+			if s.rec.Values == nil { // a store may give an empty record nil Values
+				s.rec.Values = map[string]Value{}
+			}
 			s.rec.Values[key] = Value{Data: sealed, Version: ver}
 			s.rec.Version = ver
 			return nil
