@@ -21,7 +21,7 @@ import (
 func ExampleNewIdentity() {
 	// In a real service leave Getenv nil (os.Getenv) and InstanceID empty:
 	// the instance ID then comes from ACTIVEKIT_INSTANCE_ID, the pod name,
-	// the host name and pid, or a random UUID.
+	// the host name and pid with a random suffix, or a random UUID.
 	env := map[string]string{
 		"KUBERNETES_SERVICE_HOST": "10.96.0.1",
 		"HOSTNAME":                "orders-7d9f-abcde",

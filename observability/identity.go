@@ -1,6 +1,7 @@
 package observability
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +31,8 @@ const (
 )
 
 // maxIDLen bounds service names, instance IDs and environments. Kubernetes pod
-// names are at most 253 characters, and the host-plus-pid fallback adds a few.
+// names are at most 253 characters; the host-pid-random fallback adds 18 at most
+// to a host name of at most 64 (Linux HOST_NAME_MAX).
 const maxIDLen = 256
 
 // ErrInvalidIdentity is returned, wrapped with the offending field, by
@@ -75,9 +77,11 @@ type IdentityConfig struct {
 	// InstanceID names this instance uniquely among all instances of the
 	// service. Empty means the first of: ACTIVEKIT_INSTANCE_ID; POD_NAME;
 	// HOSTNAME when KUBERNETES_SERVICE_HOST is set (inside a Kubernetes pod
-	// HOSTNAME is the pod name); the host name and process id as
-	// "host-pid"; a random UUID. Same characters as ServiceName, so it is
-	// safe as a Consul service ID.
+	// HOSTNAME is the pod name); the host name and process id with 8
+	// random hex digits, as "host-pid-1f2e3d4c" (host and pid alone repeat
+	// across containers that share the host's name, each its own pid 1);
+	// a random UUID. Same characters as ServiceName, so it is safe as a
+	// Consul service ID.
 	InstanceID string
 
 	// Getenv looks up environment variables. Nil means os.Getenv. Tests
@@ -147,7 +151,11 @@ func instanceIDFromEnv(getenv func(string) string, hostname func() (string, erro
 		}
 	}
 	if h, err := hostname(); err == nil && h != "" {
-		return h + "-" + strconv.Itoa(os.Getpid())
+		// Host name and pid alone are not unique: containers that share
+		// the host's name (host networking) each run the service as pid 1
+		// of their own PID namespace.
+		u := uuid.New()
+		return h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(u[:4])
 	}
 	return uuid.NewString()
 }

@@ -1,6 +1,7 @@
 package observability_test
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,7 +32,7 @@ func TestNewIdentityInstanceIDSources(t *testing.T) {
 		cfgID    string
 		env      map[string]string
 		hostname func() (string, error)
-		want     string // "uuid" means any random UUID
+		want     string // "uuid" means any random UUID; a trailing "*", 8 random hex digits
 	}{
 		{
 			name:  "config wins over everything",
@@ -57,12 +58,12 @@ func TestNewIdentityInstanceIDSources(t *testing.T) {
 		{
 			name: "HOSTNAME outside kubernetes is ignored",
 			env:  map[string]string{"HOSTNAME": "from-env"},
-			want: "host-a-" + pid,
+			want: "host-a-" + pid + "-*",
 		},
 		{
 			name: "host name and pid",
 			env:  map[string]string{},
-			want: "host-a-" + pid,
+			want: "host-a-" + pid + "-*",
 		},
 		{
 			name:     "random uuid when the host name fails",
@@ -100,6 +101,13 @@ func TestNewIdentityInstanceIDSources(t *testing.T) {
 				}
 				return
 			}
+			if prefix, ok := strings.CutSuffix(tt.want, "*"); ok {
+				rest, found := strings.CutPrefix(got, prefix)
+				if _, err := hex.DecodeString(rest); !found || len(rest) != 8 || err != nil {
+					t.Fatalf("instance id = %q, want %q and 8 hex digits", got, prefix)
+				}
+				return
+			}
 			if got != tt.want {
 				t.Fatalf("instance id = %q, want %q", got, tt.want)
 			}
@@ -124,6 +132,31 @@ func TestNewIdentityRandomUUIDsDiffer(t *testing.T) {
 	}
 	if a.InstanceID() == b.InstanceID() {
 		t.Fatalf("two fallback instance ids are equal: %q", a.InstanceID())
+	}
+}
+
+// TestNewIdentityHostPidFallbackUnique: two containers on one host that
+// share its host name (host networking) each run the service as pid 1 of
+// their own PID namespace, so host name and pid are the same in both; their
+// instance IDs must still differ, or the second registration in Consul
+// replaces the first and both write logs and metrics as one instance.
+func TestNewIdentityHostPidFallbackUnique(t *testing.T) {
+	cfg := observability.IdentityConfig{
+		ServiceName: "orders",
+		Getenv:      envMap(nil),
+		Hostname:    hostnameOK,
+		BuildInfo:   noBuildInfo,
+	}
+	a, err := observability.NewIdentity(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := observability.NewIdentity(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.InstanceID() == b.InstanceID() {
+		t.Fatalf("two instances with the same host name and pid share the instance id %q", a.InstanceID())
 	}
 }
 
