@@ -152,6 +152,9 @@ func FromContext(ctx context.Context) *Session {
 // (SetUser) still gets its new session, and a logout (Destroy) clears the
 // cookie only if the token still led to a session (see Session.Destroy).
 //
+// A handler that panics before its response headers go out has its
+// changes dropped: nothing is saved and no cookie set (the panic goes on).
+//
 // The response is not buffered: writes and flushes pass straight through
 // once the session is saved. http.ResponseController works through the
 // wrapper (it implements Unwrap). Hijack (a websocket upgrade) saves the
