@@ -56,8 +56,8 @@ type memTopic struct {
 }
 
 type memGroup struct {
-	next  [parts]int       // the first offset not acknowledged
-	owner [parts]*struct{} // the subscription consuming the partition; nil when none
+	next  [parts]int  // the first offset not acknowledged
+	owner [parts]*int // the subscription consuming the partition; nil when none
 }
 
 func newBroker(f fault) *broker {
@@ -167,7 +167,7 @@ type memSubscriber struct {
 // group owns, one event at a time.
 func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Handler) error {
 	b := s.b
-	me := new(struct{})
+	me := new(int) // not a zero-size type, whose pointers may all be equal
 	group := s.group
 	b.mu.Lock()
 	t := b.topic(topic)
