@@ -351,12 +351,18 @@ func (t *Telemetry) ForceFlush(ctx context.Context) error {
 }
 
 // Shutdown flushes and stops both providers and their exporters, and stops
-// the goroutines Setup started. ctx bounds the flush. It is idempotent: later
-// calls return the result of the first. Errors of the two providers are
-// joined.
+// the goroutines Setup started. ctx bounds the flush; the two providers
+// flush at once, so that one whose collector does not answer leaves the
+// other the whole of ctx. It is idempotent: later calls return the result of
+// the first. Errors of the two providers are joined.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	t.shutdownOnce.Do(func() {
-		t.shutdownErr = errors.Join(t.tp.Shutdown(ctx), t.mp.Shutdown(ctx))
+		var tpErr error
+		var wg sync.WaitGroup
+		wg.Go(func() { tpErr = t.tp.Shutdown(ctx) })
+		mpErr := t.mp.Shutdown(ctx)
+		wg.Wait()
+		t.shutdownErr = errors.Join(tpErr, mpErr)
 	})
 	return t.shutdownErr
 }

@@ -480,3 +480,65 @@ func TestSetupInvalidEndpointHidesCredentials(t *testing.T) {
 		}
 	}
 }
+
+// stuckSpanProcessor stands for a trace exporter whose collector does not
+// answer: its Shutdown holds on until ctx ends.
+type stuckSpanProcessor struct{ sdktrace.SpanProcessor }
+
+func (stuckSpanProcessor) Shutdown(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// flushExporter is a metric exporter that records the state of the context
+// of its export at Shutdown, then ends it.
+type flushExporter struct {
+	cancel context.CancelFunc
+	ctxErr chan error
+}
+
+func (e *flushExporter) Export(ctx context.Context, _ *metricdata.ResourceMetrics) error {
+	select {
+	case e.ctxErr <- ctx.Err():
+	default:
+	}
+	e.cancel()
+	return nil
+}
+
+func (e *flushExporter) Temporality(k sdkmetric.InstrumentKind) metricdata.Temporality {
+	return sdkmetric.DefaultTemporalitySelector(k)
+}
+
+func (e *flushExporter) Aggregation(k sdkmetric.InstrumentKind) sdkmetric.Aggregation {
+	return sdkmetric.DefaultAggregationSelector(k)
+}
+
+func (e *flushExporter) Shutdown(context.Context) error   { return nil }
+func (e *flushExporter) ForceFlush(context.Context) error { return nil }
+
+// TestShutdownFlushesMetricsBesideStuckTraces: Shutdown's deadline is shared
+// by traces and metrics. A trace exporter that takes all of it (its collector
+// is down) must not leave the metrics' last flush a context already ended.
+func TestShutdownFlushesMetricsBesideStuckTraces(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	exp := &flushExporter{cancel: cancel, ctxErr: make(chan error, 1)}
+	tel, err := observability.Setup(context.Background(), observability.Config{
+		Identity:       testIdentity(t),
+		SpanProcessors: []sdktrace.SpanProcessor{stuckSpanProcessor{sdktrace.NewSimpleSpanProcessor(tracetest.NewInMemoryExporter())}},
+		MetricReaders:  []sdkmetric.Reader{sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(time.Hour))},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = tel.Shutdown(ctx)
+	select {
+	case err := <-exp.ctxErr:
+		if err != nil {
+			t.Fatalf("the last metrics were exported with a context already ended (%v): the traces took the whole deadline", err)
+		}
+	default:
+		t.Fatal("the last metrics were never exported: the traces took the whole deadline")
+	}
+}
