@@ -147,14 +147,27 @@ func (c *collector) record(e events.Event) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.count[e.ID]++
-	if seq, err := strconv.Atoi(e.Extension(extSeq)); err == nil {
-		c.order[e.Subject] = append(c.order[e.Subject], seq)
-	}
+	c.appendOrder(e)
 	if c.count[e.ID] == 1 && c.want[e.ID] {
 		c.missed--
 		c.maybeDone()
 	}
 	return c.count[e.ID]
+}
+
+// attempt notes a delivery of e whose handler failed: it takes its place in
+// its key's order, but e is still awaited.
+func (c *collector) attempt(e events.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.appendOrder(e)
+}
+
+// appendOrder appends e's sequence number to its key's order; c.mu is held.
+func (c *collector) appendOrder(e events.Event) {
+	if seq, err := strconv.Atoi(e.Extension(extSeq)); err == nil {
+		c.order[e.Subject] = append(c.order[e.Subject], seq)
+	}
 }
 
 func (c *collector) handler() events.Handler {
@@ -450,7 +463,7 @@ func failMiddle(t *testing.T, f Features, c Constructor, n int, fail func() erro
 			failures++
 			mu.Unlock()
 			if countFailed {
-				col.record(e)
+				col.attempt(e)
 			}
 			return fail()
 		}

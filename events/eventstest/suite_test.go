@@ -24,10 +24,15 @@ func TestMain(m *testing.M) {
 var allFeatures = Features{OrderingPerKey: true, Persistence: true, ConsumerGroups: true, RedeliveryAfterCrash: true}
 
 // TestMemoryConforms runs the suite on the in-memory pair, which keeps every
-// promise. A failure of a broken pair in TestSuiteCatchesBrokenPairs is
+// promise: once retrying failed events in place, with every feature, and
+// once sending them to the back of their partition after a backoff, as an
+// adapter without OrderingPerKey may. A failure of a broken pair in TestSuiteCatchesBrokenPairs is
 // thus the suite catching its fault, not the pair's other flaws.
 func TestMemoryConforms(t *testing.T) {
 	t.Run("InPlace", func(t *testing.T) { Run(t, allFeatures, newBroker(faultNone).constructor()) })
+	unordered := allFeatures
+	unordered.OrderingPerKey = false
+	t.Run("Requeue", func(t *testing.T) { Run(t, unordered, newBroker(faultRequeue).constructor()) })
 	t.Run("Stress", func(t *testing.T) { Stress(t, allFeatures, newBroker(faultNone).constructor(), 500) })
 }
 
@@ -45,6 +50,7 @@ var brokenPairs = []struct {
 	{"PublishesAfterClose", faultOpenAfterClose, false, "PublishEmptyAndClosed"},
 	{"ReordersAKey", faultReverse, false, "OrderingPerKey"},
 	{"GivesUpAfterTwoFailures", faultGiveUpEarly, false, "HandlerErrorRedelivered"},
+	{"GivesUpAfterTwoFailuresUnordered", faultGiveUpEarly, true, "HandlerErrorRedelivered"},
 	{"CountsUnavailableAsAttempts", faultCountUnavailable, false, "UnavailableRetriedUntilClear"},
 	{"NoRedeliveryAfterCrash", faultNoRedelivery, false, "RedeliveryAfterCrash"},
 	{"NewGroupStartsAtTheEnd", faultLatest, false, "Persistence"},
