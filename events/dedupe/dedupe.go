@@ -97,7 +97,8 @@ func NewToken() string {
 // means the default.
 type Config struct {
 	// Group is the consumer group whose effects are deduplicated; two
-	// groups process the same event independently.
+	// groups process the same event independently. A RedisStore refuses
+	// a group that starts with '}' (ErrConfig; see RedisStore.Key).
 	Group string
 	// Lease is how long a claim holds before another instance may take
 	// the event over, as when the claimer died. The handler's ctx ends
@@ -196,8 +197,13 @@ func New(s Store, cfg Config) (*Deduper, error) {
 	if cfg.Lease < 10*time.Millisecond {
 		return nil, fmt.Errorf("%w: Lease %v under 10ms", ErrConfig, cfg.Lease)
 	}
-	if rs, ok := s.(*RedisStore); ok && cfg.Lease > rs.retention {
-		return nil, fmt.Errorf("%w: Lease %v longer than the RedisStore's Retention %v", ErrConfig, cfg.Lease, rs.retention)
+	if rs, ok := s.(*RedisStore); ok {
+		if cfg.Lease > rs.retention {
+			return nil, fmt.Errorf("%w: Lease %v longer than the RedisStore's Retention %v", ErrConfig, cfg.Lease, rs.retention)
+		}
+		if err := checkGroup(cfg.Group); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = time.Second

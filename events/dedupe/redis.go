@@ -136,12 +136,26 @@ func (s *RedisStore) tag(group string, shard uint32) string {
 	return "{" + group + ":" + strconv.FormatUint(uint64(shard), 10) + "}"
 }
 
+// checkGroup refuses a group that starts with '}': the hash tag of its keys,
+// "{<group>:<shard>}", would be empty, so Redis would hash each whole key,
+// putting a shard's generations in different Cluster slots (every script
+// refused) or on different Ring servers (done marks lost when their
+// generation ends). A '}' further in ends the tag early, within the group
+// name, which keeps each shard's keys together.
+func checkGroup(group string) error {
+	if strings.HasPrefix(group, "}") {
+		return fmt.Errorf("%w: group %q starts with '}', which empties its keys' hash tag", ErrConfig, group)
+	}
+	return nil
+}
+
 // Key returns a key of (group, id) in the Cluster slot where the event's
 // record lives: a handler that records its effect with DoneWith names the
 // effect's keys with it (Key(group, id) + ":count", say), so that they share
 // the record's slot. The store itself writes no key of that name. The name
 // depends on Prefix and Shards, so changing either renames the effect's keys
-// too.
+// too. The group is inside the hash tag, so a group that starts with '}'
+// would empty it; the store refuses such a group (ErrConfig).
 func (s *RedisStore) Key(group, id string) string {
 	return s.prefix + s.tag(group, s.shard(id)) + ":k:" + id
 }
@@ -591,6 +605,9 @@ func markArgs(its []item) []any {
 func (s *RedisStore) claims(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
 	if lease < time.Millisecond {
 		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
+	}
+	if err := checkGroup(group); err != nil {
+		return nil, err
 	}
 	if lease > s.retention {
 		// The claim would stop being read (two generations on) while
