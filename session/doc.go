@@ -56,7 +56,10 @@
 // When the store fails, the request is answered by the error handler (503
 // with Retry-After by default), the failure is logged once through the
 // injected *slog.Logger and counted; a fresh session is never issued in
-// place of one the store could not read.
+// place of one the store could not read. A store call cut short because the
+// client went away (the request's context cancelled) fails the request
+// likewise, but is no store failure: it is logged at debug level and not
+// counted in session.errors.
 //
 // Stores: session/redisstore (standalone, Sentinel, Cluster), session/memstore
 // (tests, single instance). session/sessiontest is the conformance suite

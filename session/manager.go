@@ -114,6 +114,9 @@ func (m *Manager) observe(ctx context.Context, op *opMetrics, start time.Time, e
 		return
 	}
 	switch {
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		// The caller went away (a client that closed its connection):
+		// that says nothing of the store.
 	case errors.Is(err, ErrConflict):
 		m.metrics.conflicts.Add(ctx, 1, op.add...)
 	case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrTooLarge):
@@ -269,7 +272,11 @@ func (w *writer) commit() bool {
 		if err := w.s.save(w.ResponseWriter.Header()); err != nil {
 			w.failed = true
 			m := w.s.m
-			m.cfg.logger.LogAttrs(w.r.Context(), slog.LevelError, "session store failure",
+			level, msg := slog.LevelError, "session store failure"
+			if ctx := w.r.Context(); errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				level, msg = slog.LevelDebug, "session not saved: request canceled" // the client went away
+			}
+			m.cfg.logger.LogAttrs(w.r.Context(), level, msg,
 				slog.String("method", w.r.Method), slog.String("path", w.r.URL.Path), slog.Any("error", err))
 			h := w.ResponseWriter.Header()
 			for _, k := range responseHeaders {
