@@ -124,7 +124,10 @@ type Lifecycle struct {
 	// Signal derives the context that ends when the process is told to
 	// stop. Nil means signal.NotifyContext(ctx, syscall.SIGTERM,
 	// os.Interrupt). Tests inject a function that returns a context they
-	// cancel.
+	// cancel. Run calls the returned CancelFunc as soon as it begins to
+	// stop, so that with the default a second SIGTERM or SIGINT is not
+	// caught: it kills the process at once (Go's default), skipping what
+	// remains of the drain, the shutdown and the closers.
 	Signal func(ctx context.Context) (context.Context, context.CancelFunc)
 
 	// Logger logs the lifecycle steps. Nil means the registry's logger.
@@ -264,6 +267,9 @@ func (lc Lifecycle) Run(ctx context.Context) error {
 		<-runCtx.Done()
 	}
 	log.Info("health: stopping", "reason", context.Cause(runCtx))
+	// Stop catching signals: a second one is an operator who wants the
+	// process down now, and gets Go's default, death at once.
+	stopSignals()
 
 	// Draining, on a fixed schedule from now.
 	reg.MarkDraining()

@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"sync"
@@ -651,5 +653,46 @@ func TestLifecycleHungDrainHookKeepsSchedule(t *testing.T) {
 	err := waitRun(t, done)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "drain hook") {
 		t.Fatalf("Run = %v, want the drain hook's deadline", err)
+	}
+}
+
+// secondSignalChild, set in the environment, makes
+// TestLifecycleSecondSignalKills run the service it watches.
+const secondSignalChild = "ACTIVEKIT_HEALTH_SECOND_SIGNAL_CHILD"
+
+// A second SIGTERM while the service stops is an operator who wants it
+// down now: the process dies at once (Go's default for the signal), rather
+// than the signal being swallowed while the drain delay runs its course. The
+// service runs in a child process, which signals itself twice: once to stop,
+// once from a drain hook.
+func TestLifecycleSecondSignalKills(t *testing.T) {
+	if os.Getenv(secondSignalChild) == "1" {
+		lc := health.Lifecycle{
+			Registry:        newRegistryReal(t),
+			Servers:         []health.Server{{HTTP: &http.Server{Handler: http.NotFoundHandler()}, Listener: listenLocal(t)}},
+			DrainDelay:      3 * time.Second,
+			ShutdownTimeout: time.Second,
+			CloseTimeout:    time.Second,
+			OnStarted: []func(context.Context) error{func(context.Context) error {
+				return syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			}},
+			OnDrain: []func(context.Context) error{func(context.Context) error {
+				return syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			}},
+		}
+		err := lc.Run(context.Background())
+		fmt.Printf("Run returned %v\n", err)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLifecycleSecondSignalKills$", "-test.count=1")
+	cmd.Env = append(os.Environ(), secondSignalChild+"=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("child: %v, want it killed by the second SIGTERM; output:\n%s", err, out)
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("child ended with %v, want killed by SIGTERM; output:\n%s", err, out)
 	}
 }
