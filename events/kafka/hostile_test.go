@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/activekit/activekit/events/kafka"
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -118,5 +120,115 @@ func TestOldEventOutlivesRetention(t *testing.T) {
 	}
 	if !got.Time.Equal(e.Time) {
 		t.Fatalf("decoded time %v, want the event's %v", got.Time, e.Time)
+	}
+}
+
+// TestDeadLetterRefusedIsNotCommitted: the dead-letter topic refuses the
+// dead letter of a failing record three times (an authorization error the
+// producer does not retry). Until a dead letter is written the record is
+// neither committed nor passed over: the next record of its key waits, and
+// the group's offset stays before the failing one. Then the dead letter
+// lands once, the next record is handled, and both are committed.
+func TestDeadLetterRefusedIsNotCommitted(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	group := topic + "-g"
+	dlq := topic + kafka.DefaultDeadLetterSuffix
+	c.topics(t, topic)
+	p := c.publisher(t, topic)
+	es := batch(2, "k") // es[0] fails for good, es[1] succeeds
+	if err := p.Publish(context.Background(), es...); err != nil {
+		t.Fatal(err)
+	}
+	// Produce requests name a topic by its ID (the name is empty) from
+	// version 13 on.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	td, err := c.adm.ListTopics(ctx, dlq)
+	if err != nil || td[dlq].Err != nil {
+		t.Fatalf("describing %s: %v %v", dlq, err, td[dlq].Err)
+	}
+	dlqID := td[dlq].ID
+	const refusals = 3
+	var refused atomic.Int32
+	refusing := make(chan struct{}, refusals)
+	c.c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.c.KeepControl()
+		pr := req.(*kmsg.ProduceRequest)
+		if len(pr.Topics) != 1 || (pr.Topics[0].Topic != dlq && pr.Topics[0].TopicID != dlqID) || refused.Load() >= refusals {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		refusing <- struct{}{}
+		return resp, nil, true
+	})
+	s := c.subscriber(t, group)
+	handled := make(chan string, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Subscribe(ctx, topic, func(_ context.Context, e events.Event) error {
+			handled <- e.ID
+			if e.ID == es[0].ID {
+				return events.Permanent(errors.New("refused"))
+			}
+			return nil
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Subscribe: %v", err)
+		}
+	}()
+	timer := time.After(wait)
+	for i := 0; i < refusals; i++ {
+		select {
+		case <-refusing:
+		case <-timer:
+			t.Fatalf("the dead letter was refused %d times, want %d", refused.Load(), refusals)
+		}
+		// While no dead letter is written, nothing passes the failing
+		// record: not the handler, not the group's offset.
+		select {
+		case id := <-handled:
+			if id != es[0].ID {
+				t.Fatalf("event %s handled while the record before it was not dead-lettered", id)
+			}
+		default:
+		}
+		if n := c.committed(t, group, topic); n != 0 {
+			t.Fatalf("committed %d offsets while the failing record's dead letter was refused", n)
+		}
+	}
+	for ok := false; !ok; {
+		select {
+		case id := <-handled:
+			ok = id == es[1].ID
+		case <-timer:
+			t.Fatal("the record after the dead-lettered one was never handled")
+		}
+	}
+	deadline := time.Now().Add(wait)
+	for c.committed(t, group, topic) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %d offsets, want 2", c.committed(t, group, topic))
+		}
+		time.Sleep(10 * time.Millisecond) // polling the broker's committed offsets
+	}
+	dead := c.readAll(t, dlq)
+	if len(dead) != 1 || header(dead[0], kafka.HeaderID) != es[0].ID {
+		t.Fatalf("dead letters %d (want 1, of %s)", len(dead), es[0].ID)
 	}
 }
