@@ -1023,4 +1023,6 @@ func (s *Session) clearCookie(h http.Header) {
 	c := s.cookie()
 	c.MaxAge = -1
 	h.Add("Set-Cookie", c.String())
+	// As in setCookie: a cache must not replay the clearing to others.
+	h.Add("Cache-Control", `no-cache="Set-Cookie"`)
 }
