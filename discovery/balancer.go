@@ -245,7 +245,9 @@ func instanceKey(inst *Instance) string {
 // Update replaces the instances the balancer picks from. The state of an
 // instance that stays (in-flight count, failures, ejection) is kept, matched
 // by ID (or by address when the ID is empty); the first of two instances
-// with one key wins. An empty list empties the balancer: Pick then returns
+// with one key wins. An instance whose ID stays but whose address changed is
+// a new process (a replacement that kept the ID) and starts afresh: the
+// ejection of the one it replaces does not keep it out. An empty list empties the balancer: Pick then returns
 // ErrNoInstances.
 func (b *Balancer) Update(instances []Instance) {
 	b.mu.Lock()
@@ -257,7 +259,7 @@ func (b *Balancer) Update(instances []Instance) {
 		if slices.ContainsFunc(next, func(e *endpoint) bool { return e.key == key }) {
 			continue
 		}
-		if k, ok := slices.BinarySearchFunc(old, key, cmpKey); ok {
+		if k, ok := slices.BinarySearchFunc(old, key, cmpKey); ok && old[k].inst.Load().HostPort() == instances[i].HostPort() {
 			e := old[k]
 			inst := instances[i].Clone()
 			e.inst.Store(&inst)

@@ -523,3 +523,55 @@ func TestBalancerMultiplierCapped(t *testing.T) {
 		t.Fatalf("ejection after recovery lasts %v, want %v", got, 2*base)
 	}
 }
+
+// TestBalancerNewAddressStartsAfresh: an instance that comes back under the
+// same ID at another address (a StatefulSet pod rescheduled, a fixed
+// ACTIVEKIT_INSTANCE_ID) is a new process: the ejection of the dead one it
+// replaces must not keep the replacement out of rotation.
+func TestBalancerNewAddressStartsAfresh(t *testing.T) {
+	clock := newFakeClock()
+	b := newBalancer(t, discovery.BalancerConfig{Now: clock.Now}, 2)
+	for {
+		l, err := b.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Instance().ID == "i0" {
+			l.Done(discovery.Unreachable)
+			break
+		}
+		l.Done(discovery.Success)
+	}
+	if !ejected(b)["i0"] {
+		t.Fatal("test setup: i0 not ejected")
+	}
+	all := instances(2)
+	moved := all[0]
+	moved.Port = 20000
+	b.Update([]discovery.Instance{moved, all[1]})
+	if ejected(b)["i0"] {
+		t.Fatal("i0 at its new address is still ejected: the dead process's ejection kept its replacement out")
+	}
+	l, err := b.Pick("i1")
+	if err != nil {
+		t.Fatalf("Pick excluding i1: %v, want i0 at its new address", err)
+	}
+	if got := l.Instance().HostPort(); got != moved.HostPort() {
+		t.Fatalf("picked %s, want %s", got, moved.HostPort())
+	}
+	l.Done(discovery.Success)
+
+	// The same address again keeps the state, as before.
+	for {
+		l, _ := b.Pick()
+		if l.Instance().ID == "i0" {
+			l.Done(discovery.Unreachable)
+			break
+		}
+		l.Done(discovery.Success)
+	}
+	b.Update([]discovery.Instance{moved, all[1]})
+	if !ejected(b)["i0"] {
+		t.Fatal("an update with the same address forgot the ejection")
+	}
+}
