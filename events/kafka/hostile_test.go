@@ -13,6 +13,7 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -231,4 +232,84 @@ func TestDeadLetterRefusedIsNotCommitted(t *testing.T) {
 	if len(dead) != 1 || header(dead[0], kafka.HeaderID) != es[0].ID {
 		t.Fatalf("dead letters %d (want 1, of %s)", len(dead), es[0].ID)
 	}
+}
+
+// TestDeadLetterOutlivesRetention: a consumer that fell behind (a long
+// outage of a dependency, retried in place) dead-letters a record written
+// two hours ago, to a dead-letter topic that keeps records for one hour.
+// The dead letter must be kept for that hour from when it was written, not
+// be deleted by the next retention pass because it carries the original
+// record's timestamp.
+func TestDeadLetterOutlivesRetention(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	group := topic + "-g"
+	dlq := topic + kafka.DefaultDeadLetterSuffix
+	c.topics(t, topic)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	res, err := c.adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "retention.ms", Value: kadm.StringPtr("3600000")}}, dlq)
+	if err == nil {
+		_, err = res.On(dlq, nil)
+	}
+	if err != nil {
+		t.Fatalf("setting retention.ms: %v", err)
+	}
+	r := kafka.Record(topic, batch(1, "k")[0])
+	r.Timestamp = time.Now().Add(-2 * time.Hour) // written two hours ago
+	if err := rawProducer(t, c).ProduceSync(ctx, r).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	s := c.subscriber(t, group)
+	handled := make(chan struct{}, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Subscribe(ctx, topic, func(context.Context, events.Event) error {
+			handled <- struct{}{}
+			return events.Permanent(errors.New("refused"))
+		})
+	}()
+	select {
+	case <-handled: // the group exists
+	case <-time.After(wait):
+		t.Fatal("the record was never handled")
+	}
+	deadline := time.Now().Add(wait)
+	for c.committed(t, group, topic) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the failing record was never dead-lettered and committed")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the broker's committed offsets
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	c.c.ApplyRetention()
+	starts, err := c.adm.ListStartOffsets(context.Background(), dlq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts.Each(func(o kadm.ListedOffset) {
+		if o.Offset != 0 {
+			t.Errorf("dead-letter partition %d starts at %d: retention deleted the dead letter written a moment ago", o.Partition, o.Offset)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	if dead := c.readAll(t, dlq); len(dead) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dead))
+	}
+}
+
+// rawProducer returns a plain franz-go producer on c, closed when t ends.
+func rawProducer(t *testing.T, c *cluster) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
 }

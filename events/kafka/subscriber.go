@@ -491,7 +491,11 @@ func call(ctx context.Context, h events.Handler, e events.Event) (err error) {
 // DeadLetterRecord returns the dead-letter copy of r for topic dlq: r's key,
 // value and headers, with the reason and attempts as ce_deadletterreason and
 // ce_deadletterattempts (replacing any from an earlier dead-lettering), and
-// r's topic, partition, offset and the group as dlq-* headers.
+// r's topic, partition, offset and the group as dlq-* headers. Its timestamp
+// is left for the client to stamp when it is produced, so that the
+// dead-letter topic's retention counts from the dead-lettering, not from
+// when r was written, which for a consumer that fell behind may be nearly
+// the retention ago.
 func DeadLetterRecord(dlq, group string, r *kgo.Record, cause error, attempts int) *kgo.Record {
 	replaced := map[string]bool{
 		HeaderPrefix + events.ExtDeadLetterReason: true, HeaderPrefix + events.ExtDeadLetterAttempts: true,
@@ -510,7 +514,7 @@ func DeadLetterRecord(dlq, group string, r *kgo.Record, cause error, attempts in
 	add(HeaderDLQPartition, strconv.Itoa(int(r.Partition)))
 	add(HeaderDLQOffset, strconv.FormatInt(r.Offset, 10))
 	add(HeaderDLQGroup, group)
-	return &kgo.Record{Topic: dlq, Key: r.Key, Value: r.Value, Headers: h, Timestamp: r.Timestamp}
+	return &kgo.Record{Topic: dlq, Key: r.Key, Value: r.Value, Headers: h}
 }
 
 // shrink drops from dead letter d, which the dead-letter topic refused as
