@@ -104,6 +104,9 @@ func (s *MongoStore) Claim(ctx context.Context, group, id string, lease time.Dur
 		return c, nil
 	}
 	if !mongo.IsDuplicateKeyError(err) {
+		// The insert may have run with its reply lost: give the claim
+		// back, or every later claim would find it busy for the lease.
+		s.giveBack(ctx, group, []string{id}, c.Token)
 		return Claim{}, err
 	}
 	var d mongoDoc
@@ -127,6 +130,7 @@ func (s *MongoStore) Claim(ctx context.Context, group, id string, lease time.Dur
 		bson.D{{Key: "_id", Value: d.ID}, {Key: "token", Value: d.Token}, {Key: "expires", Value: d.Expires}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "token", Value: c.Token}, {Key: "state", Value: stateClaimed}, {Key: "expires", Value: now.Add(lease)}}}})
 	if err != nil {
+		s.giveBack(ctx, group, []string{id}, c.Token) // as for the insert
 		return Claim{}, err
 	}
 	if res.MatchedCount == 0 {
@@ -272,8 +276,8 @@ func (s *MongoStore) find(ctx context.Context, dids []string) (map[string]mongoD
 	return byID, nil
 }
 
-// giveBack deletes the claims with token among ids, after a batch claim
-// failed part way: nobody holds that token. If it fails too, they end with
+// giveBack deletes the claims with token among ids, after a claim failed
+// part way or with its outcome unknown: nobody holds that token. If it fails too, they end with
 // their lease.
 func (s *MongoStore) giveBack(ctx context.Context, group string, ids []string, token string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
