@@ -105,6 +105,15 @@ func TestValidate(t *testing.T) {
 		{"source with bad percent-encoding", func(e *events.Event) { e.Source = "/a%zz" }, "source"},
 		{"source with non-ASCII", func(e *events.Event) { e.Source = "/café" }, "source"},
 		{"source with backslash", func(e *events.Event) { e.Source = `\x` }, "source"},
+		// RFC 3986: one fragment, which holds no '#'; '[' and ']' only
+		// around an IP literal host.
+		{"source with two '#'", func(e *events.Event) { e.Source = "/a#b#c" }, "source"},
+		{"source with '[' in the path", func(e *events.Event) { e.Source = "/a[b]" }, "source"},
+		{"source with '[' in the query", func(e *events.Event) { e.Source = "/x?y=[1]" }, "source"},
+		{"source with '[' in the fragment", func(e *events.Event) { e.Source = "https://h/p#f[1]" }, "source"},
+		{"source with an IPv6 host", func(e *events.Event) { e.Source = "https://[2001:db8::1]:8443/orders" }, ""},
+		{"source with an IPv6 host and userinfo", func(e *events.Event) { e.Source = "//u@[::1]/x?q#f" }, ""},
+		{"dataschema with two '#'", func(e *events.Event) { e.DataSchema = "https://h/s#a#b" }, "dataschema"},
 		// dataschema: URI (absolute).
 		{"relative dataschema", func(e *events.Event) { e.DataSchema = "/schema.json" }, "dataschema"},
 		// datacontenttype: RFC 2046.

@@ -177,7 +177,46 @@ func checkURIReference(s string) string {
 	if _, err := url.Parse(s); err != nil {
 		return "not a URI-reference: " + err.Error()
 	}
+	// url.Parse is more lenient than RFC 3986 in two ways that other
+	// CloudEvents SDKs are not.
+	if strings.Count(s, "#") > 1 {
+		return "not a URI-reference: '#' in the fragment"
+	}
+	if strings.ContainsAny(s, "[]") && !bracketsAroundHost(s) {
+		return "not a URI-reference: '[' or ']' outside an IP-literal host"
+	}
 	return ""
+}
+
+// bracketsAroundHost reports whether the only '[' and ']' of s, a
+// URI-reference, enclose the host of its authority (an IP literal), the one
+// place RFC 3986 allows them.
+func bracketsAroundHost(s string) bool {
+	rest := s
+	if i := strings.IndexAny(rest, ":/?#"); i > 0 && rest[i] == ':' {
+		rest = rest[i+1:] // after the scheme
+	}
+	auth, ok := strings.CutPrefix(rest, "//")
+	if !ok {
+		return false
+	}
+	end := strings.IndexAny(auth, "/?#")
+	if end < 0 {
+		end = len(auth)
+	}
+	if strings.ContainsAny(auth[end:], "[]") {
+		return false
+	}
+	auth = auth[:end]
+	if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+		if strings.ContainsAny(auth[:at], "[]") {
+			return false
+		}
+		auth = auth[at+1:]
+	}
+	host, port, ok := strings.Cut(auth, "]")
+	return ok && strings.HasPrefix(host, "[") && !strings.ContainsAny(host[1:], "[]") &&
+		!strings.ContainsAny(port, "[]") && (port == "" || port[0] == ':')
 }
 
 func isHex(c byte) bool {
