@@ -447,8 +447,11 @@ func (d *Deduper) claimBatch(ctx context.Context, ids []string) ([]Claim, error)
 	for i, id := range ids {
 		c, err := d.s.Claim(ctx, d.cfg.Group, id, d.cfg.Lease)
 		if err != nil {
-			// Give back what was taken, so nobody waits for it.
-			_ = d.releaseBatch(ctx, cs[:i])
+			// Give back what was taken, so nobody waits for it, even
+			// when the claim failed because ctx ended.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = d.releaseBatch(rctx, cs[:i])
+			cancel()
 			return nil, err
 		}
 		cs[i] = c
