@@ -162,8 +162,13 @@ func FromContext(ctx context.Context) *Session {
 // once the session is saved. http.ResponseController works through the
 // wrapper (it implements Unwrap). Hijack (a websocket upgrade) saves the
 // session first, and answers with the error handler instead if the save
-// fails; the response the hijacker then writes carries no session cookie,
-// so a new visitor's session made then is never sent.
+// fails. Unless the response headers were written before (WriteHeader),
+// the response the hijacker then writes carries no session cookie: a new
+// visitor's session made then is never sent, a pending Renew is not made
+// (the old token would end with the grace period; the changes are saved
+// under it), and a pending SetUser fails the Hijack (a login cannot go
+// without its new token), to be saved with the response the handler
+// writes instead.
 func (m *Manager) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The session and the writer in one allocation.
@@ -321,6 +326,13 @@ func (w *writer) Flush() { _ = w.FlushError() }
 // Hijack implements http.Hijacker, which websocket libraries assert:
 // the session is saved first (see Middleware).
 func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !w.done {
+		// The hijacker writes its own response, without the headers set
+		// here: a token issued now would never reach the browser.
+		if err := w.s.holdRenewal(); err != nil {
+			return nil, nil, err
+		}
+	}
 	if !w.commit() {
 		return nil, nil, ErrSaveFailed
 	}

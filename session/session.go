@@ -417,7 +417,9 @@ func (s *Session) SetUser(user string) error {
 // its values. Call it whenever privileges change (login, logout to a lower
 // level): a token an attacker planted before (session fixation) is then
 // worthless. The old token keeps resolving to the session for the grace
-// period (WithRenewGrace), for requests already in flight.
+// period (WithRenewGrace), for requests already in flight. A renewal is not
+// made in a request that hijacks its connection before writing its
+// response headers (see Manager.Middleware).
 //
 // When requests of one session renew it at once, on any instances, one of
 // them issues the new token; the others, and any request that renews
@@ -463,6 +465,22 @@ func (s *Session) Destroy() error {
 		return ErrSaved
 	}
 	s.destroy = true
+	return nil
+}
+
+// errHijackLogin: SetUser, then Hijack before the response headers.
+var errHijackLogin = errors.New("session: a login (SetUser) cannot be saved when the connection is hijacked: its cookie would not be sent")
+
+// holdRenewal drops a pending Renew, whose token could not be sent (the
+// connection is being hijacked), and refuses a pending SetUser, which
+// must not bind the user to the token the browser already has.
+func (s *Session) holdRenewal() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.user != "" {
+		return errHijackLogin
+	}
+	s.renew = false
 	return nil
 }
 
