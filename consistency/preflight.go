@@ -69,7 +69,7 @@ type Report struct {
 	MajorityWritable bool
 
 	Transactions    bool // multi-document transactions are available
-	RetryableWrites bool // sessions and a replica set or mongos
+	RetryableWrites bool // sessions and a replica set or mongos (never FerretDB)
 	ClusterTimes    bool // the server gossips $clusterTime: causal sessions work across instances
 
 	Collections []CollectionReport
@@ -210,7 +210,10 @@ func Preflight(ctx context.Context, client *mongo.Client, opts PreflightOptions)
 		r.Topology = Standalone
 	}
 	r.Transactions = r.Topology != Standalone && r.Flavour == FlavourMongoDB
-	r.RetryableWrites = r.Topology != Standalone && h.sessions
+	// FerretDB started with --repl-set-name answers hello with a set name
+	// and session support, but keeps no record of the writes it applied:
+	// a retried write is not applied at most once.
+	r.RetryableWrites = r.Topology != Standalone && h.sessions && r.Flavour == FlavourMongoDB
 
 	switch r.Topology {
 	case Standalone:
@@ -228,7 +231,7 @@ func Preflight(ctx context.Context, client *mongo.Client, opts PreflightOptions)
 		}
 	}
 	if r.Flavour == FlavourFerretDB {
-		r.Problems = append(r.Problems, "FerretDB: no replication, transactions, change streams or causal cluster times, and concurrent compare-and-set is not isolated")
+		r.Problems = append(r.Problems, "FerretDB: no replication, transactions, retryable writes, change streams or causal cluster times, and concurrent compare-and-set is not isolated")
 	}
 	if r.Topology != Standalone && !r.ClusterTimes {
 		r.Problems = append(r.Problems, "the server sends no cluster times: causal tokens cannot be issued")

@@ -73,3 +73,31 @@ func TestPreflightReplicaSetMembers(t *testing.T) {
 		})
 	}
 }
+
+// TestPreflightFerretDBWithSetName: FerretDB started with --repl-set-name
+// answers hello with a set name and session support, but has no replication
+// and no transaction table: its writes are not retryable (at most once
+// across a failover) any more than its transactions exist.
+func TestPreflightFerretDBWithSetName(t *testing.T) {
+	unsupported := errReply(59, "CommandNotFound")
+	client, _ := fakeClient(t, nil, newScript(map[string][]bson.D{
+		"buildInfo":        {okReply(bson.E{Key: "version", Value: "7.0.42"}, bson.E{Key: "ferretdbVersion", Value: "v1.24.2"})},
+		"replSetGetConfig": {unsupported},
+		"replSetGetStatus": {unsupported},
+	}).reply)
+	r, err := consistency.Preflight(context.Background(), client, consistency.PreflightOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Flavour != consistency.FlavourFerretDB {
+		t.Fatalf("flavour %q, want ferretdb", r.Flavour)
+	}
+	if r.Transactions || r.RetryableWrites {
+		t.Errorf("FerretDB reported with transactions %v, retryable writes %v; want neither", r.Transactions, r.RetryableWrites)
+	}
+	for _, l := range []consistency.Level{consistency.Strong, consistency.Causal} {
+		if err := r.Supports(l); !errors.Is(err, consistency.ErrLevelUnsupported) {
+			t.Errorf("Supports(%s) = %v, want ErrLevelUnsupported", l, err)
+		}
+	}
+}
