@@ -85,6 +85,8 @@ func TestApplyAgainstModel(t *testing.T) {
 				}
 				if rng.IntN(4) == 0 {
 					d.MaxSize = n - 1 + rng.IntN(3) // at, under or over the new size
+				} else if rng.IntN(8) == 0 {
+					d.MaxSize = -1 - rng.IntN(n+1) // not positive: no limit
 				}
 				ver, err := s.Apply(ctx, id, d)
 				var ce *session.ConflictError

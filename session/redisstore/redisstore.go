@@ -620,7 +620,7 @@ func (s *Store) EnforcesMaxSize() bool { return true }
 
 // Apply implements session.Store: one round trip for a live record (WAIT,
 // with WithWait, goes in the same pipeline). On Redis 7 and later a delta
-// without Create or User, naming at most 256 keys (fastMaxKeys), runs
+// without Create or User, naming at most 255 keys (fastMaxKeys), runs
 // applyFastScript, and applyScript in a second trip only for what that
 // leaves (an alias, a record without _s): three round trips through an
 // alias (the alias's two, then the target's). Any other delta runs
@@ -695,26 +695,27 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 }
 
 // fastMaxKeys bounds the keys a delta names for applyFastScript, which reads
-// and writes them without chunks (applyScript has them).
-const fastMaxKeys = 256
+// and writes them without chunks (applyScript has them) and takes each count
+// as one byte.
+const fastMaxKeys = 255
 
 // fastArgs returns applyFastScript's arguments for d, the skip argument 0.
 func fastArgs(d session.Delta, idleMs int64) []any {
 	nset, ndel, nexp := len(d.Set), len(d.Delete), len(d.Expect)
 	n := nset + ndel + nexp
-	a := make([]any, 6+n+nset+nexp)
-	a[0], a[1], a[2], a[3], a[4], a[5] = idleMs, int64(0), d.MaxSize, nset, ndel, nexp
+	a := make([]any, 4+n+nset+nexp)
+	a[0], a[1], a[2], a[3] = idleMs, int64(0), max(d.MaxSize, 0), string([]byte{byte(nset), byte(ndel), byte(nexp)})
 	i := 0
 	for k, v := range d.Set {
-		a[6+i], a[6+n+i] = "k:"+k, v
+		a[4+i], a[4+n+i] = "k:"+k, v
 		i++
 	}
 	for j, k := range d.Delete {
-		a[6+nset+j] = "k:" + k
+		a[4+nset+j] = "k:" + k
 	}
 	i = 0
 	for k, v := range d.Expect {
-		a[6+nset+ndel+i], a[6+n+nset+i] = "k:"+k, strconv.FormatUint(v, 10)
+		a[4+nset+ndel+i], a[4+n+nset+i] = "k:"+k, strconv.FormatUint(v, 10)
 		i++
 	}
 	return a

@@ -254,15 +254,16 @@ return {'ok', ver}
 // applyFastScript is applyScript for the common write on Redis 7 and later:
 // no Create, no user to bind, a record (not an alias) that has _s. KEYS =
 // session, epochs; ARGV = idle ms, skip (see below), max size (0: none),
-// nset, ndel, nexp, then the field names ("k:" and the key) of the keys set,
-// deleted and expected, in that order, then the values set and the versions
-// expected, in the same orders. The field names come ready and in one run of
-// ARGV, so the script builds no name and passes them to HMGET and HDEL as
-// they are: it reads the record's fields and the old values of every key the
-// delta names with one HMGET and writes with one HSET. The same replies as
-// applyScript, except the version alone (an integer) for ok, and {'slow'}
-// (nothing done: run applyScript) for anything else, {'old'} (nothing done)
-// on a server before Redis 7.0.
+// the counts (three bytes: the numbers of keys set, deleted and expected,
+// each at most 255), then the field names ("k:" and the key) of the keys
+// set, deleted and expected, in that order, then the values set and the
+// versions expected, in the same orders. The field names come ready and in
+// one run of ARGV, so the script builds no name and passes them to HMGET and
+// HDEL as they are: it reads the record's fields and the old values of every
+// key the delta names with one HMGET and writes with one HSET. The same
+// replies as applyScript, except the version alone (an integer) for ok, and
+// {'slow'} (nothing done: run applyScript) for anything else, {'old'}
+// (nothing done) on a server before Redis 7.0.
 //
 // It takes no TIME and reads no PTTL: the idle deadline moves on Redis's
 // clock with PEXPIRE ... GT (never backwards), then PEXPIREAT _a LT caps it
@@ -276,65 +277,67 @@ return {'ok', ver}
 // refused delta leaves the record as it was (a refusal reads TIME, to answer
 // not found past _a).
 //
-// Lua in Redis is slow enough that its shape shows in the write's cost:
-// every redis.call, tonumber, concatenation and table costs tens to hundreds
-// of nanoseconds, and every argument a string to intern. With the names
-// ready, the globals held in locals, versions compared as the strings they
-// are stored as and no table for a one-key write, bench/cpu.sh puts its
-// EVALSHA at 5.8 µs of Redis CPU per write where the previous one, which
-// built the names itself from 14 arguments, took 6.7 to 7.2 µs
-// (docs/benchmarks.md, session 5). The caller keeps the delta small enough
-// that no call needs chunks.
+// Lua in Redis is slow enough that its shape shows in the write's cost.
+// Counted with callgrind on redis-server 7.0 (instructions per EVALSHA,
+// pipelined, docs/benchmarks.md): an empty script costs about 21,000, each
+// redis.call about 5,000 more, each field HMGET names about 2,300, and each
+// conversion between a string and a number 1,300 to 1,800 (strtod and
+// sprintf), where a comparison of two strings or a string.byte costs a few
+// hundred. So the script converts only what it must do arithmetic on (_s,
+// _v and the max size, that one only when there is a limit), takes the
+// counts as bytes, compares _a with skip as the decimal strings both are,
+// formats the new version once, and asks for _to (an alias) only when _a is
+// missing: 75,600 instructions for a one-key write before, 66,100 after.
+// The caller keeps the delta small enough that no call needs chunks.
 var applyFastScript = redis.NewScript(`
 if not redis.REDIS_VERSION_NUM then return {'old'} end
-local A, call, tonumber, find = ARGV, redis.call, tonumber, string.find
-local nset, ndel, nexp = tonumber(A[4]), tonumber(A[5]), tonumber(A[6])
+local A, call, find = ARGV, redis.call, string.find
+local nset, ndel, nexp = string.byte(A[4], 1, 3)
 local nk = nset + ndel + nexp
 local key = KEYS[1]
-local old = call('HMGET', key, '_a', '_to', '_u', '_e', '_v', '_s', unpack(A, 7, 6 + nk))
+local old = call('HMGET', key, '_a', '_u', '_e', '_v', '_s', unpack(A, 5, 4 + nk))
 local abs = old[1]
 if not abs then
-  if old[2] then return {'slow'} end
+  if call('HEXISTS', key, '_to') == 1 then return {'slow'} end
   return {'notfound'}
 end
-local size = tonumber(old[6])
+local size = tonumber(old[5])
 if not size then return {'slow'} end
-local olduser = old[3]
-if olduser and olduser ~= '' and (call('HGET', KEYS[2], olduser) or '0') ~= old[4] then
+local olduser = old[2]
+if olduser and olduser ~= '' and (call('HGET', KEYS[2], olduser) or '0') ~= old[3] then
   call('DEL', key)
   return {'notfound'}
 end
 -- Refusals wait for the size, a conflict first: no closure to build on
 -- every write. Versions are compared as written: decimal, no leading zero.
 local refused
-local vb = 6 + nk
+local vb = 4 + nk
 for i = 1, nexp do
-  local cur = old[6 + nset + ndel + i]
+  local cur = old[5 + nset + ndel + i]
   local v = '0'
   if cur then v = string.sub(cur, 1, find(cur, ':', 1, true) - 1) end
   if v ~= A[vb + nset + i] then
-    refused = {'conflict', string.sub(A[6 + nset + ndel + i], 3)}
+    refused = {'conflict', string.sub(A[4 + nset + ndel + i], 3)}
     break
   end
 end
 -- The size counts a key without its 'k:' and a value without its version.
 for i = 1, nset do
-  local o = old[6 + i]
-  if o then size = size - #A[6 + i] + 2 - #o + find(o, ':', 1, true) end
-  size = size + #A[6 + i] - 2 + #A[vb + i]
+  local o = old[5 + i]
+  if o then size = size - #A[4 + i] + 2 - #o + find(o, ':', 1, true) end
+  size = size + #A[4 + i] - 2 + #A[vb + i]
 end
 if ndel > 0 then
   local gone = {}
   for i = 1, ndel do
-    local k, o = A[6 + nset + i], old[6 + nset + i]
+    local k, o = A[4 + nset + i], old[5 + nset + i]
     if o and not gone[k] then
       gone[k] = true
       size = size - #k + 2 - #o + find(o, ':', 1, true)
     end
   end
 end
-local maxsize = tonumber(A[3])
-if not refused and maxsize > 0 and nset > 0 and size > maxsize then refused = {'toolarge', size} end
+if not refused and nset > 0 and A[3] ~= '0' and size > tonumber(A[3]) then refused = {'toolarge', size} end
 if refused then
   -- A refusal of a record past its absolute deadline (which a Load that did
   -- not live to cap its refresh can leave) is applyScript's: not found.
@@ -345,25 +348,28 @@ if refused then
   end
   return refused
 end
+-- _a and skip are both milliseconds in decimal without a leading zero:
+-- the shorter is the smaller, and of two as long, the first in order.
 local skip = A[2]
-if skip == '0' or tonumber(abs) <= tonumber(skip) then
+if skip == '0' or #abs < #skip or (#abs == #skip and abs <= skip) then
   call('PEXPIRE', key, A[1], 'GT')
   if call('PEXPIREAT', key, abs, 'LT') == 1 and call('EXISTS', key) == 0 then
     return {'notfound'}
   end
 end
-local ver = (old[5] or 0) + 1
-local prefix = ver .. ':'
+local ver = (old[4] or 0) + 1
+local vs = tostring(ver)
+local prefix = vs .. ':'
 if nset == 1 then
-  call('HSET', key, '_v', ver, '_s', size, A[7], prefix .. A[vb + 1])
+  call('HSET', key, '_v', vs, '_s', size, A[5], prefix .. A[vb + 1])
 else
-  local w = {'_v', ver, '_s', size}
+  local w = {'_v', vs, '_s', size}
   for i = 1, nset do
-    w[3 + 2 * i], w[4 + 2 * i] = A[6 + i], prefix .. A[vb + i]
+    w[3 + 2 * i], w[4 + 2 * i] = A[4 + i], prefix .. A[vb + i]
   end
   call('HSET', key, unpack(w))
 end
-if ndel > 0 then call('HDEL', key, unpack(A, 7 + nset, 6 + nset + ndel)) end
+if ndel > 0 then call('HDEL', key, unpack(A, 5 + nset, 4 + nset + ndel)) end
 return ver
 `)
 
