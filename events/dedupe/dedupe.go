@@ -222,7 +222,7 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // Middleware claims each event's ID for cfg.Group before the handler, skips
 // events already done, waits while another instance holds the event, marks
 // the event done after the handler succeeds and releases it when the handler
-// fails. With a subscriber that delivers at least once, it gives an
+// fails or panics (the panic goes on). With a subscriber that delivers at least once, it gives an
 // exactly-once effect when the handler's effect is idempotent per event ID,
 // or is recorded in the store atomically with the claim (DoneWith): the one
 // gap otherwise is an instance dying after the effect and before Done, which
@@ -291,18 +291,34 @@ func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handle
 func (d *Deduper) run(ctx context.Context, c Claim, at time.Time, next events.Handler, e events.Event) error {
 	s, cfg := d.s, d.cfg
 	hctx, cancel := context.WithTimeout(context.WithValue(ctx, claimKey{}, c), cfg.Lease-cfg.Lease/10-cfg.Now().Sub(at))
-	err := next(hctx, e)
-	cancel()
+	defer cancel()
 	// Finish even when ctx has ended: the effect is done or not, and the
 	// store should say which (bounded by the lease).
-	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
-	defer fcancel()
+	release := func() error {
+		fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
+		defer fcancel()
+		return retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return s.Release(ctx, c) })
+	}
+	returned := false
+	defer func() {
+		if !returned {
+			// The handler panicked (or called runtime.Goexit): release
+			// the claim as for an error, and let the panic go on
+			// unrecovered, its stack intact, to whoever recovers it.
+			_ = release()
+		}
+	}()
+	err := next(hctx, e)
+	returned = true
+	cancel()
 	if err != nil {
-		if rerr := retry.Do(fctx, cfg.Retry, func(ctx context.Context) error { return s.Release(ctx, c) }); rerr != nil {
+		if rerr := release(); rerr != nil {
 			return errors.Join(err, storeError(fmt.Errorf("dedupe: release %s: %w", e.ID, rerr)))
 		}
 		return err
 	}
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lease)
+	defer fcancel()
 	return d.finishWithin(fctx, c, e)
 }
 
