@@ -261,7 +261,9 @@ func WithEncryption(keys ...EncryptionKey) Option {
 // Retry-After (WithRetryAfter) for a failure, and for a write that a
 // concurrent request's change to the session beat (an error matching
 // ErrConflict: a retry reads the session again), with a body that tells
-// the two apart; 500 Internal Server Error for a session too large.
+// the two apart; 500 Internal Server Error for a session too large, or
+// holding a value that does not decrypt (an error matching ErrDecrypt: a
+// renewal copies every value).
 func WithErrorHandler(h ErrorHandler) Option {
 	return optionFunc(func(c *config) { c.errorHandler = h })
 }
@@ -325,8 +327,12 @@ func (c *config) defaults() {
 	if c.errorHandler == nil {
 		retry := strconv.Itoa(int((c.retryAfter + time.Second - 1) / time.Second))
 		c.errorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
-			if errors.Is(err, ErrTooLarge) { // retrying would not help
+			switch { // retrying would not help
+			case errors.Is(err, ErrTooLarge):
 				http.Error(w, "session too large", http.StatusInternalServerError)
+				return
+			case errors.Is(err, ErrDecrypt):
+				http.Error(w, "session value does not decrypt", http.StatusInternalServerError)
 				return
 			}
 			w.Header().Set("Retry-After", retry)
