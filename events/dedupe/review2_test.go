@@ -434,33 +434,41 @@ func TestRedisGenerationBoundaries(t *testing.T) {
 	for i := range 15 {
 		id := "e" + strconv.Itoa(i)
 		time.Sleep(time.Duration(i) * 7 * time.Millisecond % retention) // start at varied points of a generation
+		// Times are taken before the calls they bound: a call that
+		// returned less than the retention after claimStart ran within
+		// the lease, however slow the replies (the machine is shared).
+		claimStart := time.Now()
 		cl, err := a.Claim(ctx, "g", id, retention)
 		if err != nil || cl.Status != Claimed {
 			t.Fatalf("Claim: %+v, %v", cl, err)
 		}
-		claimed := time.Now()
-		for time.Since(claimed) < retention/2 {
+		for time.Since(claimStart) < retention/2 {
 			b.offset.Store(retention.Milliseconds() * int64(i%3-1))
 			c, err := b.Claim(ctx, "g", id, retention)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.Status == Claimed && time.Since(claimed) < retention/2 {
-				t.Fatalf("%s claimed by another instance %v into a lease of %v", id, time.Since(claimed), retention)
+			if c.Status == Claimed && time.Since(claimStart) < retention {
+				t.Fatalf("%s claimed by another instance %v into a lease of %v", id, time.Since(claimStart), retention)
 			}
 			time.Sleep(3 * time.Millisecond)
 		}
-		if err := a.Done(ctx, cl); err != nil {
-			t.Fatalf("Done %s %v after the claim: %v", id, time.Since(claimed), err)
+		doneStart := time.Now()
+		err = a.Done(ctx, cl)
+		if errors.Is(err, ErrLeaseLost) && time.Since(claimStart) >= retention {
+			t.Logf("Done %s %v after the claim, too late to judge: %v", id, time.Since(claimStart), err)
+			continue
 		}
-		done := time.Now()
-		for time.Since(done) < retention*9/10 {
+		if err != nil {
+			t.Fatalf("Done %s %v after the claim: %v", id, time.Since(claimStart), err)
+		}
+		for time.Since(doneStart) < retention*9/10 {
 			c, err := b.Claim(ctx, "g", id, retention)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.Status != Done && time.Since(done) < retention*9/10 {
-				t.Fatalf("%s %v %v after Done, want done for the retention (%v)", id, c.Status, time.Since(done), retention)
+			if c.Status != Done && time.Since(doneStart) < retention {
+				t.Fatalf("%s %v %v after Done, want done for the retention (%v)", id, c.Status, time.Since(doneStart), retention)
 			}
 			time.Sleep(3 * time.Millisecond)
 		}
