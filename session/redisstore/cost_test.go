@@ -26,7 +26,8 @@ import (
 //
 // The requests are the ones bench/ measures in time: a one-key write of a
 // seeded session (the Manager's blind write) and a Load of it, then the bare
-// handler's SET and GET for comparison. The counts include the server's
+// handler's SET and GET, and bench's floor (the same fields in a hash: a
+// two-line script's EXISTS and HSET, and HGETALL) for comparison. The counts include the server's
 // reading of each request and writing of its reply, not the kernel's work.
 func BenchmarkRedisInstructions(b *testing.B) {
 	addr, out := os.Getenv("ACTIVEKIT_CALLGRIND_REDIS"), os.Getenv("ACTIVEKIT_CALLGRIND_OUT")
@@ -57,6 +58,16 @@ func BenchmarkRedisInstructions(b *testing.B) {
 	if err := c.Set(ctx, "cost:bare", "alice", idle).Err(); err != nil {
 		b.Fatal(err)
 	}
+	if err := c.HSet(ctx, "cost:floor", "_v", 4, "_c", 1, "_a", time.Now().Add(24*time.Hour).UnixMilli(), "_s", 80,
+		"k:user", `1:"alice"`, "k:cart", `2:["book","pen","lamp"]`, "k:theme", `3:"dark"`,
+		"k:csrf", `4:"0123456789abcdef0123456789abcdef"`).Err(); err != nil {
+		b.Fatal(err)
+	}
+	floor := redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`)
 	requests := []struct {
 		name string
 		do   func() error
@@ -78,6 +89,10 @@ func BenchmarkRedisInstructions(b *testing.B) {
 		}},
 		{"bare-set", func() error { return c.Set(ctx, "cost:bare:last", time.Now().UnixNano(), idle).Err() }},
 		{"bare-get", func() error { return c.Get(ctx, "cost:bare").Err() }},
+		{"floor-write", func() error {
+			return floor.Run(ctx, c, []string{"cost:floor"}, "k:last", "5:"+strconv.FormatInt(time.Now().UnixNano(), 10)).Err()
+		}},
+		{"floor-read", func() error { return c.HGetAll(ctx, "cost:floor").Err() }},
 	}
 	for _, r := range requests {
 		b.Run(r.name, func(b *testing.B) {
