@@ -441,8 +441,10 @@ func (s *Session) Renew() error {
 }
 
 // Destroy ends the session when the response is saved, and clears the
-// cookie. Ending the session ends its renewal too while the old token's
-// grace period lasts (the token then leads to it).
+// cookie. The session is ended even if the client goes away meanwhile
+// (the request's context cancelled; the store is then given 5 seconds).
+// Ending the session ends its renewal too while the old token's grace
+// period lasts (the token then leads to it).
 //
 // In a request that has run long enough for its token to have been renewed
 // by another request meanwhile, and the grace period to have ended (see
@@ -530,11 +532,11 @@ func (s *Session) late() bool {
 
 // live reports whether id still leads to a session, without moving its
 // idle deadline.
-func (s *Session) live(id string) (bool, error) {
+func (s *Session) live(ctx context.Context, id string) (bool, error) {
 	start := time.Now()
-	_, found, err := s.m.store.Load(s.ctx, id, 0)
-	s.m.metrics.loads.Add(s.ctx, 1)
-	s.m.observe(s.ctx, &s.m.metrics.load, start, err)
+	_, found, err := s.m.store.Load(ctx, id, 0)
+	s.m.metrics.loads.Add(ctx, 1)
+	s.m.observe(ctx, &s.m.metrics.load, start, err)
 	return found, err
 }
 
@@ -639,12 +641,17 @@ func (s *Session) save(h http.Header) error {
 			id = "" // read and found missing: nothing to delete
 		}
 		clear := s.token != "" && !(id == "" && s.lateMiss())
+		// A logout is carried out even if the client goes away meanwhile
+		// (it closed the tab at once): the cookie it keeps would still open
+		// the session. Within discardTimeout.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), discardTimeout)
+		defer cancel()
 		if id != "" && s.token != "" && !s.issued && s.late() {
 			// The browser may hold a newer token by now (see lateMiss),
 			// which clearing the cookie would delete: clear it only if the
 			// token still leads to a session, which the delete ends (the
 			// newer token is then its renewal's, ended with it).
-			found, err := s.live(id)
+			found, err := s.live(ctx, id)
 			if err != nil {
 				return fmt.Errorf("session: destroy: %w", err)
 			}
@@ -654,8 +661,8 @@ func (s *Session) save(h http.Header) error {
 		}
 		if id != "" {
 			start := time.Now()
-			err := m.store.Delete(s.ctx, id)
-			m.observe(s.ctx, &m.metrics.delete, start, err)
+			err := m.store.Delete(ctx, id)
+			m.observe(ctx, &m.metrics.delete, start, err)
 			if err != nil {
 				return fmt.Errorf("session: destroy: %w", err)
 			}
@@ -945,7 +952,8 @@ func (s *Session) login(h http.Header) error {
 	return nil
 }
 
-// discardTimeout bounds the deletion of a failed renewal's copy.
+// discardTimeout bounds the deletion of a failed renewal's copy, and that
+// of a destroyed session, once the request's context has ended.
 const discardTimeout = 5 * time.Second
 
 // discard deletes nid, the copy made by a renewal that failed. Its token
