@@ -27,6 +27,7 @@ const (
 	faultNoGroups               // every subscriber gets every event, whatever its group
 	faultLatest                 // a new group starts at the end of the topic
 	faultErrOnCancel            // Subscribe returns ctx's error once ctx ends
+	faultDetachedHandler        // the handler's ctx does not end with Subscribe's
 )
 
 // parts is the number of partitions of a topic of the in-memory broker.
@@ -246,9 +247,13 @@ func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Ha
 // reports whether e's offset is to be acknowledged, and whether e is to be
 // delivered again at the back of its partition.
 func (s *memSubscriber) deliver(ctx context.Context, h events.Handler, e events.Event) (ack, requeue bool) {
+	hctx := ctx
+	if s.b.fault == faultDetachedHandler {
+		hctx = context.WithoutCancel(ctx)
+	}
 	attempts := 0
 	for {
-		err := h(ctx, e)
+		err := h(hctx, e)
 		if err == nil {
 			return true, false
 		}

@@ -55,6 +55,7 @@ var brokenPairs = []struct {
 	{"NoRedeliveryAfterCrash", faultNoRedelivery, false, "RedeliveryAfterCrash"},
 	{"NewGroupStartsAtTheEnd", faultLatest, false, "Persistence"},
 	{"SubscribeErrsOnCancel", faultErrOnCancel, false, "SubscribeReturnsOnCancel"},
+	{"HandlerContextOutlivesSubscribe", faultDetachedHandler, false, "SubscribeReturnsOnCancel"},
 }
 
 // TestSuiteCatchesBrokenPairs runs, for each broken pair, the test of the
