@@ -313,3 +313,25 @@ func rawProducer(t *testing.T, c *cluster) *kgo.Client {
 	t.Cleanup(cl.Close)
 	return cl
 }
+
+// TestSubscribeRefusesWeakDeadLetters: the subscriber produces dead letters
+// through its own client and commits a record once its dead letter is
+// acknowledged, so a client whose acknowledgement does not mean "on every
+// in-sync replica" could commit past a record whose only copy, the dead
+// letter, a leader failure then loses. Subscribe refuses such ClientOpts.
+func TestSubscribeRefusesWeakDeadLetters(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: topic + "-g",
+		ClientOpts: []kgo.Opt{kgo.RequiredAcks(kgo.LeaderAck()), kgo.DisableIdempotentWrite()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = s.Subscribe(ctx, topic, func(context.Context, events.Event) error { return nil })
+	if !errors.Is(err, kafka.ErrWeakDurability) {
+		t.Fatalf("Subscribe with a leader-acks client: %v, want ErrWeakDurability", err)
+	}
+}

@@ -46,7 +46,11 @@ type SubscriberConfig struct {
 	Group string
 	// ClientOpts are added to the options of each Subscribe call's client
 	// (TLS, SASL, session timeout...). Options that change how offsets are
-	// committed (autocommit, the balancer) must not be given.
+	// committed (autocommit, the balancer) must not be given. The client
+	// also produces the dead letters, and a record is committed once its
+	// dead letter is acknowledged: Subscribe refuses, with an error
+	// matching ErrWeakDurability, options weaker than the idempotent
+	// producer with acks=all (see CheckDurability).
 	ClientOpts []kgo.Opt
 	// Retrier retries a failing handler in place, so the partition's order
 	// is kept. nil means the retry package's default policy (4 attempts,
@@ -275,7 +279,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Subscribe consumes topic in the group until ctx ends, then commits what was
 // handled, leaves the group and returns nil. It returns an error when the
-// client cannot be made.
+// client cannot be made, or its producer settings are weaker than
+// CheckDurability allows (ErrWeakDurability).
 func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handler) error {
 	if topic == "" {
 		return fmt.Errorf("%w: empty topic", ErrConfig)
@@ -296,6 +301,12 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return fmt.Errorf("kafka: new consumer client: %w", err)
+	}
+	// A record is committed once its dead letter is acknowledged; an
+	// acknowledgement weaker than acks=all could lose the only copy.
+	if err := CheckDurability(cl); err != nil {
+		cl.Close()
+		return fmt.Errorf("kafka: consumer client, which produces the dead letters: %w", err)
 	}
 	c := &consumer{s: s, cl: cl, h: h, dlq: dlq}
 	defer cl.Close() // leaves the group
