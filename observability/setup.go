@@ -345,9 +345,10 @@ func (t *Telemetry) Providers() Providers {
 // ExporterPrometheus, and nil otherwise.
 func (t *Telemetry) MetricsHandler() http.Handler { return t.metrics }
 
-// ForceFlush exports all finished spans and the current metrics now.
+// ForceFlush exports all finished spans and the current metrics now. ctx
+// bounds the flush; the two providers flush at once, as in Shutdown.
 func (t *Telemetry) ForceFlush(ctx context.Context) error {
-	return errors.Join(t.tp.ForceFlush(ctx), t.mp.ForceFlush(ctx))
+	return both(ctx, t.tp.ForceFlush, t.mp.ForceFlush)
 }
 
 // Shutdown flushes and stops both providers and their exporters, and stops
@@ -356,15 +357,20 @@ func (t *Telemetry) ForceFlush(ctx context.Context) error {
 // other the whole of ctx. It is idempotent: later calls return the result of
 // the first. Errors of the two providers are joined.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
-	t.shutdownOnce.Do(func() {
-		var tpErr error
-		var wg sync.WaitGroup
-		wg.Go(func() { tpErr = t.tp.Shutdown(ctx) })
-		mpErr := t.mp.Shutdown(ctx)
-		wg.Wait()
-		t.shutdownErr = errors.Join(tpErr, mpErr)
-	})
+	t.shutdownOnce.Do(func() { t.shutdownErr = both(ctx, t.tp.Shutdown, t.mp.Shutdown) })
 	return t.shutdownErr
+}
+
+// both calls traces and metrics at once with ctx, so that one that takes all
+// of ctx's time does not leave the other an ended context, and joins their
+// errors.
+func both(ctx context.Context, traces, metrics func(context.Context) error) error {
+	var tErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { tErr = traces(ctx) })
+	mErr := metrics(ctx)
+	wg.Wait()
+	return errors.Join(tErr, mErr)
 }
 
 // syncWriter serialises writes from the span and metric exporters, which

@@ -542,3 +542,39 @@ func TestShutdownFlushesMetricsBesideStuckTraces(t *testing.T) {
 		t.Fatal("the last metrics were never exported: the traces took the whole deadline")
 	}
 }
+
+// stuckFlushProcessor stands for a trace exporter whose collector does not
+// answer: its ForceFlush holds on until ctx ends.
+type stuckFlushProcessor struct{ sdktrace.SpanProcessor }
+
+func (stuckFlushProcessor) ForceFlush(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestForceFlushMetricsBesideStuckTraces: as for Shutdown, a trace exporter
+// that takes all of ForceFlush's deadline must not leave the metrics' flush
+// a context already ended.
+func TestForceFlushMetricsBesideStuckTraces(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	exp := &flushExporter{cancel: cancel, ctxErr: make(chan error, 1)}
+	tel, err := observability.Setup(context.Background(), observability.Config{
+		Identity:       testIdentity(t),
+		SpanProcessors: []sdktrace.SpanProcessor{stuckFlushProcessor{sdktrace.NewSimpleSpanProcessor(tracetest.NewInMemoryExporter())}},
+		MetricReaders:  []sdkmetric.Reader{sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(time.Hour))},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, tel)
+	_ = tel.ForceFlush(ctx)
+	select {
+	case err := <-exp.ctxErr:
+		if err != nil {
+			t.Fatalf("the metrics were flushed with a context already ended (%v): the traces took the whole deadline", err)
+		}
+	default:
+		t.Fatal("the metrics were never flushed: the traces took the whole deadline")
+	}
+}
