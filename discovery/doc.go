@@ -26,7 +26,8 @@
 //   - Transport is an http.RoundTripper that resolves the URL host as a
 //     service name (http://orders/...), balances, propagates the trace
 //     context, and retries idempotent requests on a different instance
-//     within a retry budget (package retry), so that the loss of an
+//     within a retry budget (package retry), and any request whose
+//     connection could not be made (it never left), so that the loss of an
 //     instance costs callers no failed request.
 //   - Leader runs singleton work on one instance at a time, cancels its
 //     context the moment leadership is lost, and hands out a fencing token
