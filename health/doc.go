@@ -56,7 +56,9 @@
 // (http.Server.Shutdown waits for requests in flight up to a deadline), and
 // Stopped (closers run in reverse order: deregister, flush telemetry, close
 // clients). Run checks before it starts that the drain delay, shutdown
-// timeout and close timeout fit the termination grace period.
+// timeout and close timeout fit the termination grace period. A second
+// SIGTERM or SIGINT during the stop is not caught: it kills the process at
+// once, for an operator who wants it down now.
 //
 // Time comes from a Clock (WithClock), so tests step timeouts, caching and
 // the drain delay without sleeping.
