@@ -129,7 +129,8 @@ func jsonInt(data []byte) (int64, bool) {
 	return i, err == nil
 }
 
-// CookieConfig shapes the session cookie. Its zero value means the defaults:
+// CookieConfig shapes the session cookie; NewManager refuses a Name, Path
+// or Domain that a cookie cannot carry. Its zero value means the defaults:
 // name "__Host-session" (DefaultCookieName), Path "/", no Domain,
 // SameSite=Lax, HttpOnly and Secure always, and a Max-Age equal to the
 // absolute timeout. Browsers refuse a __Host- cookie unless it is Secure,
@@ -368,6 +369,12 @@ func (c *config) validate() (map[string]cipher.AEAD, error) {
 		return nil, fmt.Errorf("session: invalid cookie name %q", c.cookie.Name)
 	case c.cookie.SameSite == http.SameSiteNoneMode && c.insecure:
 		return nil, errors.New("session: SameSite=None needs a Secure cookie")
+	}
+	// net/http would drop a bad Domain (the cookie becoming host-only) or
+	// a Path's bad bytes when writing the cookie, and log it each time.
+	probe := http.Cookie{Name: c.cookie.Name, Value: "x", Path: c.cookie.Path, Domain: c.cookie.Domain}
+	if err := probe.Valid(); err != nil {
+		return nil, fmt.Errorf("session: cookie: %w", err)
 	}
 	// Browsers match the prefixes without regard to case (RFC 6265bis), and
 	// drop a cookie that lacks what its prefix demands: no session would
