@@ -222,9 +222,9 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // Middleware claims each event's ID for cfg.Group before the handler, skips
 // events already done, waits while another instance holds the event, marks
 // the event done after the handler succeeds and releases it when the handler
-// fails or panics (the panic goes on). With a subscriber that delivers at least once, it gives an
-// exactly-once effect when the handler's effect is idempotent per event ID,
-// or is recorded in the store atomically with the claim (DoneWith): the one
+// fails or panics (the panic goes on). With a subscriber that delivers at
+// least once, it gives an exactly-once effect when the handler's effect is
+// idempotent per event ID, or is recorded in the store atomically with the claim (DoneWith): the one
 // gap otherwise is an instance dying after the effect and before Done, which
 // the lease turns into a second run after the lease ends. When the handler
 // succeeds after its claim ran out, the event is claimed again and marked

@@ -277,8 +277,8 @@ func (s *MongoStore) find(ctx context.Context, dids []string) (map[string]mongoD
 }
 
 // giveBack deletes the claims with token among ids, after a claim failed
-// part way or with its outcome unknown: nobody holds that token. If it fails too, they end with
-// their lease.
+// part way or with its outcome unknown: nobody holds that token. If it fails
+// too, they end with their lease.
 func (s *MongoStore) giveBack(ctx context.Context, group string, ids []string, token string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
