@@ -224,9 +224,10 @@ func New(s Store, cfg Config) (*Deduper, error) {
 // the event done after the handler succeeds and releases it when the handler
 // fails or panics (the panic goes on). With a subscriber that delivers at
 // least once, it gives an exactly-once effect when the handler's effect is
-// idempotent per event ID, or is recorded in the store atomically with the claim (DoneWith): the one
-// gap otherwise is an instance dying after the effect and before Done, which
-// the lease turns into a second run after the lease ends. When the handler
+// idempotent per event ID, or is recorded in the store atomically with the
+// claim (DoneWith): the one gap otherwise is an instance dying after the
+// effect and before Done, which the lease turns into a second run after the
+// lease ends. When the handler
 // succeeds after its claim ran out, the event is claimed again and marked
 // done without running it (its effect happened); only if another instance
 // took it over in between does the effect run twice. A handler that records
