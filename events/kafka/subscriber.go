@@ -26,7 +26,8 @@ const (
 	HeaderDLQGroup     = "dlq-group"
 	// HeaderDLQDropped is on a dead letter that the dead-letter topic
 	// refused as too large whole: "value" when it lacks the record's
-	// value, "value,headers" when it lacks its headers too. The record
+	// value, "value,headers" when it lacks its headers too,
+	// "value,headers,key" when it lacks its key as well. The record
 	// stays in its topic at the offset dlq-offset names, until the topic's
 	// retention.
 	HeaderDLQDropped = "dlq-dropped"
@@ -104,8 +105,9 @@ type SubscriberConfig struct {
 // value and headers plus the reason (ce_deadletterreason), the attempts
 // (ce_deadletterattempts) and where it came from (dlq-* headers), and
 // consumption moves on. A dead letter the dead-letter topic refuses as too
-// large is sent without the record's value, then without its headers
-// (HeaderDLQDropped says which), rather than block the partition.
+// large is sent without the record's value, then without its headers, then
+// without its key (HeaderDLQDropped says which), rather than block the
+// partition.
 // Publishing the dead letter is retried until it succeeds or ctx ends; a
 // consumer never skips a record it has not handled or dead-lettered.
 //
@@ -530,7 +532,8 @@ func DeadLetterRecord(dlq, group string, r *kgo.Record, cause error, attempts in
 
 // shrink drops from dead letter d, which the dead-letter topic refused as
 // too large, the record's value, or once it has none the record's own
-// headers, and reports whether it dropped anything.
+// headers, or once it has none of those either its key, and reports whether
+// it dropped anything.
 func shrink(d *kgo.Record) bool {
 	if d.Value != nil {
 		d.Value = nil
@@ -544,7 +547,18 @@ func shrink(d *kgo.Record) bool {
 			continue
 		}
 		if i == 0 {
-			return false
+			if d.Key == nil {
+				return false
+			}
+			d.Key = nil
+			kept := make([]kgo.RecordHeader, 0, 7)
+			for _, h := range d.Headers {
+				if h.Key != HeaderDLQDropped {
+					kept = append(kept, h)
+				}
+			}
+			d.Headers = append(kept, kgo.RecordHeader{Key: HeaderDLQDropped, Value: []byte("value,headers,key")})
+			return true
 		}
 		kept := make([]kgo.RecordHeader, 0, 7)
 		for _, h := range d.Headers[i:] {
