@@ -115,7 +115,7 @@ func (s *Session) raw(key string) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	v, ok := s.rec.Values[key]
-	if !s.found || !ok {
+	if !s.found || !ok || s.destroy {
 		return nil, false, nil
 	}
 	plain, err := s.m.open(s.rec.ID, key, v.Data)
@@ -185,7 +185,7 @@ func (s *Session) checkSize(key string, data []byte) error {
 			total += len(k) + len(v) + extra
 		}
 	}
-	if s.found {
+	if s.found && !s.destroy { // a destroyed session's values go with it
 		for k, v := range s.rec.Values {
 			if _, pending := s.set[k]; k != key && !pending && !s.del[k] {
 				total += len(k) + len(v.Data)
@@ -361,7 +361,7 @@ func (s *Session) Keys() ([]string, error) {
 		return nil, err
 	}
 	var keys []string
-	if s.found {
+	if s.found && !s.destroy {
 		for k := range s.rec.Values {
 			if _, pending := s.set[k]; !pending && !s.del[k] {
 				keys = append(keys, k)
@@ -388,7 +388,7 @@ func (s *Session) User() (string, error) {
 	if s.user != "" {
 		return s.user, nil
 	}
-	if s.found {
+	if s.found && !s.destroy {
 		return s.rec.User, nil
 	}
 	return "", nil
@@ -441,7 +441,10 @@ func (s *Session) Renew() error {
 }
 
 // Destroy ends the session when the response is saved, and clears the
-// cookie. The session is ended even if the client goes away meanwhile
+// cookie. Changes made before it are dropped, and the request reads the
+// session as empty from then on; values put (or a user bound by SetUser)
+// after it, such as a message for the next page, go to a new session,
+// whose cookie replaces the old one. The session is ended even if the client goes away meanwhile
 // (the request's context cancelled; the store is then given 5 seconds).
 // Ending the session ends its renewal too while the old token's grace
 // period lasts (the token then leads to it).
@@ -466,7 +469,10 @@ func (s *Session) Destroy() error {
 	if s.saved {
 		return ErrSaved
 	}
+	// Changes made before are dropped with the session; those made after
+	// go to a new one.
 	s.destroy = true
+	s.set, s.del, s.user, s.renew = nil, nil, "", false
 	return nil
 }
 
@@ -668,6 +674,17 @@ func (s *Session) save(h http.Header) error {
 			}
 		}
 		h.Add("Vary", "Cookie")
+		if (len(s.set) > 0 || s.user != "") && (clear || s.token == "" || s.user != "") {
+			// Values put (or a user bound) after Destroy start a new
+			// session; not when the browser may hold a newer token, unless
+			// for a login, as for a late miss (see lateMiss).
+			s.found = false
+			if err := s.create(s.set); err != nil {
+				return err
+			}
+			s.setCookie(h, m.cfg.absolute)
+			return nil
+		}
 		if clear {
 			s.clearCookie(h)
 		}
