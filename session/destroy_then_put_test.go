@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"errors"
 	"net/http"
 	"testing"
 
@@ -49,5 +50,32 @@ func TestPutAfterDestroy(t *testing.T) {
 	}
 	if got := body(c.do(t, "GET", "/user")); got != "" {
 		t.Errorf("new session bound to %q, want no user", got)
+	}
+}
+
+// TestUpdateAfterDestroy: Update writes to the store at once, and after
+// Destroy the only session it could write to is the one being destroyed:
+// it fails with ErrNotFound, changing nothing, instead of reporting success
+// for a value the save then deletes.
+func TestUpdateAfterDestroy(t *testing.T) {
+	store, _ := newMem(t)
+	m := newManager(t, store)
+	mux := http.NewServeMux()
+	mux.Handle("/", app(t))
+	mux.HandleFunc("/logout-inc", func(w http.ResponseWriter, r *http.Request) {
+		s := session.FromContext(r.Context())
+		if err := s.Destroy(); err != nil {
+			t.Error(err)
+		}
+		if err := inc(s); !errors.Is(err, session.ErrNotFound) {
+			t.Errorf("Update after Destroy: %v, want ErrNotFound", err)
+		}
+	})
+	c := &client{h: m.Middleware(mux)}
+	c.do(t, "GET", "/put?a=1")
+	applies := store.applies.Load()
+	c.do(t, "GET", "/logout-inc")
+	if n := store.applies.Load() - applies; n != 0 {
+		t.Errorf("%d applies for an Update after Destroy", n)
 	}
 }

@@ -232,7 +232,8 @@ func (s *Session) Delete(key string) error {
 // session that has ended is not resurrected: Update starts a new one, as a
 // Put does, unless the request has run long enough for its token to have
 // been renewed meanwhile (see Manager.Middleware), when it writes nothing and
-// returns ErrNotFound, as it does when the session ends while it retries. The
+// returns ErrNotFound, as it does when the session ends while it retries
+// and after Destroy (Put a value to start a new session instead). The
 // session is held while fn runs: fn must not call its methods (it would
 // wait for itself forever).
 func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) error {
@@ -241,6 +242,10 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.destroy {
+		// The only session Update could write to is being destroyed.
+		return fmt.Errorf("session: update after Destroy: %w", ErrNotFound)
+	}
 	if err := s.load(); err != nil {
 		return err
 	}
