@@ -397,3 +397,43 @@ func TestDeadLetterKeyTooLarge(t *testing.T) {
 			kafka.HeaderDLQDropped, header(d, kafka.HeaderDLQDropped), len(d.Key), header(d, kafka.HeaderDLQOffset))
 	}
 }
+
+// TestCloseDuringPublishIsUncertain: Close runs while the broker holds a
+// Publish's request. Close gives up flushing after CloseTimeout and closes
+// the client; the Publish waiting on it returns ErrUncertain (the request
+// was sent, and the broker may write it), never "not published", and later
+// calls return ErrClosed.
+func TestCloseDuringPublishIsUncertain(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	p, err := kafka.NewPublisher(kafka.PublisherConfig{Topic: topic, Brokers: c.brokers, CloseTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	held := make(chan struct{}, 1)
+	c.c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		held <- struct{}{}
+		c.c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- p.Publish(context.Background(), batch(1, "k")...) }()
+	<-held
+	if err := p.Close(); err == nil {
+		t.Error("Close with a record held by the broker past CloseTimeout: nil, want the flush's error")
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, events.ErrUncertain) || !errors.Is(err, kgo.ErrClientClosed) {
+			t.Fatalf("Publish cut off by Close: %v, want ErrUncertain and ErrClientClosed", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Publish did not return after Close")
+	}
+	if err := p.Publish(context.Background(), batch(1, "k")...); !errors.Is(err, events.ErrClosed) {
+		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+	}
+}
