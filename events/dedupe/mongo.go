@@ -167,7 +167,9 @@ const duplicateKey = 11000
 // all with one token; the events whose document exists are then read in one
 // find and answered done, busy, or taken over when their lease ended (a
 // conditional update each), as Claim would. Repeated IDs are busy after
-// their first claim.
+// their first claim. When it fails, it gives back the claims it made, on a
+// ctx of its own (a second at most), so that the events are not left busy
+// for a lease under tokens nobody knows.
 func (s *MongoStore) ClaimBatch(ctx context.Context, group string, ids []string, lease time.Duration) ([]Claim, error) {
 	if lease < time.Millisecond {
 		return nil, fmt.Errorf("%w: lease %v under 1ms", ErrConfig, lease)
@@ -205,7 +207,9 @@ func (s *MongoStore) claimMany(ctx context.Context, group string, ids []string, 
 		known = append(known, we.Index)
 	}
 	if err := s.settle(ctx, claims, known, now, lease); err != nil {
-		s.giveBack(ctx, group, ids, token)
+		// Give back the batch's claims and those settle made one by
+		// one, under tokens of their own: nobody will know them.
+		s.giveBackClaims(ctx, claims)
 		return nil, err
 	}
 	return claims, nil
@@ -287,6 +291,14 @@ func (s *MongoStore) giveBack(ctx context.Context, group string, ids []string, t
 		dids[i] = docID(group, id)
 	}
 	_, _ = s.coll.DeleteMany(rctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: dids}}}, {Key: "token", Value: token}, {Key: "state", Value: stateClaimed}})
+}
+
+// giveBackClaims deletes the claims of cs still held, as giveBack does, for
+// a batch that failed part way with claims of several tokens.
+func (s *MongoStore) giveBackClaims(ctx context.Context, cs []Claim) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	_ = s.ReleaseBatch(rctx, cs)
 }
 
 // DoneBatch implements BatchStore: one read of the claims' documents, then
