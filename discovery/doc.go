@@ -28,7 +28,9 @@
 //     context, and retries idempotent requests on a different instance
 //     within a retry budget (package retry), and any request whose
 //     connection could not be made (it never left), so that the loss of an
-//     instance costs callers no failed request.
+//     instance costs callers no failed request. Over https it verifies each
+//     instance's certificate against the service name, not the address it
+//     dials.
 //   - Leader runs singleton work on one instance at a time, cancels its
 //     context the moment leadership is lost, and hands out a fencing token
 //     that grows with every term.

@@ -2,12 +2,15 @@ package discovery
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,8 +40,17 @@ var DefaultRetryPolicy = retry.Policy{
 // TransportConfig configures a Transport. The zero value means the defaults.
 type TransportConfig struct {
 	// Base sends each attempt to the picked instance;
-	// http.DefaultTransport when nil.
+	// http.DefaultTransport when nil. When it is an *http.Transport, https
+	// requests go through a clone of it per service (see Transport), which
+	// Close and CloseIdleConnections close; Base itself is never modified.
 	Base http.RoundTripper
+	// TLSServerName returns the name that the certificate of every
+	// instance of service must hold, for an https request. Nil means the
+	// service name itself, unless Base's TLSClientConfig sets a
+	// ServerName, which then holds for every service. An empty result
+	// means the instance's address (the certificate must name its IP).
+	// It applies only when Base is an *http.Transport or nil.
+	TLSServerName func(service string) string
 	// Balancer configures the balancer of each service.
 	Balancer BalancerConfig
 	// Retry is the retry policy of idempotent requests; DefaultRetryPolicy
@@ -80,11 +92,23 @@ type TransportConfig struct {
 // connection failure or a 502, 503 or 504 answer. Any other request is
 // retried only when the connection to the instance could not be made (the
 // dial failed: the request never left), and never once it was sent, whatever
-// became of it. Everything else is sent once. The body of an answer that is not returned is drained and closed,
-// so that its connection is reused. The request's Host header is left as the
-// service name. The trace context of the request's context is injected into
-// each attempt's headers. The caller's request is never modified: each
-// attempt is a clone.
+// became of it. Everything else is sent once. The body of an answer that is
+// not returned is drained and closed, so that its connection is reused. The
+// request's Host header is left as the service name. The trace context of the
+// request's context is injected into each attempt's headers. The caller's
+// request is never modified: each attempt is a clone.
+//
+// An https request (https://orders/path) is sent to the instance's address,
+// and the instance's certificate is verified against the service name
+// ("orders"), as a fleet's certificates name the service, not the address
+// of each instance; TransportConfig.TLSServerName names something else.
+// For that, https requests go through a clone of Base (an *http.Transport)
+// per service, with its TLSClientConfig.ServerName set, so that a
+// connection verified for one service never carries a request for another,
+// even to the same address; connections are pooled per instance address,
+// as always. HTTP/2 stays enabled on the clone when Base would use it. When
+// Base is another RoundTripper, it gets the request with the instance's
+// address as URL host, and verifies whatever it is configured to.
 //
 // Each response holds its instance's in-flight slot (see Balancer) until its
 // body is read to the end or closed, so close every body, as net/http asks;
@@ -120,8 +144,9 @@ type service struct {
 	metricOpts []metric.AddOption // the service attribute
 
 	mu      sync.Mutex
-	err     error // the watch's last error, or why it ended
-	started bool  // ready is closed
+	err     error           // the watch's last error, or why it ended
+	started bool            // ready is closed
+	tls     *http.Transport // the clone of the base for https, made at the first https request
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -177,17 +202,89 @@ func (t *Transport) Balancer(service string) *Balancer {
 
 // Close stops every watch and waits for their goroutines. Requests in flight
 // finish, on the instances known at Close; requests still waiting for a
-// service's first list, and later requests, fail with ErrClosed. Close does not close the
-// base transport's idle connections.
+// service's first list, and later requests, fail with ErrClosed. Close closes
+// the idle connections of the clones of Base that it made for https (and
+// those of requests in flight once they end), not those of Base itself.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	t.closed = true
-	for _, s := range t.services {
+	services := slices.Collect(maps.Values(t.services))
+	for _, s := range services {
 		s.cancel()
 	}
 	t.mu.Unlock()
 	t.wg.Wait()
+	for _, s := range services {
+		s.closeIdle()
+	}
 	return nil
+}
+
+// CloseIdleConnections closes the idle connections of Base (when it has a
+// CloseIdleConnections method, as *http.Transport has) and of the clones of
+// Base made for https. http.Client.CloseIdleConnections calls it.
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+	t.mu.Lock()
+	services := slices.Collect(maps.Values(t.services))
+	t.mu.Unlock()
+	for _, s := range services {
+		s.closeIdle()
+	}
+}
+
+// closeIdle closes the idle connections of s's https transport, and every
+// connection that becomes idle after (until the transport is used again).
+func (s *service) closeIdle() {
+	s.mu.Lock()
+	tr := s.tls
+	s.mu.Unlock()
+	if tr != nil {
+		tr.CloseIdleConnections()
+	}
+}
+
+// roundTripper returns what sends an attempt of s with scheme: for https,
+// the clone of the base that verifies s's certificates, made at its first
+// use; otherwise the base.
+func (t *Transport) roundTripper(s *service, scheme string) http.RoundTripper {
+	base, ok := t.base.(*http.Transport)
+	if !ok || scheme != "https" {
+		return t.base
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tls == nil {
+		s.tls = tlsClone(base, s.name, t.cfg.TLSServerName)
+	}
+	return s.tls
+}
+
+// tlsClone returns a clone of base that verifies certificates against the
+// name serverName gives service (nil: service itself, unless base sets a
+// ServerName).
+func tlsClone(base *http.Transport, service string, serverName func(string) string) *http.Transport {
+	c := base.Clone()
+	if c.TLSClientConfig == nil {
+		c.TLSClientConfig = new(tls.Config)
+	}
+	// Clone leaves the clone's TLSNextProto nil and copies the
+	// TLSClientConfig that base's HTTP/2 set-up filled in, offering h2 by
+	// ALPN. net/http takes that for a custom TLS config, on which it does
+	// not set up HTTP/2 by itself: the clone would offer h2 and then speak
+	// HTTP/1.1 to a server that chose it. Keep what base does.
+	if c.Protocols == nil && c.TLSNextProto == nil && slices.Contains(c.TLSClientConfig.NextProtos, "h2") {
+		c.ForceAttemptHTTP2 = true
+	}
+	switch {
+	case serverName != nil:
+		c.TLSClientConfig.ServerName = serverName(service)
+	case c.TLSClientConfig.ServerName == "":
+		c.TLSClientConfig.ServerName = service
+	}
+	return c
 }
 
 // service returns the state of name, starting its watch if needed.
@@ -275,6 +372,7 @@ func (t *Transport) watch(ctx context.Context, s *service) {
 	}
 	s.mu.Unlock()
 	s.cancel()
+	s.closeIdle()
 }
 
 // RoundTrip sends req to an instance of the service named by its URL host.
@@ -398,7 +496,7 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 		out.Header = make(http.Header)
 	}
 	t.propagator().Inject(req.Context(), propagation.HeaderCarrier(out.Header))
-	resp, err := t.base.RoundTrip(out)
+	resp, err := t.roundTripper(s, out.URL.Scheme).RoundTrip(out)
 	if err != nil {
 		if req.Context().Err() != nil {
 			lease.Done(Ignored)

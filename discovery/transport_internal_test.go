@@ -1,0 +1,56 @@
+package discovery
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestTLSCloneKeepsHTTP2: a base that speaks HTTP/2 by default (no TLS
+// config of its own) still does through its clone for https. The clone
+// copies the TLS config that base's HTTP/2 set-up filled in (offering h2
+// by ALPN), which net/http takes for a custom one on which it does not set
+// up HTTP/2: the server then chooses h2 and the clone speaks HTTP/1.1 to it
+// (EOF).
+func TestTLSCloneKeepsHTTP2(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+
+	for _, tc := range []struct {
+		name string
+		base *http.Transport
+		want int
+	}{
+		{"default", &http.Transport{}, 2},
+		{"http/1.1 only", &http.Transport{TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tlsClone(tc.base, "example.com", nil) // httptest's certificate names example.com
+			defer c.CloseIdleConnections()
+			if c.TLSClientConfig.ServerName != "example.com" {
+				t.Fatalf("ServerName %q, want example.com", c.TLSClientConfig.ServerName)
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(srv.Certificate())
+			c.TLSClientConfig.RootCAs = pool
+			req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+			resp, err := c.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.ProtoMajor != tc.want {
+				t.Fatalf("spoke %s, want HTTP/%d", resp.Proto, tc.want)
+			}
+		})
+	}
+}
