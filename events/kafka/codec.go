@@ -92,8 +92,10 @@ func Record(topic string, e events.Event) *kgo.Record {
 // Decode reads a record written in the CloudEvents Kafka binding's binary
 // mode back into an event and validates it. Headers other than "ce_*" and
 // "content-type" are ignored. A duplicated CloudEvents header, a missing
-// required attribute, a time that is not RFC 3339, a structured-mode record,
-// or an event that fails Validate is an error matching ErrMalformed.
+// required attribute, a time that is not RFC 3339, a structured-mode record
+// (content-type application/cloudevents..., in any case, whatever its other
+// headers), or an event that fails Validate is an error matching
+// ErrMalformed.
 func Decode(r *kgo.Record) (events.Event, error) {
 	// The values of the headers read become strings of the event: one
 	// string, holding them all, cut into each.
@@ -164,10 +166,12 @@ func Decode(r *kgo.Record) (events.Event, error) {
 			e.SetExtension(name, v)
 		}
 	}
+	if structured(e.DataContentType) {
+		// Structured mode, even with binary-mode headers besides: the
+		// value is the envelope, not the event's data.
+		return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
+	}
 	if seen&specVersionSeen == 0 {
-		if strings.HasPrefix(e.DataContentType, "application/cloudevents") {
-			return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
-		}
 		return events.Event{}, &DecodeError{Header: HeaderSpecVersion, Reason: "missing: not a CloudEvent"}
 	}
 	if len(r.Value) > 0 {
@@ -179,6 +183,16 @@ func Decode(r *kgo.Record) (events.Event, error) {
 		return events.Event{}, &DecodeError{Header: headerOf(ve.Attribute), Reason: ve.Reason, Err: err}
 	}
 	return e, nil
+}
+
+// structuredPrefix starts the content-type of a record in the binding's
+// structured content mode, matched case-insensitively.
+const structuredPrefix = "application/cloudevents"
+
+// structured reports whether a record with content-type ct is in the
+// binding's structured content mode, whatever its other headers.
+func structured(ct string) bool {
+	return len(ct) >= len(structuredPrefix) && strings.EqualFold(ct[:len(structuredPrefix)], structuredPrefix)
 }
 
 // ceHeader reports whether Decode reads the header named k.

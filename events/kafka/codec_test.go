@@ -52,6 +52,11 @@ func TestDecodeErrors(t *testing.T) {
 		{"long extension name", append(base(), kgo.RecordHeader{Key: "ce_" + strings.Repeat("a", 21), Value: []byte("v")}), "ce_" + strings.Repeat("a", 21)},
 		{"bad content type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("json")}), "content-type"},
 		{"structured mode", []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/cloudevents+json")}}, "content-type"},
+		// The binding matches the CloudEvents media type case-insensitively,
+		// and a structured record may carry the binary mode's headers too:
+		// its value is then the envelope, not the event's data.
+		{"structured mode, other case", []kgo.RecordHeader{{Key: "content-type", Value: []byte("Application/CloudEvents+JSON")}}, "content-type"},
+		{"structured mode with ce_ headers", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("application/cloudevents+json; charset=UTF-8")}), "content-type"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -437,3 +437,22 @@ func TestCloseDuringPublishIsUncertain(t *testing.T) {
 		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestPublishRefusesStructuredContentType: in the Kafka binding a record
+// whose content-type starts with application/cloudevents is in structured
+// mode, whatever other headers it has, so a binary-mode event with that
+// datacontenttype would be read back as an envelope. Publish refuses it as
+// invalid, publishing nothing.
+func TestPublishRefusesStructuredContentType(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	p := c.publisher(t, topic)
+	e := events.New("/hostile", "io.activekit.test", []byte(`{"specversion":"1.0"}`))
+	e.DataContentType = "application/CloudEvents+json"
+	err := p.Publish(context.Background(), e)
+	var ve *events.ValidationError
+	if !errors.Is(err, events.ErrInvalid) || !errors.As(err, &ve) || ve.Attribute != "datacontenttype" {
+		t.Fatalf("Publish with datacontenttype %q: %v, want an invalid datacontenttype", e.DataContentType, err)
+	}
+}

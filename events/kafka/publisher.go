@@ -137,7 +137,9 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 
 // Publish validates every event, then produces them and waits for the
 // broker's acknowledgement of each (acks=all). See events.Publisher for the
-// contract.
+// contract. Besides Validate's rules, an event whose datacontenttype is an
+// application/cloudevents media type is invalid here: the binding reads such
+// a record as structured mode.
 //
 // When ctx ends before every event is acknowledged, Publish returns at once
 // with an error matching events.ErrUncertain and the context's error: the
@@ -152,7 +154,14 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // ErrUncertain while the client still tries to deliver them.
 func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	for i := range evs {
-		if err := evs[i].Validate(); err != nil {
+		err := evs[i].Validate()
+		if err == nil && structured(evs[i].DataContentType) {
+			// Its record would be in structured mode, and read back as
+			// an envelope.
+			err = &events.ValidationError{Attribute: "datacontenttype",
+				Reason: "an application/cloudevents media type makes a Kafka record structured mode; binary mode cannot carry it"}
+		}
+		if err != nil {
 			return fmt.Errorf("kafka: event %d (id %q): %w", i, evs[i].ID, err)
 		}
 	}
