@@ -302,9 +302,13 @@ func (s *MongoStore) giveBackClaims(ctx context.Context, cs []Claim) {
 }
 
 // DoneBatch implements BatchStore: one read of the claims' documents, then
-// one update of those still held; a claim whose document another claimer
-// had taken, or whose lease had ended, is reported ErrLeaseLost and marked
-// done all the same (the effect happened), one document at a time.
+// one update of those still held, on condition that each still holds its
+// token and its lease, as RedisStore's DoneBatch judges them. A claim whose
+// document another claimer had taken, or whose lease had ended, before the
+// read or between the read and the update, is reported ErrLeaseLost and
+// marked done all the same (the effect happened), one document at a time;
+// when the update marked fewer claims than the read found held, a second
+// read tells which it missed.
 func (s *MongoStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error) {
 	res := make([]error, len(cs))
 	if len(cs) == 0 {
@@ -319,33 +323,80 @@ func (s *MongoStore) DoneBatch(ctx context.Context, cs []Claim) ([]error, error)
 		return nil, err
 	}
 	now := s.now()
-	set := bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}}
-	var held []string
+	var held, lost []int
 	for i, c := range cs {
 		d, ok := byID[dids[i]]
 		switch {
 		case ok && d.State == stateDone:
-			continue // done already
+			// Done already.
 		case ok && d.Token == c.Token && d.Expires.After(now):
-			held = append(held, dids[i])
-			continue
+			held = append(held, i)
+		default:
+			lost = append(lost, i) // gone, or taken over, or its lease ended
 		}
-		// Lost: gone, or taken over, or its lease ended. Mark it done all
-		// the same (the effect happened), one document at a time: rare.
+	}
+	if len(held) > 0 {
+		n, err := s.markHeld(ctx, cs, dids, held, now)
+		if err != nil {
+			return nil, err
+		}
+		if n < len(held) {
+			// A lease ended, and another claimer may have taken the
+			// event over, since the read: the claims not marked are
+			// those not done now.
+			again := make([]string, len(held))
+			for k, i := range held {
+				again[k] = dids[i]
+			}
+			byID, err := s.find(ctx, again)
+			if err != nil {
+				return nil, err
+			}
+			for _, i := range held {
+				if d, ok := byID[dids[i]]; !ok || d.State != stateDone {
+					lost = append(lost, i)
+				}
+			}
+		}
+	}
+	for _, i := range lost {
+		// Mark it done all the same (the effect happened), one document
+		// at a time: rare.
 		res[i] = ErrLeaseLost
 		_, err := s.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: dids[i]}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "token", Value: c.Token}, {Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "token", Value: cs[i].Token}, {Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}},
 			options.UpdateOne().SetUpsert(true))
 		if err != nil && !mongo.IsDuplicateKeyError(err) { // a concurrent insert: it is someone's now
 			return nil, err
 		}
 	}
-	if len(held) > 0 {
-		if _, err := s.coll.UpdateMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: held}}}}, set); err != nil {
-			return nil, err
-		}
-	}
 	return res, nil
+}
+
+// markHeld marks done, in one update, the claims of cs at the indexes held
+// (their documents dids) that still hold their tokens and leases at now,
+// and returns how many it marked.
+func (s *MongoStore) markHeld(ctx context.Context, cs []Claim, dids []string, held []int, now time.Time) (int, error) {
+	byToken := make(map[string][]string)
+	var tokens []string
+	for _, i := range held {
+		t := cs[i].Token
+		if _, ok := byToken[t]; !ok {
+			tokens = append(tokens, t)
+		}
+		byToken[t] = append(byToken[t], dids[i])
+	}
+	or := make(bson.A, len(tokens))
+	for k, t := range tokens {
+		or[k] = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: byToken[t]}}}, {Key: "token", Value: t}}
+	}
+	res, err := s.coll.UpdateMany(ctx,
+		bson.D{{Key: "$or", Value: or}, {Key: "state", Value: stateClaimed}, {Key: "expires", Value: bson.D{{Key: "$gt", Value: now}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}})
+	if err != nil {
+		return 0, err
+	}
+	return int(res.MatchedCount), nil
 }
 
 // ReleaseBatch implements BatchStore: one unordered bulk delete of the

@@ -128,3 +128,79 @@ func TestMongoClaimBatchSettleFails(t *testing.T) {
 		}
 	}
 }
+
+// TestMongoDoneBatchTakenOver: MongoStore.DoneBatch read the claims'
+// documents, then marked done those it had found held with one update on
+// their IDs alone, so a claim whose lease ended and which another claimer
+// took over between the read and the update was reported done (nil) where
+// ErrLeaseLost is due, as RedisStore's DoneBatch and Done answer: the caller
+// was not told that the effect may have run twice. The update is now
+// conditional on the token and the lease, and the claims it did not mark are
+// reported ErrLeaseLost and, as the documents found lost by the read, marked
+// done all the same (the effect happened). Both moments of the takeover are
+// checked: before the read (the case the store always handled) and between
+// the read and the update.
+func TestMongoDoneBatchTakenOver(t *testing.T) {
+	for _, when := range []string{"before the read", "between the read and the update"} {
+		t.Run(when, func(t *testing.T) {
+			db := testenv.MongoDatabase(t, testenv.Mongo(t))
+			clk := &clock{now: time.Now().Truncate(time.Millisecond)}
+			other, err := dedupe.NewMongoStore(db.Collection("dedupe"), dedupe.MongoConfig{Now: clk.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			var armed atomic.Bool
+			var taken atomic.Pointer[dedupe.Claim]
+			takeOver := func() {
+				clk.Add(2 * time.Minute) // lost's lease ends; held's holds
+				c, err := other.Claim(ctx, "g", "lost", time.Hour)
+				if err != nil || c.Status != dedupe.Claimed {
+					t.Errorf("takeover of lost: %+v, %v", c, err)
+				}
+				taken.Store(&c)
+			}
+			hooked := hookedMongo(t, db, "dedupe", func(p []byte) error {
+				if isCommand(p, "update") && armed.CompareAndSwap(true, false) {
+					takeOver()
+				}
+				return nil
+			})
+			s, err := dedupe.NewMongoStore(hooked, dedupe.MongoConfig{Now: clk.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			held, err := s.Claim(ctx, "g", "held", time.Hour)
+			if err != nil || held.Status != dedupe.Claimed {
+				t.Fatalf("Claim held: %+v, %v", held, err)
+			}
+			lost, err := s.Claim(ctx, "g", "lost", time.Minute)
+			if err != nil || lost.Status != dedupe.Claimed {
+				t.Fatalf("Claim lost: %+v, %v", lost, err)
+			}
+			if when == "before the read" {
+				takeOver()
+			} else {
+				armed.Store(true)
+			}
+			res, err := s.DoneBatch(ctx, []dedupe.Claim{held, lost})
+			if armed.Load() || taken.Load() == nil {
+				t.Fatal("DoneBatch sent no update")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0] != nil {
+				t.Errorf("DoneBatch of the claim still held: %v, want nil", res[0])
+			}
+			if !errors.Is(res[1], dedupe.ErrLeaseLost) {
+				t.Errorf("DoneBatch of a claim another claimer took over %s: %v, want ErrLeaseLost", when, res[1])
+			}
+			for _, id := range []string{"held", "lost"} {
+				if c, err := other.Claim(ctx, "g", id, time.Hour); err != nil || c.Status != dedupe.Done {
+					t.Errorf("Claim %s after DoneBatch: %+v, %v; want done", id, c, err)
+				}
+			}
+		})
+	}
+}
