@@ -30,7 +30,10 @@
 //     connection could not be made (it never left), so that the loss of an
 //     instance costs callers no failed request. Over https it verifies each
 //     instance's certificate against the service name, not the address it
-//     dials.
+//     dials. It watches a service while requests use it: a watch idle for
+//     TransportConfig.IdleTimeout is stopped, and at most
+//     TransportConfig.MaxServices run at once, so that service names from
+//     user input cannot grow them without bound.
 //   - Leader runs singleton work on one instance at a time, cancels its
 //     context the moment leadership is lost, and hands out a fencing token
 //     that grows with every term.

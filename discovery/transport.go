@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/activekit/activekit/retry"
@@ -23,6 +24,20 @@ import (
 // IdempotencyKeyHeader marks a request as safe to retry whatever its
 // method: the server promises to apply one key at most once.
 const IdempotencyKeyHeader = "Idempotency-Key"
+
+// ErrTooManyServices is wrapped by the error of a request for a service that
+// a Transport would have to start watching beyond TransportConfig.MaxServices.
+var ErrTooManyServices = errors.New("discovery: too many services")
+
+// Defaults of TransportConfig.
+const (
+	// DefaultIdleTimeout is how long a Transport keeps watching a service
+	// that no request uses.
+	DefaultIdleTimeout = 10 * time.Minute
+	// DefaultMaxServices is how many services a Transport watches at
+	// most.
+	DefaultMaxServices = 256
+)
 
 // DefaultRetryPolicy is the policy used when TransportConfig.Retry is the
 // zero value: at most 3 attempts, each on a different instance, after a
@@ -65,8 +80,20 @@ type TransportConfig struct {
 	// Propagator injects the trace context into every attempt's headers;
 	// nil means otel.GetTextMapPropagator() at the time of the request.
 	Propagator propagation.TextMapPropagator
-	// Clock is the retry loop's clock; nil means the system clock.
+	// Clock is the clock of the retry loop and of idle watches; nil means
+	// the system clock.
 	Clock retry.Clock
+	// IdleTimeout is how long the watch of a service outlives its last
+	// request: a service that no request has used for IdleTimeout has its
+	// watch stopped, within IdleTimeout/2 more, and a later request for
+	// it starts a new one. Zero means DefaultIdleTimeout; a negative
+	// value keeps every watch until Close.
+	IdleTimeout time.Duration
+	// MaxServices caps the services watched at once: a request for one
+	// more fails with an error wrapping ErrTooManyServices, after the
+	// services idle for IdleTimeout have made what room they can. Zero
+	// means DefaultMaxServices; a negative value means no cap.
+	MaxServices int
 	// Logger receives ejections and failed watches; nil means no logging.
 	Logger *slog.Logger
 	// MeterProvider creates the counters of every service's balancer
@@ -118,17 +145,24 @@ type TransportConfig struct {
 //
 // The first request for a service starts a watch of that service in a
 // goroutine owned by the Transport, and waits (within its context) for the
-// first list of instances; Close stops every watch. A Transport is safe for
-// concurrent use.
+// first list of instances. Since the URL host is the service name, and may
+// come from user input, watches are bounded: one that no request has used
+// for TransportConfig.IdleTimeout is stopped (the next request for its
+// service starts it again), and at most TransportConfig.MaxServices run at
+// once. While any watch runs, one more goroutine looks for idle ones. Close
+// stops them all. A Transport is safe for concurrent use.
 type Transport struct {
 	resolver Resolver
 	cfg      TransportConfig
 	base     http.RoundTripper
-	counters *instruments // retries; the service attribute is in service.metricOpts
+	clock    retry.Clock
+	counters *instruments  // retries; the service attribute is in service.metricOpts
+	done     chan struct{} // closed by Close: stops the janitor
 
 	mu       sync.Mutex
 	closed   bool
 	services map[string]*service
+	janitor  bool // the janitor goroutine runs
 	wg       sync.WaitGroup
 }
 
@@ -142,6 +176,9 @@ type service struct {
 	ready   chan struct{} // closed at the first update or when the watch ends
 
 	metricOpts []metric.AddOption // the service attribute
+
+	active atomic.Int64 // RoundTrip calls in progress
+	used   atomic.Int64 // when a RoundTrip last started or ended, Unix ns of Transport.clock
 
 	mu      sync.Mutex
 	err     error           // the watch's last error, or why it ended
@@ -158,6 +195,12 @@ func NewTransport(r Resolver, cfg TransportConfig) (*Transport, error) {
 	}
 	if _, err := cfg.Balancer.normalize(); err != nil {
 		return nil, err
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxServices == 0 {
+		cfg.MaxServices = DefaultMaxServices
 	}
 	if cfg.Retry.InitialInterval == 0 && cfg.Retry.MaxAttempts == 0 && cfg.Retry.MaxInterval == 0 &&
 		cfg.Retry.Multiplier == 0 && cfg.Retry.MaxElapsedTime == 0 && cfg.Retry.Jitter == 0 {
@@ -181,16 +224,19 @@ func NewTransport(r Resolver, cfg TransportConfig) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{resolver: r, cfg: cfg, base: cfg.Base, services: make(map[string]*service), counters: counters}
+	t := &Transport{resolver: r, cfg: cfg, base: cfg.Base, clock: cfg.Clock, services: make(map[string]*service), counters: counters, done: make(chan struct{})}
 	if t.base == nil {
 		t.base = http.DefaultTransport
+	}
+	if t.clock == nil {
+		t.clock = systemClock{}
 	}
 	return t, nil
 }
 
 // Balancer returns the balancer of service, or nil when no request has
-// asked for that service yet. It is meant for inspection (tests, status
-// pages).
+// asked for that service yet, or since its idle watch was stopped. It is
+// meant for inspection (tests, status pages).
 func (t *Transport) Balancer(service string) *Balancer {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -207,6 +253,9 @@ func (t *Transport) Balancer(service string) *Balancer {
 // those of requests in flight once they end), not those of Base itself.
 func (t *Transport) Close() error {
 	t.mu.Lock()
+	if !t.closed {
+		close(t.done)
+	}
 	t.closed = true
 	services := slices.Collect(maps.Values(t.services))
 	for _, s := range services {
@@ -287,7 +336,8 @@ func tlsClone(base *http.Transport, service string, serverName func(string) stri
 	return c
 }
 
-// service returns the state of name, starting its watch if needed.
+// service returns the state of name, starting its watch if needed, and
+// counts a RoundTrip in progress on it until its release.
 func (t *Transport) service(name string) (*service, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -295,10 +345,17 @@ func (t *Transport) service(name string) (*service, error) {
 		return nil, ErrClosed
 	}
 	if s := t.services[name]; s != nil {
+		s.acquire(t.clock)
 		return s, nil
 	}
 	if err := ValidateServiceName(name); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
+	}
+	if t.cfg.MaxServices > 0 && len(t.services) >= t.cfg.MaxServices {
+		t.stopIdleLocked()
+		if len(t.services) >= t.cfg.MaxServices {
+			return nil, fmt.Errorf("%w: watching %d (TransportConfig.MaxServices), none idle, so not %s", ErrTooManyServices, len(t.services), name)
+		}
 	}
 	bcfg := t.cfg.Balancer
 	bcfg.Service = name
@@ -322,14 +379,72 @@ func (t *Transport) service(name string) (*service, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{name: name, bal: bal, retrier: retrier, budget: budget, cancel: cancel, ready: make(chan struct{}), metricOpts: bal.counters.opts}
+	s.acquire(t.clock)
 	t.services[name] = s
 	t.wg.Add(1)
 	go t.watch(ctx, s)
+	if t.cfg.IdleTimeout > 0 && !t.janitor {
+		t.janitor = true
+		t.wg.Add(1)
+		go t.sweep()
+	}
 	return s, nil
 }
 
-// watch runs the resolver watch of s until Close. If the watch ends on its
-// own, s is forgotten so that the next request starts a new one.
+// acquire counts a RoundTrip in progress on s.
+func (s *service) acquire(c retry.Clock) {
+	s.used.Store(c.Now().UnixNano())
+	s.active.Add(1)
+}
+
+// release ends what acquire began.
+func (s *service) release(c retry.Clock) {
+	s.used.Store(c.Now().UnixNano())
+	s.active.Add(-1)
+}
+
+// sweep stops idle watches every IdleTimeout/2, until Close or until no
+// watch is left.
+func (t *Transport) sweep() {
+	defer t.wg.Done()
+	for {
+		tm := t.clock.NewTimer(t.cfg.IdleTimeout / 2)
+		select {
+		case <-t.done:
+			tm.Stop()
+			return
+		case <-tm.C():
+		}
+		t.mu.Lock()
+		t.stopIdleLocked()
+		if len(t.services) == 0 {
+			t.janitor = false
+			t.mu.Unlock()
+			return
+		}
+		t.mu.Unlock()
+	}
+}
+
+// stopIdleLocked stops the watches of the services that no RoundTrip has
+// used for IdleTimeout. t.mu is held.
+func (t *Transport) stopIdleLocked() {
+	if t.cfg.IdleTimeout <= 0 {
+		return
+	}
+	now := t.clock.Now().UnixNano()
+	for name, s := range t.services {
+		if s.active.Load() == 0 && now-s.used.Load() >= int64(t.cfg.IdleTimeout) {
+			delete(t.services, name)
+			s.cancel()
+			s.closeIdle()
+		}
+	}
+}
+
+// watch runs the resolver watch of s until Close or until s is idle. If the
+// watch ends on its own, s is forgotten so that the next request starts a
+// new one.
 func (t *Transport) watch(ctx context.Context, s *service) {
 	defer t.wg.Done()
 	err := t.resolver.Watch(ctx, s.name, func(u Update) {
@@ -345,7 +460,8 @@ func (t *Transport) watch(ctx context.Context, s *service) {
 		s.mu.Unlock()
 	})
 	if ctx.Err() != nil {
-		// Closed: release the requests still waiting for a first list.
+		// Closed or idle: release the requests still waiting for a first
+		// list (only Close can leave some).
 		s.mu.Lock()
 		if !s.started {
 			s.started = true
@@ -383,6 +499,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
+	defer s.release(t.clock)
 	ctx := req.Context()
 	select {
 	case <-s.ready:
@@ -599,3 +716,15 @@ func (b *leasedBody) Close() error {
 }
 
 func (b *leasedBody) done(o Outcome) { b.once.Do(func() { b.lease.Done(o) }) }
+
+// systemClock is the retry.Clock backed by package time.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) NewTimer(d time.Duration) retry.Timer { return systemTimer{time.NewTimer(d)} }
+
+type systemTimer struct{ t *time.Timer }
+
+func (t systemTimer) C() <-chan time.Time { return t.t.C }
+func (t systemTimer) Stop() bool          { return t.t.Stop() }
