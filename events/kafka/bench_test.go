@@ -3,9 +3,13 @@ package kafka_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/events/dedupe"
@@ -137,10 +141,15 @@ func BenchmarkConsume(b *testing.B) {
 		})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
+		proc0, redis0 := processCPU(b), redisCPU(b, rdb)
 		b.ResetTimer()
 		go func() { done <- s.Subscribe(ctx, topic, h) }()
 		<-all
 		b.StopTimer()
+		// CPU per event, apart: this process (the consumer and kfake's
+		// brokers) and the Redis server (shared: quiet machine only).
+		b.ReportMetric(float64(processCPU(b)-proc0)/float64(b.N), "proc-cpu-ns/event")
+		b.ReportMetric(float64(redisCPU(b, rdb)-redis0)/float64(b.N), "redis-cpu-ns/event")
 		cancel()
 		if err := <-done; err != nil {
 			b.Fatal(err)
@@ -202,4 +211,33 @@ func fillTopic(b *testing.B, c *cluster) string {
 		}
 	}
 	return topic
+}
+
+// processCPU is the CPU time this process has used, user and system, in ns.
+func processCPU(b *testing.B) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// redisCPU is the CPU time the Redis server has used (INFO cpu), in ns.
+func redisCPU(b *testing.B, c redis.UniversalClient) int64 {
+	info, err := c.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += f
+		}
+	}
+	return int64(total * 1e9)
 }
