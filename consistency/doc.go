@@ -50,7 +50,8 @@
 //
 // UpdateIfVersion is compare-and-set on a version field (ErrConflict,
 // ErrNotFound). InsertOnce inserts by idempotency key and reports a repeat
-// as already done. Transactor runs a function in a transaction with a
+// as already done (inside a transaction, which the server aborts at the
+// duplicate key, as the error ErrAlreadyDone). Transactor runs a function in a transaction with a
 // bounded retry policy (the retry package) on the driver's
 // TransientTransactionError and UnknownTransactionCommitResult labels, and
 // says ErrTransactionsUnsupported on a server without transactions.

@@ -34,6 +34,12 @@ var (
 	ErrInvalidUpdate = errors.New("consistency: invalid update")
 	// ErrInvalidOption reports an option or argument a constructor refused.
 	ErrInvalidOption = errors.New("consistency: invalid option")
+	// ErrAlreadyDone reports that InsertOnce, inside a transaction, found
+	// its idempotency key already there: the effect is done already. The
+	// server has aborted the transaction at the duplicate key, so it must
+	// end: return the error from the transaction's function (a Transactor
+	// does not retry it) and answer as for a duplicate.
+	ErrAlreadyDone = errors.New("consistency: already done (the transaction is aborted)")
 )
 
 // Server error codes and labels used by the classifiers.

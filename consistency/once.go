@@ -58,6 +58,17 @@ func onceOptions(opts []OnceOption) onceConfig {
 // With retryable writes on and a collection at Strong, the insert survives
 // a failover. An ambiguous error (IsAmbiguous) can be retried safely: the
 // retry reports inserted=false if the first attempt landed.
+//
+// Inside a transaction (ctx carries a session whose transaction is running,
+// as in a Transactor's function) a duplicate cannot be a success: the
+// server aborts the transaction at the duplicate key, so nothing more can
+// be done in it, not even the check above. InsertOnce then checks the key
+// outside the transaction and, when it is there, returns an error wrapping
+// ErrAlreadyDone and the duplicate key error: return it from the
+// transaction's function, which a Transactor does not run again, and answer
+// as for inserted=false. To insert the key and apply its effect
+// atomically, insert it first in the transaction, so that a duplicate
+// stops the transaction before any other write.
 func InsertOnce(ctx context.Context, coll *mongo.Collection, key string, doc any, opts ...OnceOption) (inserted bool, err error) {
 	cfg := onceOptions(opts)
 	if key == "" {
@@ -74,10 +85,18 @@ func InsertOnce(ctx context.Context, coll *mongo.Collection, key string, doc any
 	if !IsDuplicateKey(err) {
 		return false, fmt.Errorf("consistency: insert once: %w", err)
 	}
+	inTxn := false
+	if sess := mongo.SessionFromContext(ctx); sess != nil && sess.TransactionRunning() {
+		// The server aborted the transaction: read outside it.
+		inTxn = true
+		ctx = mongo.NewSessionContext(ctx, nil)
+	}
 	primary := coll.Clone(options.Collection().SetReadPreference(readpref.Primary()))
 	ferr := primary.FindOne(ctx, bson.D{{Key: cfg.field, Value: key}},
 		options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
 	switch {
+	case ferr == nil && inTxn:
+		return false, fmt.Errorf("consistency: insert once: %w: %w", ErrAlreadyDone, err)
 	case ferr == nil:
 		return false, nil
 	case errors.Is(ferr, mongo.ErrNoDocuments):
