@@ -64,7 +64,8 @@ type TransportConfig struct {
 	// service name itself, unless Base's TLSClientConfig sets a
 	// ServerName, which then holds for every service. An empty result
 	// means the instance's address (the certificate must name its IP).
-	// It applies only when Base is an *http.Transport or nil.
+	// It applies only when Base is an *http.Transport or nil, and has no
+	// DialTLSContext (which makes its own handshake).
 	TLSServerName func(service string) string
 	// Balancer configures the balancer of each service.
 	Balancer BalancerConfig
@@ -85,9 +86,9 @@ type TransportConfig struct {
 	Clock retry.Clock
 	// IdleTimeout is how long the watch of a service outlives its last
 	// request: a service that no request has used for IdleTimeout has its
-	// watch stopped, within IdleTimeout/2 more, and a later request for
-	// it starts a new one. Zero means DefaultIdleTimeout; a negative
-	// value keeps every watch until Close.
+	// watch stopped, within IdleTimeout/2 (at least 1ms) more, and a later
+	// request for it starts a new one. Zero means DefaultIdleTimeout; a
+	// negative value keeps every watch until Close.
 	IdleTimeout time.Duration
 	// MaxServices caps the services watched at once: a request for one
 	// more fails with an error wrapping ErrTooManyServices, after the
@@ -403,12 +404,13 @@ func (s *service) release(c retry.Clock) {
 	s.active.Add(-1)
 }
 
-// sweep stops idle watches every IdleTimeout/2, until Close or until no
-// watch is left.
+// sweep stops idle watches every IdleTimeout/2 (at most every
+// millisecond), until Close or until no watch is left.
 func (t *Transport) sweep() {
 	defer t.wg.Done()
+	every := max(t.cfg.IdleTimeout/2, time.Millisecond)
 	for {
-		tm := t.clock.NewTimer(t.cfg.IdleTimeout / 2)
+		tm := t.clock.NewTimer(every)
 		select {
 		case <-t.done:
 			tm.Stop()

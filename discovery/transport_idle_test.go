@@ -20,6 +20,7 @@ type timerClock struct {
 	mu     sync.Mutex
 	now    time.Time
 	timers []*clockTimer
+	asked  []time.Duration // every NewTimer's d
 }
 
 type clockTimer struct {
@@ -40,6 +41,7 @@ func (c *timerClock) NewTimer(d time.Duration) retry.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	tm := &clockTimer{clock: c, at: c.now.Add(d), c: make(chan time.Time, 1)}
+	c.asked = append(c.asked, d)
 	c.timers = append(c.timers, tm)
 	return tm
 }
@@ -210,4 +212,26 @@ func TestTransportMaxServices(t *testing.T) {
 		t.Fatalf("GET of a third service once the others are idle: %v", err)
 	}
 	waitFor(t, func() bool { return res.running.Load() <= 2 })
+}
+
+// TestTransportTinyIdleTimeout: an IdleTimeout of a nanosecond must not
+// make the goroutine that looks for idle watches spin on timers of zero.
+func TestTransportTinyIdleTimeout(t *testing.T) {
+	res := idleFleet(t, "a")
+	clock := newTimerClock()
+	tr, err := discovery.NewTransport(res, discovery.TransportConfig{Base: stubBase{}, Clock: clock, IdleTimeout: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := roundTrip(t, tr, "http://a/"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return clock.Pending() == 1 })
+	clock.mu.Lock()
+	d := clock.asked[0]
+	clock.mu.Unlock()
+	if d < time.Millisecond {
+		t.Fatalf("the idle sweep waits %v between looks, want at least 1ms", d)
+	}
 }
