@@ -30,6 +30,14 @@ type Features struct {
 	// RedeliveryAfterCrash: an event whose instance stopped before its
 	// handler succeeded is delivered to another instance of the group.
 	RedeliveryAfterCrash bool
+	// StallPublish, when set, makes the backend hold its answer to the
+	// next publish to topic until release is called; held receives once
+	// that publish has reached the backend (the events may then be
+	// published or not). The suite uses it to end a Publish's context
+	// while the publish is in flight, and calls release at the latest when
+	// the test ends; release may be called more than once. When it is nil,
+	// the suite tests only a context that ended before Publish was called.
+	StallPublish func(t *testing.T, topic string) (held <-chan struct{}, release func())
 }
 
 // Constructor returns a Publisher to topic and a Subscriber in consumer group
@@ -55,6 +63,7 @@ func Run(t *testing.T, f Features, c Constructor) {
 		{"InvalidEventRefused", true, testInvalidEventRefused},
 		{"PublishEmptyAndClosed", true, testPublishEmptyAndClosed},
 		{"ConcurrentPublish", true, testConcurrentPublish},
+		{"PublishReturnsOnCancel", true, testPublishReturnsOnCancel},
 		{"HandlerErrorRedelivered", true, testHandlerErrorRedelivered},
 		{"UnavailableRetriedUntilClear", true, testUnavailable},
 		{"SubscribeReturnsOnCancel", true, testSubscribeReturnsOnCancel},
@@ -402,6 +411,66 @@ func testPublishEmptyAndClosed(t *testing.T, _ Features, c Constructor) {
 	if err := p.Publish(context.Background(), event("k", 0)); !errors.Is(err, events.ErrClosed) {
 		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 	}
+}
+
+// prompt bounds how long Publish may take to return once its context ended.
+func prompt() time.Duration { return min(timeout, 10*time.Second) }
+
+// publishAsync runs p.Publish(ctx, es...) on a goroutine and returns where
+// its error arrives.
+func publishAsync(ctx context.Context, p events.Publisher, es ...events.Event) <-chan error {
+	errc := make(chan error, 1)
+	go func() { errc <- p.Publish(ctx, es...) }()
+	return errc
+}
+
+// testPublishReturnsOnCancel: Publish returns promptly, with an error
+// matching the context's, once its context ended: when it ended before the
+// call, and (with StallPublish) when it ends while the backend holds the
+// publish, when the error also matches events.ErrUncertain, since the
+// events may have been published. The Publisher still works afterwards.
+func testPublishReturnsOnCancel(t *testing.T, f Features, c Constructor) {
+	topic := testenv.Name(t)
+	p, _ := c(t, topic, topic+"-g")
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	select {
+	case err := <-publishAsync(ended, p, event("k", 0)):
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Publish with a context that had ended: %v, want an error matching context.Canceled", err)
+		}
+	case <-time.After(prompt()):
+		t.Fatalf("Publish with a context that had ended did not return within %v", prompt())
+	}
+	if f.StallPublish == nil {
+		t.Log("eventstest: no StallPublish; a context ending mid-publish is not tested")
+		return
+	}
+	held, release := f.StallPublish(t, topic)
+	t.Cleanup(release)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := publishAsync(ctx, p, event("k", 1))
+	select {
+	case <-held:
+	case err := <-errc:
+		t.Fatalf("Publish returned %v while the backend held it", err)
+	case <-time.After(timeout):
+		t.Fatalf("eventstest: the publish did not reach the backend within %v", timeout)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, events.ErrUncertain) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("Publish whose context ended while the backend held it: %v, want an error matching events.ErrUncertain and context.Canceled", err)
+		}
+	case <-time.After(prompt()):
+		release()
+		<-errc
+		t.Fatalf("Publish did not return within %v of its context ending while the backend held it", prompt())
+	}
+	release()
+	publish(t, p, event("k", 2))
 }
 
 func testConcurrentPublish(t *testing.T, f Features, c Constructor) {

@@ -2,6 +2,7 @@ package eventstest
 
 import (
 	"context"
+	"errors"
 	"hash/fnv"
 	"sync"
 	"testing"
@@ -28,6 +29,8 @@ const (
 	faultLatest                 // a new group starts at the end of the topic
 	faultErrOnCancel            // Subscribe returns ctx's error once ctx ends
 	faultDetachedHandler        // the handler's ctx does not end with Subscribe's
+	faultIgnoresEndedCtx        // Publish publishes with a context that has ended
+	faultBlocksPastCtx          // Publish held by the broker ignores its context and waits for the answer
 )
 
 // parts is the number of partitions of a topic of the in-memory broker.
@@ -49,6 +52,14 @@ type broker struct {
 	mu      sync.Mutex
 	topics  map[string]*memTopic
 	changed chan struct{} // closed, and replaced, when anything changes
+	stalls  map[string]*stall
+}
+
+// stall holds the next publish to a topic until release.
+type stall struct {
+	held    chan struct{} // receives when the publish is held
+	release chan struct{} // closed by release
+	once    sync.Once
 }
 
 type memTopic struct {
@@ -62,7 +73,22 @@ type memGroup struct {
 }
 
 func newBroker(f fault) *broker {
-	return &broker{fault: f, topics: map[string]*memTopic{}, changed: make(chan struct{})}
+	return &broker{fault: f, topics: map[string]*memTopic{}, changed: make(chan struct{}), stalls: map[string]*stall{}}
+}
+
+// features returns f with b's StallPublish.
+func (b *broker) features(f Features) Features {
+	f.StallPublish = b.stallPublish
+	return f
+}
+
+// stallPublish implements Features.StallPublish.
+func (b *broker) stallPublish(t *testing.T, topic string) (<-chan struct{}, func()) {
+	st := &stall{held: make(chan struct{}, 1), release: make(chan struct{})}
+	b.mu.Lock()
+	b.stalls[topic] = st
+	b.mu.Unlock()
+	return st.held, func() { st.once.Do(func() { close(st.release) }) }
 }
 
 // constructor returns the suite's Constructor over b.
@@ -109,9 +135,6 @@ func (p *memPublisher) Publish(ctx context.Context, es ...events.Event) error {
 		return events.ErrClosed
 	}
 	b := p.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t := b.topic(p.topic)
 	var valid []events.Event
 	for _, e := range es {
 		if err := e.Validate(); err != nil {
@@ -122,6 +145,28 @@ func (p *memPublisher) Publish(ctx context.Context, es ...events.Event) error {
 		}
 		valid = append(valid, e.Clone())
 	}
+	if err := ctx.Err(); err != nil && b.fault != faultIgnoresEndedCtx {
+		return err
+	}
+	b.mu.Lock()
+	st := b.stalls[p.topic]
+	delete(b.stalls, p.topic)
+	b.mu.Unlock()
+	if st != nil {
+		st.held <- struct{}{}
+		if b.fault == faultBlocksPastCtx {
+			<-st.release
+		} else {
+			select {
+			case <-st.release:
+			case <-ctx.Done():
+				return errors.Join(events.ErrUncertain, ctx.Err())
+			}
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.topic(p.topic)
 	if len(valid) < len(es) {
 		defer b.notify()
 		p.store(t, valid)

@@ -29,10 +29,16 @@ var allFeatures = Features{OrderingPerKey: true, Persistence: true, ConsumerGrou
 // adapter without OrderingPerKey may. A failure of a broken pair in TestSuiteCatchesBrokenPairs is
 // thus the suite catching its fault, not the pair's other flaws.
 func TestMemoryConforms(t *testing.T) {
-	t.Run("InPlace", func(t *testing.T) { Run(t, allFeatures, newBroker(faultNone).constructor()) })
+	t.Run("InPlace", func(t *testing.T) {
+		b := newBroker(faultNone)
+		Run(t, b.features(allFeatures), b.constructor())
+	})
 	unordered := allFeatures
 	unordered.OrderingPerKey = false
-	t.Run("Requeue", func(t *testing.T) { Run(t, unordered, newBroker(faultRequeue).constructor()) })
+	t.Run("Requeue", func(t *testing.T) {
+		b := newBroker(faultRequeue)
+		Run(t, b.features(unordered), b.constructor())
+	})
 	t.Run("Stress", func(t *testing.T) { Stress(t, allFeatures, newBroker(faultNone).constructor(), 500) })
 }
 
@@ -56,6 +62,8 @@ var brokenPairs = []struct {
 	{"NewGroupStartsAtTheEnd", faultLatest, false, "Persistence"},
 	{"SubscribeErrsOnCancel", faultErrOnCancel, false, "SubscribeReturnsOnCancel"},
 	{"HandlerContextOutlivesSubscribe", faultDetachedHandler, false, "SubscribeReturnsOnCancel"},
+	{"PublishesWithAnEndedContext", faultIgnoresEndedCtx, false, "PublishReturnsOnCancel"},
+	{"PublishBlocksPastItsContext", faultBlocksPastCtx, false, "PublishReturnsOnCancel"},
 }
 
 // TestSuiteCatchesBrokenPairs runs, for each broken pair, the test of the
@@ -93,7 +101,8 @@ func TestBrokenPair(t *testing.T) {
 		if b.name == name {
 			f := allFeatures
 			f.OrderingPerKey = !b.unordered
-			Run(t, f, newBroker(b.fault).constructor())
+			br := newBroker(b.fault)
+			Run(t, br.features(f), br.constructor())
 			return
 		}
 	}

@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 )
 
@@ -85,9 +87,41 @@ func (c *cluster) constructor() eventstest.Constructor {
 	}
 }
 
+// stallPublish implements eventstest.Features.StallPublish: kfake holds
+// the next produce request to topic until release.
+func (c *cluster) stallPublish(t *testing.T, topic string) (<-chan struct{}, func()) {
+	// Produce v13 names the topic by its ID.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	details, err := c.adm.ListTopics(ctx, topic)
+	if err != nil || details[topic].Err != nil {
+		t.Fatalf("listing topic %s: %v %v", topic, err, details[topic].Err)
+	}
+	id := [16]byte(details[topic].ID)
+	held := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var once sync.Once
+	c.c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		mine := false
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			mine = mine || tp.Topic == topic || tp.TopicID == id
+		}
+		if !mine {
+			c.c.KeepControl() // wait for a request to topic
+			return nil, nil, false
+		}
+		held <- struct{}{}
+		c.c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	return held, func() { once.Do(func() { close(release) }) }
+}
+
 func TestConformance(t *testing.T) {
 	c := newCluster(t)
-	eventstest.Run(t, features, c.constructor())
+	f := features
+	f.StallPublish = c.stallPublish
+	eventstest.Run(t, f, c.constructor())
 }
 
 func TestStress(t *testing.T) {
