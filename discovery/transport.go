@@ -158,12 +158,12 @@ type Transport struct {
 	base     http.RoundTripper
 	clock    retry.Clock
 	counters *instruments  // retries; the service attribute is in service.metricOpts
-	done     chan struct{} // closed by Close: stops the janitor
+	done     chan struct{} // closed by Close: stops sweep
 
 	mu       sync.Mutex
 	closed   bool
 	services map[string]*service
-	janitor  bool // the janitor goroutine runs
+	sweeping bool // the sweep goroutine runs
 	wg       sync.WaitGroup
 }
 
@@ -384,8 +384,8 @@ func (t *Transport) service(name string) (*service, error) {
 	t.services[name] = s
 	t.wg.Add(1)
 	go t.watch(ctx, s)
-	if t.cfg.IdleTimeout > 0 && !t.janitor {
-		t.janitor = true
+	if t.cfg.IdleTimeout > 0 && !t.sweeping {
+		t.sweeping = true
 		t.wg.Add(1)
 		go t.sweep()
 	}
@@ -420,7 +420,7 @@ func (t *Transport) sweep() {
 		t.mu.Lock()
 		t.stopIdleLocked()
 		if len(t.services) == 0 {
-			t.janitor = false
+			t.sweeping = false
 			t.mu.Unlock()
 			return
 		}
