@@ -4,6 +4,7 @@ import (
 	"errors"
 	"mime"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -13,13 +14,37 @@ var ErrInvalid = errors.New("events: invalid event")
 
 // ValidationError names the attribute that breaks the CloudEvents 1.0 rules
 // and why. It matches ErrInvalid.
+//
+// An extension's name may come from a record a hostile producer wrote, and
+// be megabytes long: Error writes a name that is not lowercase letters and
+// digits quoted, and at most its first 64 bytes, with its length when it is
+// longer. Reason quotes no more than 40 bytes of a value.
 type ValidationError struct {
-	Attribute string // the attribute name, for example "source"
+	Attribute string // the attribute name, for example "source", in full
 	Reason    string // why it is invalid
 }
 
 func (e *ValidationError) Error() string {
-	return "events: invalid event: " + e.Attribute + ": " + e.Reason
+	return "events: invalid event: " + attrName(e.Attribute) + ": " + e.Reason
+}
+
+// attrName returns name for an error message: as it is when it is short
+// and made of lowercase letters and digits, else quoted, and cut to its
+// first 64 bytes and its length when longer.
+func attrName(name string) string {
+	const maxLen = 64
+	plain := name != "" && len(name) <= maxLen
+	for i := 0; plain && i < len(name); i++ {
+		c := name[i]
+		plain = 'a' <= c && c <= 'z' || '0' <= c && c <= '9'
+	}
+	switch {
+	case plain:
+		return name
+	case len(name) <= maxLen:
+		return strconv.Quote(name)
+	}
+	return strconv.Quote(name[:maxLen]) + "... (" + strconv.Itoa(len(name)) + " bytes)"
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,8 +31,13 @@ var ErrMalformed = errors.New("kafka: malformed record")
 // DecodeError says why a record is not a CloudEvent this package can read. It
 // matches ErrMalformed, and wraps the *events.ValidationError when the record
 // decoded into an invalid event.
+//
+// A record's header keys and values may be as long as the producer wants:
+// Error quotes at most the first 64 bytes of the header's key, with its
+// length when it is longer, and no error Decode returns quotes more of a
+// record than that, so that logging it cannot flood a log.
 type DecodeError struct {
-	Header string // the offending header, "" when the record as a whole is wrong
+	Header string // the offending header's key, in full; "" when the record as a whole is wrong
 	Reason string
 	Err    error // the validation error, if any
 }
@@ -39,9 +45,21 @@ type DecodeError struct {
 func (e *DecodeError) Error() string {
 	s := "kafka: malformed record"
 	if e.Header != "" {
-		s += ": header " + e.Header
+		s += ": header " + excerpt(e.Header)
 	}
 	return s + ": " + e.Reason
+}
+
+// maxQuoted is how many bytes of a record's header key an error quotes.
+const maxQuoted = 64
+
+// excerpt quotes s for an error message: all of it when it is short, else
+// its first maxQuoted bytes and its length.
+func excerpt(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:maxQuoted]) + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // Is makes errors.Is(err, ErrMalformed) true.

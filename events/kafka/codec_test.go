@@ -153,3 +153,47 @@ func TestDecodeOwnsItsStrings(t *testing.T) {
 		t.Fatalf("the event changed with the record's headers: %v", err)
 	}
 }
+
+// TestDecodeErrorsBounded: a hostile record's header keys and values can be
+// megabytes long; no error of Decode (nor any error it wraps) quotes more
+// than a bounded excerpt of them, so logging the error cannot flood a log.
+// Each excerpt comes with the length of what it cuts.
+func TestDecodeErrorsBounded(t *testing.T) {
+	const size = 1 << 20
+	long := strings.Repeat("a", size)
+	base := func(more ...kgo.RecordHeader) []kgo.RecordHeader {
+		return append([]kgo.RecordHeader{{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte("1")},
+			{Key: "ce_source", Value: []byte("/s")}, {Key: "ce_type", Value: []byte("t")}}, more...)
+	}
+	tests := []struct {
+		name    string
+		headers []kgo.RecordHeader
+	}{
+		{"long extension name", base(kgo.RecordHeader{Key: "ce_" + long, Value: []byte("v")})},
+		{"long extension name, bad characters", base(kgo.RecordHeader{Key: "ce_\n" + long, Value: []byte("v")})},
+		{"long extension name, empty value", base(kgo.RecordHeader{Key: "ce_" + long})},
+		{"long extension name, repeated", base(kgo.RecordHeader{Key: "ce_" + long, Value: []byte("v")}, kgo.RecordHeader{Key: "ce_" + long, Value: []byte("v")})},
+		{"long extension value, bad characters", base(kgo.RecordHeader{Key: "ce_ext", Value: []byte("\x00" + long)})},
+		{"long specversion", append(base()[1:], kgo.RecordHeader{Key: "ce_specversion", Value: []byte(long)})},
+		{"long source", append(base()[:2], kgo.RecordHeader{Key: "ce_type", Value: []byte("t")}, kgo.RecordHeader{Key: "ce_source", Value: []byte(" " + long)})},
+		{"long time", base(kgo.RecordHeader{Key: "ce_time", Value: []byte(long)})},
+		{"long content type", base(kgo.RecordHeader{Key: "content-type", Value: []byte(long)})},
+		{"long dataschema", base(kgo.RecordHeader{Key: "ce_dataschema", Value: []byte(long)})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := kafka.Decode(&kgo.Record{Headers: tt.headers})
+			if !errors.Is(err, kafka.ErrMalformed) {
+				t.Fatalf("Decode: %.200v, want ErrMalformed", err)
+			}
+			for e := err; e != nil; e = errors.Unwrap(e) {
+				if msg := e.Error(); len(msg) > 300 {
+					t.Fatalf("%T error of %d bytes: %.300q...", e, len(msg), msg)
+				}
+			}
+			if strings.Contains(tt.name, "name") && !strings.Contains(err.Error(), "bytes") {
+				t.Fatalf("error %q does not give the length of the name it cuts", err)
+			}
+		})
+	}
+}
