@@ -119,6 +119,16 @@ func TestValidate(t *testing.T) {
 		// datacontenttype: RFC 2046.
 		{"bad datacontenttype", func(e *events.Event) { e.DataContentType = "json" }, "datacontenttype"},
 		{"datacontenttype with parameter", func(e *events.Event) { e.DataContentType = "text/plain; charset=us-ascii" }, ""},
+		{"datacontenttype with quoted parameter", func(e *events.Event) { e.DataContentType = `application/json; charset="utf-8"` }, ""},
+		{"datacontenttype with suffix", func(e *events.Event) { e.DataContentType = "application/vnd.api+json" }, ""},
+		// A media range (RFC 9110 section 12.5.1) says what a receiver
+		// accepts, not what data is: RFC 6838's type and subtype names
+		// have no '*'.
+		{"datacontenttype */*", func(e *events.Event) { e.DataContentType = "*/*" }, "datacontenttype"},
+		{"datacontenttype text/*", func(e *events.Event) { e.DataContentType = "text/*" }, "datacontenttype"},
+		{"datacontenttype */json", func(e *events.Event) { e.DataContentType = "*/json" }, "datacontenttype"},
+		{"datacontenttype range with parameter", func(e *events.Event) { e.DataContentType = "TEXT/*; charset=utf-8" }, "datacontenttype"},
+		{"datacontenttype wildcard in a subtype", func(e *events.Event) { e.DataContentType = "application/*+json" }, "datacontenttype"},
 		// time: RFC 3339 has four-digit years.
 		{"time year 10000", func(e *events.Event) { e.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "time"},
 		// Bindings write time in UTC, so its year there must have four digits too.
@@ -167,6 +177,17 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate blamed %q (%v), want %q", ve.Attribute, err, tt.attr)
 			}
 		})
+	}
+}
+
+// TestValidateMediaRangeReason: a media range is refused as such, so the
+// caller learns what to change.
+func TestValidateMediaRangeReason(t *testing.T) {
+	e := valid()
+	e.DataContentType = "*/*"
+	var ve *events.ValidationError
+	if err := e.Validate(); !errors.As(err, &ve) || !strings.Contains(ve.Reason, "media range") {
+		t.Fatalf("Validate of datacontenttype */*: %v, want a reason naming a media range", err)
 	}
 }
 

@@ -65,7 +65,8 @@ var reserved = map[string]bool{
 // Validate checks e against the CloudEvents 1.0 rules: id, source, type and
 // specversion are present, specversion is "1.0", source is a URI-reference,
 // dataschema (when present) an absolute URI, datacontenttype (when present) a
-// media type per RFC 2046, time (when present) representable in RFC 3339 in UTC, and
+// media type per RFC 2046 (parameters allowed; a media range such as */* or
+// text/* is not a media type), time (when present) representable in RFC 3339 in UTC, and
 // every string value is a sequence of allowable Unicode characters (valid
 // UTF-8, no control characters, surrogates or noncharacters). Extension
 // names must be lowercase ASCII letters and digits, at most 20 characters,
@@ -108,8 +109,15 @@ func (e Event) Validate() error {
 		if err != nil {
 			return invalid("datacontenttype", "not a media type: "+err.Error())
 		}
-		if typ, sub, ok := strings.Cut(mt, "/"); !ok || typ == "" || sub == "" {
+		typ, sub, ok := strings.Cut(mt, "/")
+		if !ok || typ == "" || sub == "" {
 			return invalid("datacontenttype", "not a type/subtype media type")
+		}
+		if strings.Contains(mt, "*") {
+			// A media range (RFC 9110 section 12.5.1) says what a
+			// receiver accepts, not what the data is; RFC 6838's type
+			// and subtype names have no '*'.
+			return invalid("datacontenttype", "a media range (with '*'), not a media type")
 		}
 	}
 	if e.DataSchema != "" {
