@@ -180,6 +180,7 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.URL.Host = in.addr
 		id := strconv.FormatUint(f.attempts.Add(1), 10)
 		out.Header.Set(attemptHeader, id)
+		out.Header.Del(probeHeader) // only the balancer's probes carry it
 		// A request with a body the transport cannot rewind is one it
 		// never replays on a new connection: once sent, a request must not
 		// reach an instance twice. The body is the inbound one, closed by
@@ -216,8 +217,11 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 			// Sent: retried only when the instance closed the connection
 			// in a graceful shutdown, which reads no new request, and
 			// never if the instance's handler took the request (its
-			// answer lost to a reset fault or an aborted handler).
-			if !f.drainingNow(in) {
+			// answer lost to a reset fault or an aborted handler). With
+			// probing, not even then: whether the balancer stopped
+			// sending before the server stopped is what the probes
+			// model, and a real balancer that did not fails the request.
+			if f.opts.probe != nil || !f.drainingNow(in) {
 				in.attempts.Delete(id)
 				return nil, err
 			}

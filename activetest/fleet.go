@@ -44,7 +44,11 @@ type Fleet struct {
 	frontTracker tracker
 	clients      *http.Transport // client → balancer
 
-	bg sync.WaitGroup // serving goroutines and reapers
+	bg sync.WaitGroup // serving goroutines, reapers and probers
+
+	// probeCtx ends in the cleanup, stopping every prober.
+	probeCtx   context.Context
+	stopProbes context.CancelFunc
 
 	attempts atomic.Uint64 // ids of the balancer's attempts (attemptHeader)
 }
@@ -66,7 +70,11 @@ type instance struct {
 	handler http.Handler
 	tr      *http.Transport // balancer → instance, keep-alive
 	resetTr *http.Transport // balancer → instance, for requests to reset
-	live    bool            // guarded by Fleet.mu: in the balancer's rotation
+	probeTr *http.Transport // balancer → instance, for probes: no keep-alive
+	// probed is closed once the first probe of the instance answered or
+	// its prober stopped; nil without probing.
+	probed chan struct{}
+	live   bool // guarded by Fleet.mu: in the balancer's rotation
 	stopped bool            // guarded by Fleet.mu: Kill or Drain has begun
 	// down is set, under Fleet.mu, once the instance is killed or its
 	// drain has ended: a Kill after it does nothing. A Kill during a
@@ -105,6 +113,10 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
+	if o.probe != nil {
+		p := o.probe.withDefaults()
+		o.probe = &p
+	}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +134,7 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 		clients:     &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
 		up:          map[*instance]struct{}{},
 	}
+	f.probeCtx, f.stopProbes = context.WithCancel(context.Background())
 	f.slots = make([]*slot, n)
 	for i := range n {
 		f.slots[i] = &slot{index: i}
@@ -150,10 +163,16 @@ func NewFleet(t testing.TB, n int, newInstance func(i int) http.Handler, opts ..
 	}
 	f.bg.Go(func() { _ = f.front.Serve(ln) })
 
+	started := make([]*instance, n)
 	for i := range n {
-		if err := f.start(f.slots[i]); err != nil {
+		in, err := f.start(f.slots[i])
+		if err != nil {
 			t.Fatal(err)
 		}
+		started[i] = in
+	}
+	for _, in := range started {
+		in.waitProbed()
 	}
 	return f
 }
@@ -188,9 +207,10 @@ func (f *Fleet) Live() []int {
 }
 
 // Served returns how many requests reached the handlers of slot i, over
-// all the instances it has run. A request is counted as the instance takes
-// it, before its handler runs: once Kill(i) returns, or a Drain(i), no
-// request is counted for, or reaches, the instance stopped.
+// all the instances it has run, readiness probes (WithReadinessProbe) not
+// counted. A request is counted as the instance takes it, before its
+// handler runs: once Kill(i) returns, or a Drain(i), no request is counted
+// for, or reaches, the instance stopped.
 func (f *Fleet) Served(i int) int64 {
 	s := f.slot(i, "Served")
 	if s == nil {
@@ -222,7 +242,8 @@ func (f *Fleet) Addr(i int) string {
 // background and at the latest by the cleanup. Connections its handlers
 // took over (http.Hijacker, a WebSocket) close too. Killing an instance
 // being drained cuts the drain, as SIGKILL cuts a graceful shutdown;
-// killing an instance that is down does nothing.
+// killing an instance that is down does nothing. With WithReadinessProbe
+// the balancer learns of the kill only through its probes.
 func (f *Fleet) Kill(i int) {
 	s := f.slot(i, "Kill")
 	if s == nil {
@@ -238,13 +259,16 @@ func (f *Fleet) Kill(i int) {
 	f.kill(in)
 }
 
-// takeDown marks in down, out of the balancer and no longer draining, and
-// reports whether it was up; f.mu is held.
+// takeDown marks in down, out of the balancer (unless probes decide) and
+// no longer draining, and reports whether it was up; f.mu is held.
 func (f *Fleet) takeDown(in *instance) bool {
 	if in.down {
 		return false
 	}
-	in.live, in.stopped, in.draining, in.down = false, true, false, true
+	in.stopped, in.draining, in.down = true, false, true
+	if f.opts.probe == nil {
+		in.live = false
+	}
 	delete(f.up, in)
 	return true
 }
@@ -270,6 +294,13 @@ func (f *Fleet) kill(in *instance) {
 // a service that ends them on SIGTERM has no way to hear of the drain here,
 // so they are cut at the timeout. Draining an instance that is down or
 // draining does nothing.
+//
+// With WithReadinessProbe the instance does not leave the balancer at
+// once: it leaves when its probes fail, as behind a balancer that knows
+// only what it probes. Drain is then the end of a service's own drain
+// sequence, the http.Server.Shutdown that health.Lifecycle runs after its
+// drain delay: fail the instance's readiness first and wait, as the
+// service does on SIGTERM, then call Drain.
 func (f *Fleet) Drain(i int, timeout time.Duration) error {
 	s := f.slot(i, "Drain")
 	if s == nil {
@@ -281,7 +312,10 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 		f.mu.Unlock()
 		return nil
 	}
-	in.live, in.stopped, in.draining = false, true, true
+	in.stopped, in.draining = true, true
+	if f.opts.probe == nil {
+		in.live = false
+	}
 	f.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -322,11 +356,19 @@ func (f *Fleet) Drain(i int, timeout time.Duration) error {
 }
 
 // shutdown runs http.Server.Shutdown on in, closing meanwhile the
-// balancer's idle connections to it, as a balancer does to a server taken
-// out: the server waits for a connection that never carried a request
-// (one the transport dialed, then did not need) to be idle for 5s.
+// balancer's idle connections to it once it is out of the rotation, as a
+// balancer does to a server taken out: the server waits for a connection
+// that never carried a request (one the transport dialed, then did not
+// need) to be idle for 5s.
 func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
-	in.tr.CloseIdleConnections()
+	out := func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return !in.live
+	}
+	if out() {
+		in.tr.CloseIdleConnections()
+	}
 	stop := make(chan struct{})
 	var closer sync.WaitGroup
 	closer.Go(func() {
@@ -335,7 +377,9 @@ func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
 		for {
 			select {
 			case <-tick.C:
-				in.tr.CloseIdleConnections()
+				if out() {
+					in.tr.CloseIdleConnections()
+				}
 			case <-stop:
 				return
 			}
@@ -351,8 +395,13 @@ func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
 // would come up; the balancer sends it requests as soon as Restart
 // returns. An instance still running in the slot is killed first (Drain
 // it before for a graceful replacement); one being drained drains on beside
-// the replacement, as in a rolling update. A failure to start fails the
-// test.
+// the replacement, as in a rolling update, out of the rotation. A failure
+// to start fails the test.
+//
+// With WithReadinessProbe the new instance enters the rotation once its
+// probes pass: Restart returns when its first probe has answered, so that
+// an instance ready at once is in the rotation by then, and one that is
+// not gets no request until it is.
 func (f *Fleet) Restart(i int) {
 	s := f.slot(i, "Restart")
 	if s == nil {
@@ -365,23 +414,27 @@ func (f *Fleet) Restart(i int) {
 	if running {
 		f.kill(in)
 	}
-	if err := f.start(s); err != nil {
+	in, err := f.start(s)
+	if err != nil {
 		f.tb.Error(err)
+		return
 	}
+	in.waitProbed()
 }
 
-// start runs a new instance in slot s.
-func (f *Fleet) start(s *slot) error {
+// start runs a new instance in slot s, and its prober if probing is on. It
+// returns nil and no error when another start of the slot won the race.
+func (f *Fleet) start(s *slot) (*instance, error) {
 	h := f.newInstance(s.index)
 	if h == nil {
-		return fmt.Errorf("activetest: newInstance(%d) returned nil", s.index)
+		return nil, fmt.Errorf("activetest: newInstance(%d) returned nil", s.index)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		closeIfCloser(h)
-		return fmt.Errorf("activetest: instance %d: %w", s.index, err)
+		return nil, fmt.Errorf("activetest: instance %d: %w", s.index, err)
 	}
-	in := &instance{slot: s, addr: ln.Addr().String(), handler: h, live: true, hijacked: map[net.Conn]struct{}{}}
+	in := &instance{slot: s, addr: ln.Addr().String(), handler: h, live: f.opts.probe == nil, hijacked: map[net.Conn]struct{}{}}
 	in.tr = &http.Transport{
 		DialContext:         f.dialer(s, in.addr, false),
 		MaxIdleConnsPerHost: 256,
@@ -391,11 +444,24 @@ func (f *Fleet) start(s *slot) error {
 		DialContext:       f.dialer(s, in.addr, true),
 		DisableKeepAlives: true,
 	}
+	in.probeTr = &http.Transport{
+		DialContext:       f.dialer(s, in.addr, false),
+		DisableKeepAlives: true,
+	}
+	// Counted as the tracker admits it, so that a request is counted only
+	// if it reaches the handler, and never after Kill or a drain stopped
+	// the tracker; probes are not counted.
+	served := in.claim(in.handlers.wrap(instanceHandler(s, h), &s.served))
+	probed := in.handlers.wrap(instanceHandler(s, h), nil)
 	in.srv = &http.Server{
-		// Counted as the tracker admits it, so that a request is counted
-		// only if it reaches the handler, and never after Kill or a drain
-		// stopped the tracker.
-		Handler:           in.claim(in.handlers.wrap(instanceHandler(s, h), &s.served)),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := r.Header[probeHeader]; ok {
+				r.Header.Del(probeHeader)
+				probed.ServeHTTP(w, r)
+				return
+			}
+			served.ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 		ConnState: func(c net.Conn, st http.ConnState) {
@@ -410,7 +476,7 @@ func (f *Fleet) start(s *slot) error {
 		f.mu.Unlock()
 		_ = ln.Close()
 		closeIfCloser(h)
-		return errors.New("activetest: fleet already closed")
+		return nil, errors.New("activetest: fleet already closed")
 	}
 	old := s.cur
 	if old != nil && !old.stopped {
@@ -419,13 +485,17 @@ func (f *Fleet) start(s *slot) error {
 		f.mu.Unlock()
 		_ = ln.Close()
 		closeIfCloser(h)
-		return nil
+		return nil, nil
 	}
 	s.cur = in
 	f.up[in] = struct{}{}
 	f.bg.Go(func() { _ = in.srv.Serve(ln) })
+	if f.opts.probe != nil {
+		in.probed = make(chan struct{})
+		f.bg.Go(func() { f.probeLoop(in) })
+	}
 	f.mu.Unlock()
-	return nil
+	return in, nil
 }
 
 // instanceHandler names the slot in the response.
@@ -455,6 +525,7 @@ func (in *instance) closeConns() {
 	in.closeHijacked()
 	in.tr.CloseIdleConnections()
 	in.resetTr.CloseIdleConnections()
+	in.probeTr.CloseIdleConnections()
 }
 
 // closeHijacked closes the connections the handlers took over, as a dying
@@ -525,6 +596,7 @@ func (f *Fleet) close() {
 	}
 	f.mu.Unlock()
 
+	f.stopProbes()
 	if f.front != nil {
 		_ = f.front.Close()
 		f.frontTracker.stop()
