@@ -26,9 +26,16 @@
 // carries the slot that served it in [InstanceHeader], and [Fleet.Served]
 // counts requests per slot.
 //
-// The balancer knows at once that an instance was killed or stopped through
-// the fleet (as if the orchestrator removed its endpoint as it acted), so it
-// sends it no new request; it does not probe readiness. A connection that
+// By default the balancer knows at once that an instance was killed or
+// stopped through the fleet (as if the orchestrator removed its endpoint as
+// it acted), so it sends it no new request, and it does not probe
+// readiness. With [WithReadinessProbe] it knows only what it probes, as
+// HAProxy's option httpchk, Envoy's active health checks or a Kubernetes
+// readinessProbe do: it requests each instance's readiness path every
+// interval, takes an instance out of the rotation after a number of
+// failed probes in a row and back in after a number of passed ones, and
+// sends a new instance nothing before its readiness passes (see Readiness
+// below). A connection that
 // fails to open (a request picked just before the kill, or a [Fault] that
 // refuses connections) is retried on another instance, like HAProxy's
 // "retry-on conn-failure" with redispatch or Envoy's "connect-failure"
@@ -49,7 +56,8 @@
 //   - [Fleet.Kill] is a process dying: the listener and every open
 //     connection (hijacked ones included) close at once, even during a
 //     Drain; requests in flight fail (the client gets a
-//     502) and the balancer stops sending to the instance.
+//     502) and the balancer stops sending to the instance (with probing,
+//     once its probes fail).
 //   - [Fleet.Drain] is a stop done right: the instance leaves the balancer,
 //     then http.Server.Shutdown lets the requests in flight finish. A
 //     request the balancer had already sent on a keep-alive connection
@@ -58,13 +66,34 @@
 //     drain delay), so it never meets that race. A request the instance's
 //     handler took is never sent elsewhere, even if its answer was then
 //     lost (a reset fault, an aborted handler): the client gets a 502.
-//     Testing the drain delay itself needs the real process and balancer.
+//     With probing, Drain is only the shutdown, the balancer stops routing
+//     when the probes say so, and that race is the service's to avoid
+//     with its drain delay (see Readiness).
 //   - [Fleet.Restart] starts a replacement from newInstance(i) on a new
-//     listener, as a new process would come up, and the balancer uses it.
+//     listener, as a new process would come up, and the balancer uses it
+//     (with probing, once its readiness passes).
 //   - [Fleet.SetFault] degrades the network path from the balancer to one
 //     instance: added latency, refused connections, or connections reset as
 //     the response starts to arrive (the instance did the work; the client
 //     never hears of it).
+//
+// # Readiness
+//
+// A service proves its drain sequence (readiness fails, the drain delay
+// passes while requests are still served, then the server shuts down and
+// the requests in flight finish: health.Lifecycle) only behind a balancer
+// that reacts to readiness. With [WithReadinessProbe], Kill and Drain no
+// longer take the instance out of the rotation: its probes do, once they
+// fail. A test then drains an instance as its process would on SIGTERM:
+// fail the instance's readiness (health.Registry.MarkDraining), wait the
+// drain delay, then call Drain, which is the shutdown. Requests the
+// balancer sends to an instance whose listener closed before its probes
+// failed meet a closed port (retried on another instance, or a 503 with
+// WithConnectRetries(0), as behind a Kubernetes Service), and one sent on
+// a connection the instance closed fails with a 502: a drain that shuts
+// down at once is seen to lose requests, one that fails its readiness
+// first and waits long enough is seen to lose none. Probes are not load:
+// [Fleet.Served] and the load's [Report] do not count them.
 //
 // # Load
 //
@@ -86,9 +115,11 @@
 // nothing about memory isolation (package-level variables are shared by
 // every instance, so state kept in them survives a Kill here and would not
 // in production), about machine or zone loss, about your real load
-// balancer's health checks and timings, or about start-up and shut-down of
-// the real binary (signals, readiness probes, drain delays: test those
-// against the process, as examples/service's rolling restart test does).
+// balancer's timings (the probing balancer has the thresholds you give it,
+// not your balancer's, nor its endpoint propagation delays), or about
+// start-up and shut-down of the real binary (signals, the lifecycle's own
+// timers: test those against the process, as examples/service's rolling
+// restart test does).
 //
 // A killed instance's handlers are goroutines of this process: Kill cuts
 // their connections and cancels their request contexts, but a handler that
@@ -101,7 +132,9 @@
 // # Goroutines
 //
 // NewFleet starts, per instance, the goroutine serving it, and one serving
-// the balancer; Kill and a Drain that times out start one per instance that
+// the balancer; with WithReadinessProbe, each instance has one more that
+// probes it, from its start until it is down and out of the rotation (or
+// replaced); Kill and a Drain that times out start one per instance that
 // waits for its handlers to return before closing it; Start starts one per
 // worker, ended by Load.Stop or the test's cleanup. All of them end in the
 // fleet's t.Cleanup, which waits for every handler to return (it fails the

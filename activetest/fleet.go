@@ -73,9 +73,9 @@ type instance struct {
 	probeTr *http.Transport // balancer → instance, for probes: no keep-alive
 	// probed is closed once the first probe of the instance answered or
 	// its prober stopped; nil without probing.
-	probed chan struct{}
-	live   bool // guarded by Fleet.mu: in the balancer's rotation
-	stopped bool            // guarded by Fleet.mu: Kill or Drain has begun
+	probed  chan struct{}
+	live    bool // guarded by Fleet.mu: in the balancer's rotation
+	stopped bool // guarded by Fleet.mu: Kill or Drain has begun
 	// down is set, under Fleet.mu, once the instance is killed or its
 	// drain has ended: a Kill after it does nothing. A Kill during a
 	// drain cuts it, as SIGKILL cuts a graceful shutdown.
