@@ -42,7 +42,9 @@
 // session for that long at most, which is why the cookie should not be
 // plantable in the first place. Values can be encrypted at rest with
 // AES-256-GCM under a list of named keys (WithEncryption), each ciphertext
-// bound to its session and key.
+// bound to its session and key, and sealed under a key derived for its
+// session, so that GCM's random-nonce bound (about 2^32 seals per key) is
+// per session rather than fleet-wide.
 //
 // # Log out everywhere
 //

@@ -3,7 +3,6 @@ package session
 import (
 	"bufio"
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,7 +35,7 @@ type Manager struct {
 	// encryption); the session limit counts values as stored.
 	sealExtra int
 	cfg       config
-	aeads     map[string]cipher.AEAD
+	keys      map[string]*sealKey // by name; nil without encryption
 	metrics   metrics
 }
 
@@ -73,20 +72,22 @@ func NewManager(store Store, opts ...Option) (*Manager, error) {
 		o.apply(&m.cfg)
 	}
 	m.cfg.defaults()
-	aeads, err := m.cfg.validate()
+	keys, err := m.cfg.validate()
 	if err != nil {
 		return nil, err
 	}
-	m.aeads = aeads
-	if aeads != nil {
+	m.keys = keys
+	if keys != nil {
+		// Version, name length, name, nonce and tag (see crypto.go); a
+		// derived key's GCM has the same nonce and tag sizes.
 		name := m.cfg.keys[0].Name
-		m.sealExtra = 2 + len(name) + aeads[name].NonceSize() + aeads[name].Overhead()
+		m.sealExtra = 2 + len(name) + keys[name].v1.NonceSize() + keys[name].v1.Overhead()
 	}
 	m.aliaser, _ = store.(Aliaser)
 	m.users, _ = store.(UserIndex)
 	if sl, ok := store.(SizeLimiter); ok && sl.EnforcesMaxSize() {
 		m.limits = true
-		m.blind = aeads == nil
+		m.blind = keys == nil
 	}
 	mp := m.cfg.meterProvider
 	if mp == nil {

@@ -272,6 +272,7 @@ func TestNewManagerValidates(t *testing.T) {
 		"short key":            {session.WithEncryption(session.EncryptionKey{Name: "k", Secret: []byte("short")})},
 		"duplicate key names":  {session.WithEncryption(key, key)},
 		"unnamed key":          {session.WithEncryption(session.EncryptionKey{Secret: key.Secret})},
+		"v1 without keys":      {session.WithEncryptionV1()},
 	} {
 		if _, err := session.NewManager(store, opts...); err == nil {
 			t.Errorf("%s: NewManager accepted it", name)

@@ -1,8 +1,6 @@
 package session
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -165,7 +163,8 @@ type CookieConfig struct {
 	BrowserSession bool
 }
 
-// EncryptionKey is a named AES-256 key for values at rest.
+// EncryptionKey is a named AES-256 key for values at rest (see
+// WithEncryption).
 type EncryptionKey struct {
 	// Name identifies the key in each ciphertext (1 to 255 bytes), so that
 	// old values stay readable after a new key is put first.
@@ -191,6 +190,7 @@ type config struct {
 	codec                 Codec
 	maxValue, maxSession  int
 	keys                  []EncryptionKey
+	sealV1                bool
 	errorHandler          ErrorHandler
 	retryAfter            time.Duration
 	logger                *slog.Logger
@@ -252,8 +252,28 @@ func WithLimits(maxValue, maxSession int) Option {
 // (after the absolute timeout). Each ciphertext is bound to its session ID,
 // its key and the key name, so a value copied to another session or key
 // does not decrypt.
+//
+// Values are sealed under a key derived for each session from the
+// configured one (HKDF-SHA256, the session ID in its info), with a random
+// 96-bit nonce. Random nonces are safe for about 2^32 seals under one key
+// (NIST SP 800-38D): with a key per session, that bound is on the seals
+// (Puts, Updates and renewals) of one session, not of the whole fleet
+// between two rotations. Values sealed under the configured key itself, as
+// before per-session keys (and with WithEncryptionV1), still decrypt.
 func WithEncryption(keys ...EncryptionKey) Option {
 	return optionFunc(func(c *config) { c.keys = keys })
+}
+
+// WithEncryptionV1 seals values in the format of earlier versions of this
+// package, under the configured key itself, for a rolling upgrade of a
+// fleet that encrypts: those versions cannot decrypt what WithEncryption
+// seals now, and would fail the requests of sessions written by upgraded
+// instances. Deploy with it until no earlier instance remains (every
+// instance of this version reads both formats), then without it. While it
+// is set, the bound of WithEncryption applies to all the seals under one
+// key, fleet-wide, until the next rotation. It needs WithEncryption.
+func WithEncryptionV1() Option {
+	return optionFunc(func(c *config) { c.sealV1 = true })
 }
 
 // WithErrorHandler sets what answers a request when the store fails, or
@@ -355,7 +375,7 @@ func (c *config) defaults() {
 	}
 }
 
-func (c *config) validate() (map[string]cipher.AEAD, error) {
+func (c *config) validate() (map[string]*sealKey, error) {
 	switch {
 	case c.idle < 0 || c.absolute < 0 || c.grace < 0 || c.retryAfter < 0:
 		return nil, errors.New("session: negative timeout")
@@ -386,9 +406,12 @@ func (c *config) validate() (map[string]cipher.AEAD, error) {
 		return nil, errors.New("session: a __Secure- cookie must be Secure")
 	}
 	if len(c.keys) == 0 {
+		if c.sealV1 {
+			return nil, errors.New("session: WithEncryptionV1 without WithEncryption")
+		}
 		return nil, nil
 	}
-	aeads := make(map[string]cipher.AEAD, len(c.keys))
+	keys := make(map[string]*sealKey, len(c.keys))
 	for _, k := range c.keys {
 		if len(k.Name) == 0 || len(k.Name) > 255 {
 			return nil, fmt.Errorf("session: encryption key name %q: want 1 to 255 bytes", k.Name)
@@ -396,20 +419,16 @@ func (c *config) validate() (map[string]cipher.AEAD, error) {
 		if len(k.Secret) != 32 {
 			return nil, fmt.Errorf("session: encryption key %q: %d bytes, want 32", k.Name, len(k.Secret))
 		}
-		if _, dup := aeads[k.Name]; dup {
+		if _, dup := keys[k.Name]; dup {
 			return nil, fmt.Errorf("session: encryption key %q given twice", k.Name)
 		}
-		block, err := aes.NewCipher(k.Secret)
+		sk, err := newSealKey(k.Secret)
 		if err != nil {
 			return nil, fmt.Errorf("session: encryption key %q: %w", k.Name, err)
 		}
-		aead, err := cipher.NewGCM(block)
-		if err != nil {
-			return nil, fmt.Errorf("session: encryption key %q: %w", k.Name, err)
-		}
-		aeads[k.Name] = aead
+		keys[k.Name] = sk
 	}
-	return aeads, nil
+	return keys, nil
 }
 
 func validCookieName(name string) bool {

@@ -80,7 +80,8 @@ type Session struct {
 	// (see missed).
 	start      time.Time
 	missedLate bool
-	saved      bool // save attempted: later changes fail with ErrSaved
+	saved      bool      // save attempted: later changes fail with ErrSaved
+	aeads      aeadCache // session keys derived in this request
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
@@ -118,7 +119,7 @@ func (s *Session) raw(key string) ([]byte, bool, error) {
 	if !s.found || !ok || s.destroy {
 		return nil, false, nil
 	}
-	plain, err := s.m.open(s.rec.ID, key, v.Data)
+	plain, err := s.open(s.rec.ID, key, v.Data)
 	if err != nil {
 		return nil, false, fmt.Errorf("session: key %q: %w", key, err)
 	}
@@ -272,7 +273,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 		var cur T
 		old, ok := s.rec.Values[key]
 		if ok {
-			plain, err := m.open(s.rec.ID, key, old.Data)
+			plain, err := s.open(s.rec.ID, key, old.Data)
 			if err != nil {
 				return fmt.Errorf("session: key %q: %w", key, err)
 			}
@@ -291,7 +292,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 		if err := s.checkSize(key, data); err != nil {
 			return err
 		}
-		sealed, err := m.seal(s.rec.ID, key, data)
+		sealed, err := s.seal(s.rec.ID, key, data)
 		if err != nil {
 			return err
 		}
@@ -616,13 +617,14 @@ func (s *Session) create(values map[string][]byte) error {
 	return nil
 }
 
+// sealAll seals values for session id. s.mu must be held.
 func (s *Session) sealAll(id string, values map[string][]byte) (map[string][]byte, error) {
 	if len(values) == 0 {
 		return nil, nil
 	}
 	out := make(map[string][]byte, len(values))
 	for k, v := range values {
-		sv, err := s.m.seal(id, k, v)
+		sv, err := s.seal(id, k, v)
 		if err != nil {
 			return nil, err
 		}
@@ -765,7 +767,7 @@ func (s *Session) write(dels []string) error {
 			return err
 		}
 		d := Delta{Set: sealed, Delete: dels, Idle: m.cfg.idle, MaxSize: m.maxSize()}
-		if m.aeads != nil && len(sealed) > 0 {
+		if m.keys != nil && len(sealed) > 0 {
 			d.Expect = make(map[string]uint64, len(sealed))
 			for k := range sealed {
 				d.Expect[k] = s.rec.Values[k].Version
@@ -877,7 +879,7 @@ func (s *Session) rotate(h http.Header, stale bool) error {
 			if s.del[k] {
 				continue
 			}
-			p, err := m.open(s.rec.ID, k, v.Data)
+			p, err := s.open(s.rec.ID, k, v.Data)
 			if err != nil {
 				return fmt.Errorf("session: renew: key %q: %w", k, err)
 			}
