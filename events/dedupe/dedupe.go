@@ -73,7 +73,12 @@ var (
 // the previous claim's lease ended without Done; it reports Done when the
 // event was processed, and Busy when another claimer holds a live lease.
 // Done records the effect as done, kept for the store's retention; it returns
-// ErrLeaseLost when the claim is no longer held. Release drops a claim still
+// ErrLeaseLost, and records nothing, when the claim is no longer held: its
+// lease ended (whether or not another claimer has taken the event since),
+// or it was released or taken over. A caller whose effect happened all the
+// same claims the event again to record it, as the Deduper does. Done of a
+// claim that is done already (a retry after a lost reply) returns nil.
+// Release drops a claim still
 // held, so a redelivery can run at once; releasing a claim that is gone is
 // no error.
 //

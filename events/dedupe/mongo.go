@@ -140,18 +140,35 @@ func (s *MongoStore) Claim(ctx context.Context, group, id string, lease time.Dur
 	return c, nil
 }
 
-// Done implements Store.
+// Done implements Store: one update, on condition that the document still
+// holds c's token, claimed, with its lease not ended, as RedisStore judges
+// a claim held. When it matches nothing, a read tells a claim done already
+// (a retry after a lost reply; no error) from one no longer held
+// (ErrLeaseLost, and nothing is recorded).
 func (s *MongoStore) Done(ctx context.Context, c Claim) error {
+	now := s.now()
+	id := docID(c.Group, c.ID)
 	res, err := s.coll.UpdateOne(ctx,
-		bson.D{{Key: "_id", Value: docID(c.Group, c.ID)}, {Key: "token", Value: c.Token}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDone}, {Key: "expires", Value: s.now().Add(s.retention)}}}})
+		bson.D{{Key: "_id", Value: id}, {Key: "token", Value: c.Token}, {Key: "state", Value: stateClaimed},
+			{Key: "expires", Value: bson.D{{Key: "$gt", Value: now}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDone}, {Key: "expires", Value: now.Add(s.retention)}}}})
 	if err != nil {
 		return err
 	}
-	if res.MatchedCount == 0 {
-		return ErrLeaseLost
+	if res.MatchedCount > 0 {
+		return nil
 	}
-	return nil
+	var d mongoDoc
+	err = s.coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return ErrLeaseLost // released, or expired and removed
+	case err != nil:
+		return err
+	case d.State == stateDone:
+		return nil
+	}
+	return ErrLeaseLost
 }
 
 // Release implements Store.
