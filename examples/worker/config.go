@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/activekit/activekit/config"
+	"github.com/activekit/activekit/events/kafka"
+	"github.com/activekit/activekit/health"
+	"github.com/activekit/activekit/observability"
+)
+
+// EnvPrefix starts the environment variable of every setting:
+// ACTIVEKIT_REDIS_ADDR sets redis_addr. It is the prefix scripts/services
+// uses too, so `eval "$(scripts/services env)"` points the worker at the
+// test servers. Copy the template under your own prefix.
+const EnvPrefix = "ACTIVEKIT_"
+
+// Config is the configuration of one instance. Every instance of the fleet
+// must run the same one (the same group, topics, prefixes and lease); its
+// hash is in every /readyz answer, so that drift shows.
+//
+// Each field is a setting named by its json tag, set, from lowest to
+// highest precedence, by the defaults, the environment (ACTIVEKIT_<NAME>)
+// and the command line (-<name> with '-' for '_'). Every setting is read at boot: this template
+// has no run-time source (see examples/service for Consul KV).
+type Config struct {
+	Listen string `json:"listen" help:"address of the health views (host:port; port 0 picks a free one)"`
+
+	RedisAddr           string `json:"redis_addr" help:"Redis address, or the Sentinels (comma-separated) with redis_sentinel_master; not a Cluster"`
+	RedisSentinelMaster string `json:"redis_sentinel_master" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
+	RedisPrefix         string `json:"redis_prefix" help:"prefix of every key the worker writes in Redis (counters and dedupe records)"`
+
+	KafkaBrokers    string        `json:"kafka_brokers" help:"Kafka seed brokers, comma-separated"`
+	Topic           string        `json:"topic" help:"topic the orders are consumed from"`
+	Group           string        `json:"group" help:"consumer group of the fleet (and dedupe group)"`
+	DeadLetterTopic string        `json:"dead_letter_topic" help:"where poison events go (default: <topic>.dlq)"`
+	CountedTopic    string        `json:"counted_topic" help:"topic the follow-up events are published to"`
+	CreateTopics    bool          `json:"create_topics" help:"create missing topics with durable settings at start (development)"`
+	Partitions      int           `json:"partitions" help:"partitions of the topics create_topics makes"`
+	DedupeLease     time.Duration `json:"dedupe_lease" help:"how long a claim holds before another instance may take the event over"`
+	MaxPollRecords  int           `json:"max_poll_records" help:"records handled between two offset commits"`
+
+	DrainDelay      time.Duration `json:"drain_delay" help:"how long /readyz fails before the worker stops consuming (negative: none; a worker takes no load balancer traffic)"`
+	ShutdownTimeout time.Duration `json:"shutdown_timeout" help:"how long the batch in hand may take to finish and commit"`
+	CloseTimeout    time.Duration `json:"close_timeout" help:"how long closing clients and flushing telemetry may take"`
+	GracePeriod     time.Duration `json:"grace_period" help:"time between SIGTERM and SIGKILL granted by the orchestrator"`
+
+	TracesExporter  observability.Exporter `json:"traces_exporter" help:"none, otlp-grpc, otlp-http or stdout"`
+	MetricsExporter observability.Exporter `json:"metrics_exporter" help:"none, otlp-grpc, otlp-http, stdout or prometheus (served on /metrics)"`
+	OTLPEndpoint    string                 `json:"otlp_endpoint" help:"OTLP receiver base URL (default: the OTEL_EXPORTER_OTLP_* variables)"`
+
+	LogLevel slog.Level `json:"log_level" help:"debug, info, warn or error"`
+}
+
+// defaults returns the configuration an instance runs with when nothing
+// else is set.
+func defaults() Config {
+	return Config{
+		Listen:          ":8080",
+		RedisAddr:       "127.0.0.1:6379",
+		RedisPrefix:     "order-counter:",
+		KafkaBrokers:    "127.0.0.1:9092",
+		Topic:           "orders",
+		Group:           "order-counter",
+		CountedTopic:    "orders.counted",
+		Partitions:      6,
+		DedupeLease:     30 * time.Second,
+		MaxPollRecords:  500,
+		DrainDelay:      -1,
+		ShutdownTimeout: health.DefaultShutdownTimeout,
+		CloseTimeout:    health.DefaultCloseTimeout,
+		GracePeriod:     health.DefaultGracePeriod,
+		LogLevel:        slog.LevelInfo,
+	}
+}
+
+// Validate is called by the config store before a configuration is used.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+	}
+	switch addrs := splitList(c.RedisAddr); {
+	case len(addrs) == 0:
+		errs = append(errs, errors.New("redis_addr is empty"))
+	case len(addrs) > 1 && c.RedisSentinelMaster == "":
+		// Several addresses without a master name make a Cluster client.
+		// The counter is written in the dedupe record's Lua script
+		// (DoneWith), which on a Cluster may only touch keys in the
+		// record's slot, and a customer's counter is not: see README.md.
+		errs = append(errs, fmt.Errorf("redis_addr lists %d addresses without redis_sentinel_master (a Redis Cluster): not supported, the counters are written with the dedupe record in one script", len(addrs)))
+	}
+	if strings.ContainsAny(c.RedisPrefix, "{}") {
+		errs = append(errs, fmt.Errorf("redis_prefix %q contains a brace", c.RedisPrefix))
+	}
+	if len(splitList(c.KafkaBrokers)) == 0 {
+		errs = append(errs, errors.New("kafka_brokers is empty"))
+	}
+	for name, v := range map[string]string{"topic": c.Topic, "group": c.Group, "counted_topic": c.CountedTopic} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", name))
+		}
+	}
+	if c.Topic != "" && (c.CountedTopic == c.Topic || c.deadLetterTopic() == c.Topic) {
+		errs = append(errs, fmt.Errorf("topic %q is also the counted or dead-letter topic", c.Topic))
+	}
+	if c.Partitions < 1 {
+		errs = append(errs, fmt.Errorf("partitions %d is below 1", c.Partitions))
+	}
+	// dedupe.New checks the lease too; checked here so that a bad value
+	// is a configuration error, before anything is opened.
+	if c.DedupeLease < time.Second {
+		errs = append(errs, fmt.Errorf("dedupe_lease %v is below 1s", c.DedupeLease))
+	}
+	if c.MaxPollRecords < 1 {
+		errs = append(errs, fmt.Errorf("max_poll_records %d is below 1", c.MaxPollRecords))
+	}
+	// The lifecycle checks the durations against the grace period itself.
+	return errors.Join(errs...)
+}
+
+// deadLetterTopic is dead_letter_topic, or the subscriber's default.
+func (c *Config) deadLetterTopic() string {
+	if c.DeadLetterTopic != "" {
+		return c.DeadLetterTopic
+	}
+	return c.Topic + kafka.DefaultDeadLetterSuffix
+}
+
+func splitList(s string) []string {
+	var out []string
+	for a := range strings.SplitSeq(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// setting is one field of Config as the sources name it.
+type setting struct {
+	key  string // json name: the key in the config tree
+	help string
+	bool bool
+}
+
+func settings() []setting {
+	t := reflect.TypeFor[Config]()
+	out := make([]setting, 0, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		out = append(out, setting{key: f.Tag.Get("json"), help: f.Tag.Get("help"), bool: f.Type.Kind() == reflect.Bool})
+	}
+	return out
+}
+
+// envName is the environment variable of a setting.
+func envName(key string) string { return EnvPrefix + strings.ToUpper(key) }
+
+// parseFlags parses args into a layer holding the settings given on the
+// command line, and nothing else, so that an absent flag does not override
+// the environment.
+func parseFlags(args []string, out io.Writer) (map[string]any, error) {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(out)
+	layer := map[string]any{}
+	for _, s := range settings() {
+		name := strings.ReplaceAll(s.key, "_", "-")
+		help := s.help + " (" + envName(s.key) + ")"
+		set := func(v string) error { layer[s.key] = v; return nil }
+		if s.bool {
+			fs.BoolFunc(name, help, set)
+		} else {
+			fs.Func(name, help, set)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return layer, nil
+}
+
+// environ returns the worker's variables, and only those, from getenv, in
+// the form config.Env reads.
+func environ(getenv func(string) string) func() []string {
+	return func() []string {
+		var env []string
+		for _, s := range settings() {
+			if v := getenv(envName(s.key)); v != "" {
+				env = append(env, envName(s.key)+"="+v)
+			}
+		}
+		return env
+	}
+}
+
+// loadConfig builds the configuration store: defaults, then the
+// environment, then the flags, validated before use.
+func loadConfig(ctx context.Context, flags map[string]any, getenv func(string) string, log *slog.Logger) (*config.Store[Config], error) {
+	return config.New(ctx, config.Options[Config]{
+		Defaults: defaults(),
+		Sources:  []config.Source{config.Env(EnvPrefix, environ(getenv)), config.Map("flags", flags)},
+		Logger:   log,
+	})
+}
