@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -33,16 +34,36 @@ import (
 // count: acknowledged+1 <= visits <= acknowledged+failed+1, and visits
 // only go up. A lost session would start again at 1; a lost update would
 // fall below the acknowledged count.
+//
+// The balancer probes /readyz as the rolling restart's HAProxy does
+// (fleetProbe), and knows nothing else: a killed instance stays in its
+// rotation until its probes fail, and a restarted one enters it once its
+// readiness (Redis reachable) passes. The drain is the service's own:
+// readiness fails (health.Registry.MarkDraining, as the lifecycle does on
+// SIGTERM), the configured drain delay passes while requests are still
+// served, then the server shuts down. A drain that shut down before the
+// probes took the instance out would send requests to a closed port or a
+// closed connection, and fail them.
 func TestFleetSurvivesLosingAnInstance(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		stop func(f *activetest.Fleet, i int) error
+		stop func(f *activetest.Fleet, svc *service) error
 		// maxFailed bounds the failed visits: a kill may cut the one
 		// request each user has in flight; a drain cuts nothing.
 		maxFailed func(users int) int
+		// retries is the balancer's connect retries: a kill's refused
+		// connections go elsewhere until the probes fail, as HAProxy
+		// with option redispatch does; behind the drain nothing may hide
+		// a failed request, as behind the rolling restart's HAProxy.
+		retries int
 	}{
-		{"kill", func(f *activetest.Fleet, i int) error { f.Kill(i); return nil }, func(users int) int { return users }},
-		{"drain", func(f *activetest.Fleet, i int) error { return f.Drain(i, 5*time.Second) }, func(int) int { return 0 }},
+		{"kill", func(f *activetest.Fleet, _ *service) error { f.Kill(1); return nil }, func(users int) int { return users }, activetest.DefaultConnectRetries},
+		{"drain", func(f *activetest.Fleet, svc *service) error {
+			cfg := svc.store.Load()
+			svc.reg.MarkDraining()
+			time.Sleep(cfg.DrainDelay) // the drain delay itself, as health.Lifecycle waits it
+			return f.Drain(1, cfg.ShutdownTimeout)
+		}, func(int) int { return 0 }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const (
@@ -51,8 +72,13 @@ func TestFleetSurvivesLosingAnInstance(t *testing.T) {
 				phase     = 300 // acknowledged visits between the steps
 			)
 			env := baseEnv(t, "")
+			// More than the probes take to fail: FailureThreshold ×
+			// Interval, and a Redis check's timeout.
+			env["ACTIVEKIT_DRAIN_DELAY"] = "1s"
 			sessionPrefix(t, env)
-			f := activetest.NewFleet(t, instances, fleetInstance(t, env, false))
+			newInstance, current := fleetInstance(t, env, false)
+			f := activetest.NewFleet(t, instances, newInstance, fleetProbe, activetest.WithConnectRetries(tc.retries))
+			eventually(t, 10*time.Second, "every instance in the rotation", func() bool { return len(f.Live()) == instances })
 
 			us := make([]*fleetUser, users)
 			for w := range us {
@@ -74,7 +100,7 @@ func TestFleetSurvivesLosingAnInstance(t *testing.T) {
 			}
 
 			step("before the loss")
-			if err := tc.stop(f, 1); err != nil {
+			if err := tc.stop(f, current(1)); err != nil {
 				t.Errorf("stopping instance 1: %v", err)
 			}
 			stopped := f.Served(1)
@@ -82,7 +108,11 @@ func TestFleetSurvivesLosingAnInstance(t *testing.T) {
 			if n := f.Served(1) - stopped; n != 0 {
 				t.Errorf("instance 1 served %d requests while down", n)
 			}
+			if live := f.Live(); slices.Contains(live, 1) {
+				t.Errorf("instance 1 still in the rotation after %d visits: %v", phase, live)
+			}
 			f.Restart(1)
+			eventually(t, 10*time.Second, "the restarted instance 1 in the rotation", func() bool { return slices.Contains(f.Live(), 1) })
 			step("after the restart")
 			rep := load.Stop()
 			if f.Served(1) == stopped {
@@ -176,24 +206,38 @@ func (u *fleetUser) visit(ctx context.Context, c *http.Client, base string) erro
 	return nil
 }
 
-// fleetInstance returns activetest's newInstance for the service: the
-// instance run builds (newService) with env as its environment, served by
-// activetest instead of its own listener, without the registration and
-// lifecycle of serve (env sets no Consul). activetest closes it (its Redis
+// fleetProbe probes the instances' readiness as the rolling restart's
+// HAProxy does (every 100ms, in after two passed probes), out after two
+// failed ones rather than one so that one slow Redis ping under -race
+// does not empty the rotation.
+var fleetProbe = activetest.WithReadinessProbe(activetest.Probe{
+	Path:             "/readyz",
+	Interval:         100 * time.Millisecond,
+	FailureThreshold: 2,
+	SuccessThreshold: 2,
+})
+
+// fleetInstance returns activetest's newInstance for the service, and the
+// instance now in each slot: the instance run builds (newService) with
+// env as its environment, served by activetest instead of its own
+// listener, without the registration and lifecycle of serve (env sets no
+// Consul), marked started as the lifecycle does once it listens, so that
+// its /readyz passes when its checks do. activetest closes it (its Redis
 // client, configuration and telemetry) after its last request.
 //
 // With inInstance, sessions are kept in the instance's memory instead of
 // Redis: the mistake the fleet test must catch.
-func fleetInstance(t *testing.T, env map[string]string, inInstance bool) func(i int) http.Handler {
+func fleetInstance(t *testing.T, env map[string]string, inInstance bool) (newInstance func(i int) http.Handler, current func(i int) *service) {
 	var (
 		mu  sync.Mutex
 		gen = map[int]int{}
+		cur = map[int]*service{}
 	)
 	sessions := redisSessions
 	if inInstance {
 		sessions = func(redis.UniversalClient, Config) (session.Store, error) { return memstore.New() }
 	}
-	return func(i int) http.Handler {
+	newInstance = func(i int) http.Handler {
 		mu.Lock()
 		g := gen[i]
 		gen[i]++
@@ -205,8 +249,18 @@ func fleetInstance(t *testing.T, env map[string]string, inInstance bool) func(i 
 			t.Errorf("instance %d: %v", i, err)
 			return nil
 		}
+		svc.reg.MarkStarted()
+		mu.Lock()
+		cur[i] = svc
+		mu.Unlock()
 		return svc
 	}
+	current = func(i int) *service {
+		mu.Lock()
+		defer mu.Unlock()
+		return cur[i]
+	}
+	return newInstance, current
 }
 
 // The control: the same fleet with sessions kept in each instance. The
@@ -214,7 +268,8 @@ func fleetInstance(t *testing.T, env map[string]string, inInstance bool) func(i 
 // checks above must see it, or they could not see a lost session.
 func TestFleetControlSessionsInInstance(t *testing.T) {
 	env := baseEnv(t, "")
-	f := activetest.NewFleet(t, 3, fleetInstance(t, env, true))
+	newInstance, _ := fleetInstance(t, env, true)
+	f := activetest.NewFleet(t, 3, newInstance)
 	us := []*fleetUser{{}, {}, {}, {}}
 	load := f.Start(t.Context(), len(us), func(ctx context.Context, w int, c *http.Client) error {
 		return us[w].visit(context.WithoutCancel(ctx), c, f.URL())
