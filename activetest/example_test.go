@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/activekit/activekit/activetest"
+	"github.com/activekit/activekit/health"
 )
 
 // exampleT stands in for the *testing.T of a test, which an Example has
@@ -162,4 +163,43 @@ func ExampleFleet_SetFault() {
 	// 200 from instance 1
 	// 200 from instance 1
 	// 200 from instance 1
+}
+
+// A drain as health.Lifecycle runs it, behind a balancer that probes
+// readiness: readiness fails, the probes take the instance out of the
+// rotation during the drain delay, and only then does it shut down, so
+// that no request meets a closed port.
+func ExampleWithReadinessProbe() {
+	t := &exampleT{}
+	defer t.done()
+
+	regs := make([]*health.Registry, 2)
+	f := activetest.NewFleet(t, 2, func(i int) http.Handler {
+		reg, err := health.NewRegistry()
+		if err != nil {
+			panic(err)
+		}
+		reg.MarkStarted() // as Lifecycle.Run does once it listens
+		regs[i] = reg
+		mux := http.NewServeMux()
+		mux.Handle("GET /readyz", reg.Handler(health.Readiness))
+		mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "instance %d", i)
+		})
+		return mux
+	}, activetest.WithReadinessProbe(activetest.Probe{
+		Path:             "/readyz",
+		Interval:         10 * time.Millisecond,
+		FailureThreshold: 2,
+	}))
+	fmt.Println("in rotation:", f.Live())
+
+	regs[1].MarkDraining()             // SIGTERM: readiness fails...
+	time.Sleep(500 * time.Millisecond) // ...for the drain delay, longer than 2 probes
+	fmt.Println("in rotation:", f.Live())
+	fmt.Println("drain:", f.Drain(1, time.Second)) // then the server shuts down
+	// Output:
+	// in rotation: [0 1]
+	// in rotation: [0]
+	// drain: <nil>
 }

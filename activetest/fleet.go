@@ -193,7 +193,9 @@ func (f *Fleet) Client() *http.Client {
 func (f *Fleet) Len() int { return len(f.slots) }
 
 // Live returns the slots whose instance the balancer sends requests to, in
-// order.
+// order. With WithReadinessProbe these are the slots whose instance its
+// probes last put in the rotation: a killed or drained instance stays in
+// until they fail.
 func (f *Fleet) Live() []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

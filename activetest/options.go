@@ -51,7 +51,8 @@ func WithPolicy(p Policy) Option { return optionFunc(func(o *options) { o.policy
 // when the connection to the instance it picked fails to open (default
 // DefaultConnectRetries). Only requests no handler took are retried,
 // whatever their method: those no byte of which was written to an instance,
-// and those an instance being drained closed unread (Fleet.Drain); 0 turns
+// and, without WithReadinessProbe, those an instance being drained closed
+// unread (Fleet.Drain); 0 turns
 // retries off, so that a request that picked an instance killed an instant
 // before reaches the client as a 503.
 func WithConnectRetries(n int) Option {
