@@ -92,9 +92,11 @@ type worker struct {
 var errDone = errors.New("worker: already served or closed")
 
 // newWorker builds one instance (steps 1 to 8) without consuming or
-// listening: run's args, getenv and stdout. When it fails, it closes what it
+// listening: run's args, getenv and stdout, and consumerOpts added to the
+// options of the consumer's Kafka client (run passes none; a test adds a
+// hook that counts the records fetched). When it fails, it closes what it
 // opened.
-func newWorker(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (_ *worker, err error) {
+func newWorker(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, consumerOpts ...kgo.Opt) (_ *worker, err error) {
 	flags, err := parseFlags(args, stdout)
 	if err != nil {
 		return nil, err
@@ -202,6 +204,7 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 		Group:           cfg.Group,
 		DeadLetterTopic: cfg.deadLetterTopic(),
 		MaxPollRecords:  cfg.MaxPollRecords,
+		ClientOpts:      consumerOpts,
 		Logger:          log,
 		Batch:           dd,
 	})
