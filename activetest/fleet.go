@@ -457,7 +457,7 @@ func (f *Fleet) start(s *slot) (*instance, error) {
 	probed := in.handlers.wrap(instanceHandler(s, h), nil)
 	in.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if _, ok := r.Header[probeHeader]; ok {
+			if _, ok := r.Header[probeHeader]; ok && f.opts.probe != nil {
 				r.Header.Del(probeHeader)
 				probed.ServeHTTP(w, r)
 				return
