@@ -149,9 +149,16 @@ func (f *fixture) env(t *testing.T, instanceID string) map[string]string {
 // publish publishes orders to the fixture's topic.
 func (f *fixture) publish(t *testing.T, es ...events.Event) {
 	t.Helper()
+	if err := f.publishErr(es...); err != nil {
+		t.Fatalf("publishing orders: %v", err)
+	}
+}
+
+// publishErr is publish for a goroutine other than the test's.
+func (f *fixture) publishErr(es ...events.Event) error {
 	p, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: f.brokers, Topic: f.topic})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -160,9 +167,10 @@ func (f *fixture) publish(t *testing.T, es ...events.Event) {
 		b := es[:min(500, len(es))]
 		es = es[len(b):]
 		if err := p.Publish(ctx, b...); err != nil {
-			t.Fatalf("publishing orders: %v", err)
+			return err
 		}
 	}
+	return nil
 }
 
 // orders returns n order events for customers customers, with the count of

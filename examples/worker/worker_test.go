@@ -354,4 +354,3 @@ type fetchCounter struct{ n atomic.Int64 }
 func (c *fetchCounter) OnFetchRecordBuffered(*kgo.Record) { c.n.Add(1) }
 
 var _ kgo.HookFetchRecordBuffered = (*fetchCounter)(nil)
-
