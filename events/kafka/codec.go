@@ -32,12 +32,14 @@ var ErrMalformed = errors.New("kafka: malformed record")
 // matches ErrMalformed, and wraps the *events.ValidationError when the record
 // decoded into an invalid event.
 //
-// A record's header keys and values may be as long as the producer wants:
-// Error quotes at most the first 64 bytes of the header's key, with its
-// length when it is longer, and no error Decode returns quotes more of a
+// A record's header keys and values, and the member names of a structured
+// record's JSON object, may be as long as the producer wants: Error quotes
+// at most the first 64 bytes of the header's key or the member's name, with
+// its length when it is longer, and no error Decode returns quotes more of a
 // record than that, so that logging it cannot flood a log.
 type DecodeError struct {
-	Header string // the offending header's key, in full; "" when the record as a whole is wrong
+	Header string // the offending header's key, in full; "" when the fault is not in one header
+	Member string // the offending member of a structured-mode record's JSON object, in full; "" otherwise
 	Reason string
 	Err    error // the validation error, if any
 }
@@ -46,6 +48,9 @@ func (e *DecodeError) Error() string {
 	s := "kafka: malformed record"
 	if e.Header != "" {
 		s += ": header " + excerpt(e.Header)
+	}
+	if e.Member != "" {
+		s += ": structured event member " + excerpt(e.Member)
 	}
 	return s + ": " + e.Reason
 }
@@ -69,7 +74,8 @@ func (e *DecodeError) Is(target error) bool { return target == ErrMalformed }
 func (e *DecodeError) Unwrap() error { return e.Err }
 
 // Record encodes e as a Kafka record for topic in the CloudEvents Kafka
-// binding's binary mode: the data is the value, attributes are headers, and
+// binding's binary mode, the one mode this package publishes in (Decode
+// reads both): the data is the value, attributes are headers, and
 // the key is e.Key() (the partitionkey extension, else the subject), so one
 // entity's events go to one partition and stay in order. It does not
 // validate e; Publish does.
@@ -107,14 +113,41 @@ func Record(topic string, e events.Event) *kgo.Record {
 	return r
 }
 
-// Decode reads a record written in the CloudEvents Kafka binding's binary
-// mode back into an event and validates it. Headers other than "ce_*" and
-// "content-type" are ignored. A duplicated CloudEvents header, a missing
-// required attribute, a time that is not RFC 3339, a structured-mode record
-// (content-type application/cloudevents..., in any case, whatever its other
-// headers), or an event that fails Validate is an error matching
-// ErrMalformed.
+// Decode reads a record written in either content mode of the CloudEvents
+// Kafka binding back into an event and validates it. As the binding says,
+// the content-type header decides the mode: a record whose content-type
+// starts with application/cloudevents (in any case) is in structured mode,
+// whatever its other headers, and any other record is in binary mode.
+//
+// In binary mode the attributes are "ce_*" headers and content-type, and the
+// value is the data; other headers are ignored. A duplicated CloudEvents
+// header, a missing specversion, or a time that is not RFC 3339 is an error.
+//
+// In structured mode the value is the whole event in the CloudEvents JSON
+// event format (content-type application/cloudevents+json, optionally with
+// charset=utf-8), and the record's headers are ignored. Other event formats,
+// and the JSON batch format, which the binding does not allow on Kafka, are
+// errors. The JSON object's members are the attributes: the context
+// attributes are JSON strings (time in RFC 3339), and null means absent.
+// Other members are extensions, whose JSON string, boolean or integer (32
+// bits, signed) values become the strings a binary-mode header would carry
+// ("v", "true", "-5"). The data is data_base64's bytes, or data's: when
+// datacontenttype is absent or a JSON media type (subtype json or *+json),
+// the JSON value exactly as written in the record (an explicit null is the
+// data "null"), and datacontenttype becomes application/json when absent,
+// as the format implies; for any other datacontenttype, data must be a JSON
+// string, whose contents are the data. A value that is not one JSON object
+// in UTF-8, a repeated member, a member of the wrong JSON type (an object,
+// an array, a number that is not an integer), an empty extension, both data
+// and data_base64, or a missing specversion is an error.
+//
+// In either mode an event that fails Validate is an error, and every error
+// is a *DecodeError matching ErrMalformed. Publishing always uses binary
+// mode (see Record).
 func Decode(r *kgo.Record) (events.Event, error) {
+	if ct, ok := contentType(r.Headers); ok && structured(ct) {
+		return decodeStructured(string(ct), r.Value)
+	}
 	// The values of the headers read become strings of the event: one
 	// string, holding them all, cut into each.
 	var n int
@@ -184,11 +217,6 @@ func Decode(r *kgo.Record) (events.Event, error) {
 			e.SetExtension(name, v)
 		}
 	}
-	if structured(e.DataContentType) {
-		// Structured mode, even with binary-mode headers besides: the
-		// value is the envelope, not the event's data.
-		return events.Event{}, &DecodeError{Header: HeaderContentType, Reason: "structured content mode is not supported, only binary"}
-	}
 	if seen&specVersionSeen == 0 {
 		return events.Event{}, &DecodeError{Header: HeaderSpecVersion, Reason: "missing: not a CloudEvent"}
 	}
@@ -209,8 +237,22 @@ const structuredPrefix = "application/cloudevents"
 
 // structured reports whether a record with content-type ct is in the
 // binding's structured content mode, whatever its other headers.
-func structured(ct string) bool {
-	return len(ct) >= len(structuredPrefix) && strings.EqualFold(ct[:len(structuredPrefix)], structuredPrefix)
+func structured[T string | []byte](ct T) bool {
+	return len(ct) >= len(structuredPrefix) && strings.EqualFold(string(ct[:len(structuredPrefix)]), structuredPrefix)
+}
+
+// contentType returns the value of r's one content-type header, and false
+// when it has none or several.
+func contentType(hs []kgo.RecordHeader) ([]byte, bool) {
+	var ct []byte
+	n := 0
+	for _, h := range hs {
+		if h.Key == HeaderContentType {
+			ct = h.Value
+			n++
+		}
+	}
+	return ct, n == 1
 }
 
 // ceHeader reports whether Decode reads the header named k.

@@ -14,10 +14,19 @@
 //     is on every in-sync replica. An outcome the client cannot know (the
 //     context ended after the records were sent) is events.ErrUncertain,
 //     not a failure.
-//   - Records use the CloudEvents Kafka binding in binary mode (ce_ headers,
-//     content-type), so any Kafka consumer can read them, and are keyed by
-//     the partitionkey extension or the subject, so one entity's events stay
-//     in one partition, in order.
+//   - Records are published in the CloudEvents Kafka binding's binary mode
+//     (ce_ headers, content-type), so any Kafka consumer can read them, and
+//     are keyed by the partitionkey extension or the subject, so one
+//     entity's events stay in one partition, in order. Publishing is always
+//     in binary mode.
+//   - Decode, and so the Subscriber, reads both of the binding's content
+//     modes: binary, and structured in the CloudEvents JSON event format
+//     (content-type application/cloudevents+json), which other producers of
+//     a fleet (the Java, .NET and Python SDKs, Debezium, Knative) often
+//     write. The content-type header decides the mode, as the binding says.
+//     A record in neither (another structured format, the JSON batch format,
+//     which the binding does not allow on Kafka, or an invalid event) is
+//     dead-lettered as malformed.
 //   - Subscriber joins a consumer group (cooperative-sticky), handles each
 //     partition in order and partitions concurrently, commits an offset only
 //     after the handler succeeded and never across a rebalance, retries a

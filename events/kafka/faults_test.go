@@ -302,7 +302,7 @@ func TestDeadLetters(t *testing.T) {
 	}
 	wantReason := []string{
 		"missing: not a CloudEvent", "ce_time", "appears more than once", "ce_source", "not valid UTF-8",
-		"ce_Bad_Ext", "structured content mode", "handler panicked: handler bug", "downstream refuses",
+		"ce_Bad_Ext", "structured event member \"specversion\": missing", "handler panicked: handler bug", "downstream refuses",
 	}
 	wantAttempts := []string{"0", "0", "0", "0", "0", "0", "0", "1", "5"}
 	for i, d := range dead {
