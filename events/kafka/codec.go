@@ -35,8 +35,9 @@ var ErrMalformed = errors.New("kafka: malformed record")
 // A record's header keys and values, and the member names of a structured
 // record's JSON object, may be as long as the producer wants: Error quotes
 // at most the first 64 bytes of the header's key or the member's name, with
-// its length when it is longer, and no error Decode returns quotes more of a
-// record than that, so that logging it cannot flood a log.
+// its length when it is longer, a reason (the wrapped validation error's
+// too) is at most 160 bytes and its length, and no error Decode returns
+// quotes more of a record than that, so that logging it cannot flood a log.
 type DecodeError struct {
 	Header string // the offending header's key, in full; "" when the fault is not in one header
 	Member string // the offending member of a structured-mode record's JSON object, in full; "" otherwise
@@ -224,11 +225,28 @@ func Decode(r *kgo.Record) (events.Event, error) {
 		e.Data = r.Value
 	}
 	if err := e.Validate(); err != nil {
-		var ve *events.ValidationError
-		errors.As(err, &ve)
-		return events.Event{}, &DecodeError{Header: headerOf(ve.Attribute), Reason: ve.Reason, Err: err}
+		ve := boundedValidation(err)
+		return events.Event{}, &DecodeError{Header: headerOf(ve.Attribute), Reason: ve.Reason, Err: ve}
 	}
 	return e, nil
+}
+
+// maxReason is how long the reason of a validation error Decode returns may
+// be, in bytes.
+const maxReason = 160
+
+// boundedValidation returns err's *events.ValidationError, or a copy whose
+// reason is cut to maxReason bytes and its length when longer: Validate's
+// reason may quote a whole value (url.Parse's errors do, for a source or
+// dataschema), and a record's values may be megabytes long.
+func boundedValidation(err error) *events.ValidationError {
+	var ve *events.ValidationError
+	errors.As(err, &ve)
+	if len(ve.Reason) <= maxReason {
+		return ve
+	}
+	return &events.ValidationError{Attribute: ve.Attribute,
+		Reason: strings.ToValidUTF8(ve.Reason[:maxReason], "") + "... (" + strconv.Itoa(len(ve.Reason)) + " bytes)"}
 }
 
 // structuredPrefix starts the content-type of a record in the binding's

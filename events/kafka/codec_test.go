@@ -93,6 +93,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add("content-type=application/cloudevents+json", []byte(`{"specversion":"1.0","id":"1","source":"/s","type":"t","data":[[[[[[`), []byte(nil))
 	f.Add("content-type=application/cloudevents-batch+json", []byte(`[{"specversion":"1.0","id":"1","source":"/s","type":"t"}]`), []byte(nil))
 	f.Add("content-type=application/cloudevents+json", []byte("{\"specversion\":\"1.0\",\"id\":\"\xff\"} trailing"), []byte(nil))
+	f.Add("ce_specversion=1.0\nce_id=1\nce_source=:"+strings.Repeat("a", 500)+"\nce_type=t", []byte(nil), []byte(nil))
 	f.Add("ce_specversion=1.0\nce_specversion=1.0", []byte(nil), []byte("k"))
 	f.Add("ce_specversion=1.0\nce_id=1\nce_source=/s\nce_type=t\nce_time=9999-12-31T23:59:59-05:00", []byte(nil), []byte(nil))
 	f.Add("ce_specversion=1.0\nce_id=\xff\nce_source=a b\nce_type=t\nce_X=1", []byte(nil), []byte(nil))
@@ -106,6 +107,11 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			if !errors.Is(err, kafka.ErrMalformed) {
 				t.Fatalf("Decode error %v does not match ErrMalformed", err)
+			}
+			for e := err; e != nil; e = errors.Unwrap(e) {
+				if msg := e.Error(); len(msg) > 400 {
+					t.Fatalf("%T error of %d bytes: %.400q...", e, len(msg), msg)
+				}
 			}
 			return
 		}
@@ -197,6 +203,9 @@ func TestDecodeErrorsBounded(t *testing.T) {
 		{"long time", base(kgo.RecordHeader{Key: "ce_time", Value: []byte(long)})},
 		{"long content type", base(kgo.RecordHeader{Key: "content-type", Value: []byte(long)})},
 		{"long dataschema", base(kgo.RecordHeader{Key: "ce_dataschema", Value: []byte(long)})},
+		// url.Parse's errors quote the whole value.
+		{"long source, no scheme", append(base()[:2], kgo.RecordHeader{Key: "ce_type", Value: []byte("t")}, kgo.RecordHeader{Key: "ce_source", Value: []byte(":" + long)})},
+		{"long dataschema, unclosed IP literal", base(kgo.RecordHeader{Key: "ce_dataschema", Value: []byte("http://[::1" + long)})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -148,9 +148,8 @@ func decodeStructured(ct string, value []byte) (events.Event, error) {
 		return events.Event{}, &DecodeError{Member: "specversion", Reason: "missing: not a CloudEvent"}
 	}
 	if err := e.Validate(); err != nil {
-		var ve *events.ValidationError
-		errors.As(err, &ve)
-		return events.Event{}, &DecodeError{Member: ve.Attribute, Reason: ve.Reason, Err: err}
+		ve := boundedValidation(err)
+		return events.Event{}, &DecodeError{Member: ve.Attribute, Reason: ve.Reason, Err: ve}
 	}
 	switch {
 	case data != nil && data64 != nil:

@@ -580,6 +580,8 @@ func TestDecodeStructuredErrorsBounded(t *testing.T) {
 		{"long member name, escaped", "application/cloudevents+json", obj(`,"\n` + long + `":"v"`)},
 		{"long extension value, control character", "application/cloudevents+json", obj(`,"ext":"\u0001` + long + `"`)},
 		{"long source", "application/cloudevents+json", `{"specversion":"1.0","id":"1","source":" ` + long + `","type":"t"}`},
+		{"long source, no scheme", "application/cloudevents+json", `{"specversion":"1.0","id":"1","source":":` + long + `","type":"t"}`},
+		{"long dataschema, unclosed IP literal", "application/cloudevents+json", obj(`,"dataschema":"http://[::1` + long + `"`)},
 		{"long specversion", "application/cloudevents+json", `{"specversion":"` + long + `","id":"1","source":"/s","type":"t"}`},
 		{"long time", "application/cloudevents+json", obj(`,"time":"` + long + `"`)},
 		{"long datacontenttype", "application/cloudevents+json", obj(`,"datacontenttype":"` + long + `"`)},
