@@ -184,6 +184,7 @@ type service struct {
 	mu      sync.Mutex
 	err     error           // the watch's last error, or why it ended
 	started bool            // ready is closed
+	stopped bool            // no longer in Transport.services: its watch is over or ending
 	tls     *http.Transport // the clone of the base for https, made at the first https request
 }
 
@@ -265,7 +266,7 @@ func (t *Transport) Close() error {
 	t.mu.Unlock()
 	t.wg.Wait()
 	for _, s := range services {
-		s.closeIdle()
+		s.stop()
 	}
 	return nil
 }
@@ -286,13 +287,40 @@ func (t *Transport) CloseIdleConnections() {
 }
 
 // closeIdle closes the idle connections of s's https transport, and every
-// connection that becomes idle after (until the transport is used again).
+// HTTP/1 connection that becomes idle after (until the transport is used
+// again).
 func (s *service) closeIdle() {
 	s.mu.Lock()
 	tr := s.tls
 	s.mu.Unlock()
 	if tr != nil {
 		tr.CloseIdleConnections()
+	}
+}
+
+// stop marks s stopped, once it has left Transport.services, and closes the
+// idle connections of its https transport. The requests still using s close
+// theirs as they end (see ended).
+func (s *service) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	s.closeIdle()
+}
+
+// ended closes, when s is stopped, the connections that an attempt over
+// s's https transport left idle as it ended (its RoundTrip failed, or its
+// response body was read or closed). The closeIdle of stop is not enough:
+// an HTTP/1 transport closes the connections that become idle only until
+// its next request (a retry, another request in flight), and an HTTP/2
+// connection busy at the time is never closed; either would stay open, its
+// goroutines with it, until the base's IdleConnTimeout.
+func (s *service) ended() {
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		s.closeIdle()
 	}
 }
 
@@ -439,7 +467,7 @@ func (t *Transport) stopIdleLocked() {
 		if s.active.Load() == 0 && now-s.used.Load() >= int64(t.cfg.IdleTimeout) {
 			delete(t.services, name)
 			s.cancel()
-			s.closeIdle()
+			s.stop()
 		}
 	}
 }
@@ -490,7 +518,7 @@ func (t *Transport) watch(ctx context.Context, s *service) {
 	}
 	s.mu.Unlock()
 	s.cancel()
-	s.closeIdle()
+	s.stop()
 }
 
 // RoundTrip sends req to an instance of the service named by its URL host.
@@ -617,6 +645,7 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 	t.propagator().Inject(req.Context(), propagation.HeaderCarrier(out.Header))
 	resp, err := t.roundTripper(s, out.URL.Scheme).RoundTrip(out)
 	if err != nil {
+		s.ended()
 		if req.Context().Err() != nil {
 			lease.Done(Ignored)
 			return nil, key, err
@@ -633,9 +662,10 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 		// io.ReadWriteCloser that must be handed over as is, and may stay
 		// open for hours): the request is over.
 		lease.Done(o)
+		s.ended()
 		return resp, key, nil
 	}
-	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err}
+	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err, ended: s.ended}
 	return resp, key, nil
 }
 
@@ -693,6 +723,7 @@ type leasedBody struct {
 	lease   *Lease
 	outcome Outcome
 	ctxErr  func() error // the request context's Err
+	ended   func()       // called when the body is read to its end, fails or is closed
 	once    sync.Once
 }
 
@@ -701,19 +732,24 @@ func (b *leasedBody) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		b.done(b.outcome)
+		b.ended()
 	case err != nil:
 		if b.ctxErr() != nil {
 			b.done(Ignored)
 		} else {
 			b.done(Unreachable)
 		}
+		b.ended()
 	}
 	return n, err
 }
 
+// Close closes the body and ends its lease; ended runs again, as an
+// HTTP/2 stream is forgotten by its connection only once closed.
 func (b *leasedBody) Close() error {
 	err := b.rc.Close()
 	b.done(b.outcome)
+	b.ended()
 	return err
 }
 
