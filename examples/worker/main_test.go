@@ -293,52 +293,14 @@ func (f *fixture) checkFollowUps(t *testing.T, es []events.Event) (records int) 
 	return records
 }
 
-// instance is one worker run in-process.
+// instance is one worker run in-process by run.
 type instance struct {
-	w      *worker
 	log    *logSink
 	base   string
 	cancel context.CancelFunc
 	done   chan error
 	once   sync.Once
 	err    error
-}
-
-// startInstance builds an instance with env as its whole environment (as
-// run does: newWorker, then serve), serves it, and returns once it
-// listens. It is stopped at the end of the test if the test did not stop
-// it.
-func startInstance(t *testing.T, env map[string]string) *instance {
-	t.Helper()
-	sink := newSink()
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := newWorker(ctx, nil, func(k string) string { return env[k] }, sink)
-	if err != nil {
-		cancel()
-		t.Fatalf("newWorker: %v", err)
-	}
-	in := &instance{w: w, log: sink, cancel: cancel, done: make(chan error, 1)}
-	go func() { in.done <- w.serve(ctx) }()
-	t.Cleanup(func() {
-		if err := in.stop(); err != nil {
-			t.Errorf("instance %s stopped with %v", env["ACTIVEKIT_INSTANCE_ID"], err)
-		}
-		if t.Failed() {
-			for _, l := range sink.errors() {
-				t.Logf("%s logged: %v", env["ACTIVEKIT_INSTANCE_ID"], l)
-			}
-		}
-	})
-	select {
-	case addr := <-sink.addr:
-		in.base = "http://" + addr
-	case err := <-in.done:
-		in.done <- err
-		t.Fatalf("serve returned before listening: %v", err)
-	case <-time.After(wait):
-		t.Fatal("instance did not listen")
-	}
-	return in
 }
 
 // stop cancels the instance's context (its SIGTERM) and returns what serve
