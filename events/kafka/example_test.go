@@ -63,3 +63,30 @@ func Example() {
 	// got com.example.order.created order-1001 {"total":42}
 	// subscribe returned <nil>
 }
+
+// ExampleDecode reads a record another producer (a CloudEvents SDK in
+// structured mode) wrote: the content-type header says the value is the
+// whole event in the JSON event format.
+func ExampleDecode() {
+	r := &kgo.Record{
+		Headers: []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/cloudevents+json; charset=utf-8")}},
+		Value: []byte(`{"specversion": "1.0", "id": "A234-1234-1234", "source": "/orders", "type": "com.example.order.created",
+			"time": "2018-04-05T17:31:00Z", "priority": 5, "datacontenttype": "application/json", "data": {"order": 7}}`),
+	}
+	e, err := kafka.Decode(r)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(e.ID, e.Type, e.Time.Format(time.RFC3339))
+	fmt.Println(e.Extension("priority"), e.DataContentType, string(e.Data))
+
+	// The JSON batch format is not allowed on Kafka.
+	r.Headers[0].Value = []byte("application/cloudevents-batch+json")
+	_, err = kafka.Decode(r)
+	fmt.Println(err)
+	// Output:
+	// A234-1234-1234 com.example.order.created 2018-04-05T17:31:00Z
+	// 5 application/json {"order": 7}
+	// kafka: malformed record: header "content-type": the JSON batch format (application/cloudevents-batch+json) is not allowed on Kafka: the binding carries one event per record
+}
