@@ -134,7 +134,9 @@ type TransportConfig struct {
 // per service, with its TLSClientConfig.ServerName set, so that a
 // connection verified for one service never carries a request for another,
 // even to the same address; connections are pooled per instance address,
-// as always. HTTP/2 stays enabled on the clone when Base would use it. When
+// as always. HTTP/2 stays enabled on the clone when Base would use it
+// (net/http's own, configured by Base.HTTP2, even where Base's was set up by
+// golang.org/x/net/http2, whose pool would mix the services). When
 // Base is another RoundTripper, it gets the request with the instance's
 // address as URL host, and verifies whatever it is configured to.
 //
@@ -354,6 +356,16 @@ func tlsClone(base *http.Transport, service string, serverName func(string) stri
 	// not set up HTTP/2 by itself: the clone would offer h2 and then speak
 	// HTTP/1.1 to a server that chose it. Keep what base does.
 	if c.Protocols == nil && c.TLSNextProto == nil && slices.Contains(c.TLSClientConfig.NextProtos, "h2") {
+		c.ForceAttemptHTTP2 = true
+	}
+	// An HTTP/2 that base did not set up itself (golang.org/x/net/http2's
+	// ConfigureTransports) is in TLSNextProto, which Clone copies: its
+	// connections, the clone's included, go to one pool of base's, keyed
+	// by address, from which a request for this service would take a
+	// connection opened (and verified) for another. The clone speaks
+	// net/http's own HTTP/2 instead, configured by base.HTTP2.
+	if c.TLSNextProto["h2"] != nil {
+		c.TLSNextProto = nil
 		c.ForceAttemptHTTP2 = true
 	}
 	switch {
