@@ -41,7 +41,7 @@ func TestExactlyOnceWhileInstancesDie(t *testing.T) {
 	start := func() *member {
 		seq++
 		env := f.env(t, "worker-"+strconv.Itoa(seq))
-		env["ACTIVEKIT_DEDUPE_LEASE"] = "2s" // a crashed instance's claims are taken over after it
+		env["ACTIVEKIT_DEDUPE_LEASE"] = "1s" // a crashed instance's claims are taken over after it
 		env["ACTIVEKIT_MAX_POLL_RECORDS"] = "100"
 		env["ACTIVEKIT_LOG_LEVEL"] = "error"
 		ctx, cancel := context.WithCancel(context.Background())

@@ -105,9 +105,9 @@ func (c *Config) Validate() error {
 	if len(splitList(c.KafkaBrokers)) == 0 {
 		errs = append(errs, errors.New("kafka_brokers is empty"))
 	}
-	for name, v := range map[string]string{"topic": c.Topic, "group": c.Group, "counted_topic": c.CountedTopic} {
-		if v == "" {
-			errs = append(errs, fmt.Errorf("%s is empty", name))
+	for _, s := range []struct{ name, v string }{{"topic", c.Topic}, {"group", c.Group}, {"counted_topic", c.CountedTopic}} {
+		if s.v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", s.name))
 		}
 	}
 	if c.Topic != "" && (c.CountedTopic == c.Topic || c.deadLetterTopic() == c.Topic) {
