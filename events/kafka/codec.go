@@ -139,8 +139,10 @@ func Record(topic string, e events.Event) *kgo.Record {
 // as the format implies; for any other datacontenttype, data must be a JSON
 // string, whose contents are the data. A value that is not one JSON object
 // in UTF-8, a repeated member, a member of the wrong JSON type (an object,
-// an array, a number that is not an integer), an empty extension, both data
-// and data_base64, or a missing specversion is an error.
+// an array, a number that is not an integer), a string with an escaped
+// unpaired surrogate (which no CloudEvents string holds), an empty
+// extension, both data and data_base64, or a missing specversion is an
+// error.
 //
 // In either mode an event that fails Validate is an error, and every error
 // is a *DecodeError matching ErrMalformed. Publishing always uses binary

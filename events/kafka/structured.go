@@ -177,8 +177,10 @@ func decodeStructured(ct string, value []byte) (events.Event, error) {
 	case data != nil:
 		switch data[0] {
 		case '"':
-			var s string
-			_ = json.Unmarshal(data, &s) // a string the decoder scanned
+			s, err := jsonString("data", data)
+			if err != nil {
+				return events.Event{}, err
+			}
 			if s != "" {
 				e.Data = []byte(s)
 			}
@@ -195,13 +197,61 @@ func decodeStructured(ct string, value []byte) (events.Event, error) {
 func stringMember(name string, raw json.RawMessage) (string, error) {
 	switch raw[0] {
 	case '"':
-		var s string
-		_ = json.Unmarshal(raw, &s) // a string the decoder scanned
-		return s, nil
+		return jsonString(name, raw)
 	case 'n':
 		return "", nil
 	}
 	return "", &DecodeError{Member: name, Reason: "a JSON " + kindOf(raw) + ", want a string"}
+}
+
+// jsonString returns the contents of raw, a JSON string that is the value
+// of the member name. An escaped surrogate that is not half of a pair is an
+// error: encoding/json would make it U+FFFD, changing the value, and a
+// CloudEvents string has no surrogates.
+func jsonString(name string, raw json.RawMessage) (string, error) {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character; the decoder has checked the escapes
+		if raw[i] != 'u' {
+			continue
+		}
+		r := hex4(raw[i+1:])
+		i += 4
+		if r < 0xd800 || r > 0xdfff {
+			continue
+		}
+		if r >= 0xdc00 || i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+			return "", &DecodeError{Member: name, Reason: "a string with an unpaired surrogate (\\u" + string(raw[i-3:i+1]) + ")"}
+		}
+		if lo := hex4(raw[i+3:]); lo < 0xdc00 || lo > 0xdfff {
+			return "", &DecodeError{Member: name, Reason: "a string with an unpaired surrogate (\\u" + string(raw[i-3:i+1]) + ")"}
+		}
+		i += 6
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil { // cannot fail: the decoder scanned raw
+		return "", &DecodeError{Member: name, Reason: "not a JSON string"}
+	}
+	return s, nil
+}
+
+// hex4 returns the value of the four hexadecimal digits b starts with.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }
 
 // extensionValue returns the canonical string form of an extension
@@ -210,8 +260,10 @@ func stringMember(name string, raw json.RawMessage) (string, error) {
 func extensionValue(name string, raw json.RawMessage) (string, error) {
 	switch raw[0] {
 	case '"':
-		var s string
-		_ = json.Unmarshal(raw, &s) // a string the decoder scanned
+		s, err := jsonString(name, raw)
+		if err != nil {
+			return "", err
+		}
 		if s == "" {
 			return "", &DecodeError{Member: name, Reason: "empty value"}
 		}

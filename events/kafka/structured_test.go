@@ -197,6 +197,7 @@ func TestDecodeStructuredExtensions(t *testing.T) {
 		{`"v"`, "v"},
 		{`"with \"quotes\" and \u00e9"`, `with "quotes" and é`},
 		{`"5"`, "5"},
+		{`"\ud83d\ude00 \uFFFD \\ud800"`, "\U0001F600 \uFFFD \\ud800"},
 		{`true`, "true"},
 		{`false`, "false"},
 		{`0`, "0"},
@@ -270,6 +271,13 @@ func TestDecodeStructuredRefusals(t *testing.T) {
 		{"repeated extension", ce, obj(`,"ext":"a","ext":"b"`), "", "ext", "appears more than once"},
 		{"repeated extension after null", ce, obj(`,"ext":null,"ext":"b"`), "", "ext", "appears more than once"},
 		{"repeated data", ce, obj(`,"data":1,"data":2`), "", "data", "appears more than once"},
+		// Go's JSON decoder would turn an escaped lone surrogate into
+		// U+FFFD, changing the value; CloudEvents strings have no
+		// surrogates (binary mode cannot carry one in UTF-8).
+		{"lone high surrogate", ce, obj(`,"subject":"a\ud800b"`), "", "subject", "surrogate"},
+		{"lone low surrogate in an extension", ce, obj(`,"ext":"\udc00"`), "", "ext", "surrogate"},
+		{"surrogates reversed", ce, obj(`,"ext":"\udc00\ud800"`), "", "ext", "surrogate"},
+		{"lone surrogate in text data", ce, obj(`,"datacontenttype":"text/plain","data":"\ud83d"`), "", "data", "surrogate"},
 		{"object extension", ce, obj(`,"ext":{"a":1}`), "", "ext", "a JSON object"},
 		{"array extension", ce, obj(`,"ext":[1]`), "", "ext", "a JSON array"},
 		{"fraction extension", ce, obj(`,"ext":1.5`), "", "ext", "not an integer"},
