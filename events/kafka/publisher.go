@@ -135,8 +135,9 @@ func (p *Publisher) Topic() string { return p.topic }
 // Client returns the franz-go client, for what this package does not wrap.
 func (p *Publisher) Client() *kgo.Client { return p.cl }
 
-// Publish validates every event, then produces them and waits for the
-// broker's acknowledgement of each (acks=all). See events.Publisher for the
+// Publish validates every event, then produces them, in the binding's
+// binary content mode (see Record), and waits for the broker's
+// acknowledgement of each (acks=all). See events.Publisher for the
 // contract. Besides Validate's rules, an event whose datacontenttype is an
 // application/cloudevents media type is invalid here: the binding reads such
 // a record as structured mode.
