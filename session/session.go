@@ -307,7 +307,7 @@ func Update[T any](s *Session, key string, fn func(cur T, ok bool) (T, error)) e
 			return nil
 		case errors.Is(err, ErrConflict):
 			// Back off before reading again (full jitter, 1 ms doubling
-			// to 32 ms), so that requests racing on one key from many
+			// to 64 ms), so that requests racing on one key from many
 			// instances spread out instead of colliding again in
 			// lockstep until one of them runs out of attempts.
 			if bo == nil {
@@ -334,7 +334,7 @@ func conflictBackoff() *retry.Backoff {
 	b, _ := retry.NewBackoff(retry.Policy{
 		InitialInterval: time.Millisecond,
 		Multiplier:      2,
-		MaxInterval:     32 * time.Millisecond,
+		MaxInterval:     64 * time.Millisecond,
 		MaxAttempts:     -1, // Update counts its own attempts
 		MaxElapsedTime:  -1,
 	}, nil)
