@@ -24,6 +24,11 @@ func memcachedFleet(t *testing.T) *fleet {
 	for range 2 {
 		c := memcache.New(addr)
 		c.MaxIdleConns = 32
+		// The tests count lost updates, not latency: under -race on a
+		// loaded machine a call can take longer than the client's default
+		// 500 ms, which would answer 503 (a failure the client sees, not
+		// a loss) and fail them for the wrong reason.
+		c.Timeout = 5 * time.Second
 		t.Cleanup(func() { _ = c.Close() })
 		s, err := memcachedstore.New(c, memcachedstore.WithPrefix(prefix))
 		if err != nil {
