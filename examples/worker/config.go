@@ -113,8 +113,8 @@ func (c *Config) Validate() error {
 	if c.Topic != "" && (c.CountedTopic == c.Topic || c.deadLetterTopic() == c.Topic) {
 		errs = append(errs, fmt.Errorf("topic %q is also the counted or dead-letter topic", c.Topic))
 	}
-	if c.Partitions < 1 {
-		errs = append(errs, fmt.Errorf("partitions %d is below 1", c.Partitions))
+	if c.Partitions < 1 || c.Partitions > maxPartitions {
+		errs = append(errs, fmt.Errorf("partitions %d is not in [1, %d]", c.Partitions, maxPartitions))
 	}
 	// dedupe.New checks the lease too; checked here so that a bad value
 	// is a configuration error, before anything is opened.
@@ -127,6 +127,10 @@ func (c *Config) Validate() error {
 	// The lifecycle checks the durations against the grace period itself.
 	return errors.Join(errs...)
 }
+
+// maxPartitions bounds the partitions setting, which Kafka takes as an
+// int32.
+const maxPartitions = 100_000
 
 // deadLetterTopic is dead_letter_topic, or the subscriber's default.
 func (c *Config) deadLetterTopic() string {

@@ -314,6 +314,7 @@ func TestNewWorkerFailsClean(t *testing.T) {
 		{name: "redis unreachable", env: map[string]string{"ACTIVEKIT_REDIS_ADDR": testenv.FreeAddr(t)}, want: "redis "},
 		{name: "empty topic", args: []string{"-topic", ""}, want: "topic is empty"},
 		{name: "redis cluster", env: map[string]string{"ACTIVEKIT_REDIS_ADDR": "127.0.0.1:7000,127.0.0.1:7001"}, want: "Redis Cluster"},
+		{name: "partitions", args: []string{"-partitions", "1e10"}, want: "partitions"},
 		{name: "short lease", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "10ms"}, want: "dedupe_lease"},
 		{name: "bad duration", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "soon"}, want: "dedupe_lease"},
 		{name: "unknown flag", args: []string{"-nope"}, want: "not defined"},
