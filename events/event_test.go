@@ -191,6 +191,21 @@ func TestValidateMediaRangeReason(t *testing.T) {
 	}
 }
 
+// A source that url.Parse refuses gets a reason of bounded size: the
+// parser's own error quotes the whole value.
+func TestValidateURIReasonBounded(t *testing.T) {
+	e := valid()
+	e.Source = "http://[" + strings.Repeat("a", 100000)
+	var ve *events.ValidationError
+	err := e.Validate()
+	if !errors.As(err, &ve) || !strings.Contains(ve.Reason, "URI-reference") {
+		t.Fatalf("Validate of an unclosed IP literal: %v, want a URI-reference reason", err)
+	}
+	if n := len(err.Error()); n > 400 {
+		t.Fatalf("error of %d bytes for a 100 kB source: %.200s...", n, err)
+	}
+}
+
 func TestChainOrder(t *testing.T) {
 	var got []string
 	mw := func(name string) events.Middleware {

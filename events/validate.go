@@ -208,6 +208,12 @@ func checkURIReference(s string) string {
 		}
 	}
 	if _, err := url.Parse(s); err != nil {
+		// The *url.Error repeats the whole value; its inner error does
+		// not (a reason must stay short whatever the input).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return "not a URI-reference: " + err.Error()
 	}
 	// url.Parse is more lenient than RFC 3986 in two ways that other
