@@ -184,10 +184,12 @@ type service struct {
 	used   atomic.Int64 // when a RoundTrip last started or ended, Unix ns of Transport.clock
 
 	mu      sync.Mutex
-	err     error           // the watch's last error, or why it ended
-	started bool            // ready is closed
-	stopped bool            // no longer in Transport.services: its watch is over or ending
-	tls     *http.Transport // the clone of the base for https, made at the first https request
+	err     error                     // the watch's last error, or why it ended
+	started bool                      // ready is closed
+	stopped bool                      // no longer in Transport.services: its watch is over or ending
+	tls     *http.Transport           // the clone of the base for https, made at the first https request
+	busy    int                       // attempts over tls begun and not ended (see begin)
+	conns   map[*trackedConn]struct{} // the open connections tls dialed
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -300,46 +302,120 @@ func (s *service) closeIdle() {
 	}
 }
 
-// stop marks s stopped, once it has left Transport.services, and closes the
-// idle connections of its https transport. The requests still using s close
-// theirs as they end (see ended).
+// stop marks s stopped, once it has left Transport.services, and closes
+// every connection its https transport dialed as soon as no attempt uses
+// them: now, or as the last attempt of the requests still using s ends
+// (see ended). CloseIdleConnections is not enough: an HTTP/1 transport
+// closes the connections that become idle only until its next request (a
+// retry, another request in flight), an HTTP/2 connection busy at the time
+// is never closed, and a dial still running (started for a request that
+// then took another connection) adds its connection later; each would stay
+// open, its goroutines with it, until the base's IdleConnTimeout.
 func (s *service) stop() {
+	s.closeIdle()
 	s.mu.Lock()
 	s.stopped = true
+	conns := s.unusedLocked()
 	s.mu.Unlock()
-	s.closeIdle()
+	closeConns(conns)
 }
 
-// ended closes, when s is stopped, the connections that an attempt over
-// s's https transport left idle as it ended (its RoundTrip failed, or its
-// response body was read or closed). The closeIdle of stop is not enough:
-// an HTTP/1 transport closes the connections that become idle only until
-// its next request (a retry, another request in flight), and an HTTP/2
-// connection busy at the time is never closed; either would stay open, its
-// goroutines with it, until the base's IdleConnTimeout.
+// begin counts an attempt over s's https transport, until its ended.
+func (s *service) begin() {
+	s.mu.Lock()
+	s.busy++
+	s.mu.Unlock()
+}
+
+// ended ends what begin began: the attempt's RoundTrip failed, or its
+// response has no body or its body was read to the end, failed or closed.
 func (s *service) ended() {
 	s.mu.Lock()
-	stopped := s.stopped
+	s.busy--
+	conns := s.unusedLocked()
 	s.mu.Unlock()
-	if stopped {
-		s.closeIdle()
+	closeConns(conns)
+}
+
+// unusedLocked returns, and forgets, the connections of s's https
+// transport when s is stopped and no attempt uses them. s.mu is held.
+func (s *service) unusedLocked() []*trackedConn {
+	if !s.stopped || s.busy > 0 || len(s.conns) == 0 {
+		return nil
+	}
+	conns := slices.Collect(maps.Keys(s.conns))
+	clear(s.conns)
+	return conns
+}
+
+func closeConns(conns []*trackedConn) {
+	for _, c := range conns {
+		_ = c.Conn.Close()
 	}
 }
 
-// roundTripper returns what sends an attempt of s with scheme: for https,
-// the clone of the base that verifies s's certificates, made at its first
-// use; otherwise the base.
-func (t *Transport) roundTripper(s *service, scheme string) http.RoundTripper {
+// trackDial returns a DialContext that dials with dial and keeps the
+// connections in s.conns until they close.
+func (s *service) trackDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.stopped && s.busy == 0 {
+			// No attempt waits for it: a dial that outlived its request.
+			_ = c.Close()
+			return nil, fmt.Errorf("discovery: %s: %w", s.name, ErrClosed)
+		}
+		tc := &trackedConn{Conn: c, s: s}
+		if s.conns == nil {
+			s.conns = make(map[*trackedConn]struct{})
+		}
+		s.conns[tc] = struct{}{}
+		return tc, nil
+	}
+}
+
+// trackedConn is a connection of a service's https transport.
+type trackedConn struct {
+	net.Conn
+	s *service
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// roundTripper returns what sends an attempt of s with scheme, and whether
+// it is s's own: for https, the clone of the base that verifies s's
+// certificates, made at its first use; otherwise the base.
+func (t *Transport) roundTripper(s *service, scheme string) (http.RoundTripper, bool) {
 	base, ok := t.base.(*http.Transport)
 	if !ok || scheme != "https" {
-		return t.base
+		return t.base, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tls == nil {
-		s.tls = tlsClone(base, s.name, t.cfg.TLSServerName)
+		c := tlsClone(base, s.name, t.cfg.TLSServerName)
+		dial := c.DialContext
+		switch {
+		case dial != nil:
+		case c.Dial != nil:
+			d := c.Dial
+			dial = func(_ context.Context, network, addr string) (net.Conn, error) { return d(network, addr) }
+		default:
+			dial = new(net.Dialer).DialContext // what net/http uses then
+		}
+		c.DialContext = s.trackDial(dial)
+		s.tls = c
 	}
-	return s.tls
+	return s.tls, true
 }
 
 // tlsClone returns a clone of base that verifies certificates against the
@@ -655,9 +731,15 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 		out.Header = make(http.Header)
 	}
 	t.propagator().Inject(req.Context(), propagation.HeaderCarrier(out.Header))
-	resp, err := t.roundTripper(s, out.URL.Scheme).RoundTrip(out)
+	rt, own := t.roundTripper(s, out.URL.Scheme)
+	ended := func() {}
+	if own {
+		s.begin()
+		ended = s.ended
+	}
+	resp, err := rt.RoundTrip(out)
 	if err != nil {
-		s.ended()
+		ended()
 		if req.Context().Err() != nil {
 			lease.Done(Ignored)
 			return nil, key, err
@@ -669,15 +751,21 @@ func (t *Transport) attempt(s *service, req *http.Request, body io.ReadCloser, e
 	if resp.StatusCode >= 500 {
 		o = Failure
 	}
-	if resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
-		// Nothing to read, or an upgraded connection (its body is an
-		// io.ReadWriteCloser that must be handed over as is, and may stay
-		// open for hours): the request is over.
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection: its body is an io.ReadWriteCloser that
+		// must be handed over as is, and may stay open for hours, so the
+		// request is over for the balancer. The attempt is not ended
+		// (ended is not called): the connection is the caller's now,
+		// and must not be closed with s's.
 		lease.Done(o)
-		s.ended()
 		return resp, key, nil
 	}
-	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err, ended: s.ended}
+	if resp.Body == nil || resp.Body == http.NoBody {
+		lease.Done(o)
+		ended()
+		return resp, key, nil
+	}
+	resp.Body = &leasedBody{rc: resp.Body, lease: lease, outcome: o, ctxErr: req.Context().Err, ended: ended}
 	return resp, key, nil
 }
 
@@ -735,7 +823,7 @@ type leasedBody struct {
 	lease   *Lease
 	outcome Outcome
 	ctxErr  func() error // the request context's Err
-	ended   func()       // called when the body is read to its end, fails or is closed
+	ended   func()       // called with the lease's Done
 	once    sync.Once
 }
 
@@ -744,28 +832,28 @@ func (b *leasedBody) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		b.done(b.outcome)
-		b.ended()
 	case err != nil:
 		if b.ctxErr() != nil {
 			b.done(Ignored)
 		} else {
 			b.done(Unreachable)
 		}
-		b.ended()
 	}
 	return n, err
 }
 
-// Close closes the body and ends its lease; ended runs again, as an
-// HTTP/2 stream is forgotten by its connection only once closed.
 func (b *leasedBody) Close() error {
 	err := b.rc.Close()
 	b.done(b.outcome)
-	b.ended()
 	return err
 }
 
-func (b *leasedBody) done(o Outcome) { b.once.Do(func() { b.lease.Done(o) }) }
+func (b *leasedBody) done(o Outcome) {
+	b.once.Do(func() {
+		b.lease.Done(o)
+		b.ended()
+	})
+}
 
 // systemClock is the retry.Clock backed by package time.
 type systemClock struct{}
