@@ -406,8 +406,8 @@ func (t *Transport) roundTripper(s *service, scheme string) (http.RoundTripper, 
 		dial := c.DialContext
 		switch {
 		case dial != nil:
-		case c.Dial != nil:
-			d := c.Dial
+		case c.Dial != nil: //lint:ignore SA1019 a Base may still set Dial, which net/http uses then
+			d := c.Dial //lint:ignore SA1019 as above
 			dial = func(_ context.Context, network, addr string) (net.Conn, error) { return d(network, addr) }
 		default:
 			dial = new(net.Dialer).DialContext // what net/http uses then

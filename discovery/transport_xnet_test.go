@@ -50,6 +50,7 @@ func TestTransportTLSNoReuseAcrossServicesXNetHTTP2(t *testing.T) {
 		t.Cleanup(func() { _ = r.Close(context.Background()) })
 	}
 	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}}
+	//lint:ignore SA1019 users still set up HTTP/2 so; the Transport must stay correct with it
 	if _, err := http2.ConfigureTransports(base); err != nil {
 		t.Fatal(err)
 	}
