@@ -18,6 +18,7 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 // outageStore is a dedupe.BatchStore whose every call fails while down is
@@ -133,6 +134,9 @@ func (c *cluster) committed(t *testing.T, group, topic string) int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	offs, err := c.adm.FetchOffsets(ctx, group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0 // the subscriber has not joined yet: nothing committed
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
