@@ -9,12 +9,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/activekit/activekit/discovery"
+	"github.com/activekit/activekit/discovery/memregistry"
+	"github.com/activekit/activekit/internal/testenv"
 )
 
 // connCounter counts a server's open connections.
@@ -127,5 +130,86 @@ func TestTransportCloseClosesConnsOfRequestsInFlight(t *testing.T) {
 			}
 			waitClosed(t, &counters[0], &counters[1])
 		})
+	}
+}
+
+// TestTransportTLSNonIdempotentRetriedWhenNotSent: through the https clone
+// too, a POST whose connection could not be made (connection refused) goes
+// to another instance with its body whole, and reaches it once.
+func TestTransportTLSNonIdempotentRetriedWhenNotSent(t *testing.T) {
+	ca := newTestCA(t)
+	var (
+		mu     sync.Mutex
+		bodies []string
+	)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		mu.Unlock()
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "orders")}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	live := (&tlsBackend{srv: srv}).instance("live", "orders")
+	deadAddr := testenv.FreeAddr(t) // connection refused
+	host, port, _ := net.SplitHostPort(deadAddr)
+	p, _ := strconv.Atoi(port)
+	dead := discovery.Instance{ID: "dead", Service: "orders", Address: host, Port: p}
+	reg := memregistry.New(memregistry.Config{})
+	for _, inst := range []discovery.Instance{live, dead} {
+		r, err := reg.Register(context.Background(), inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close(context.Background()) })
+	}
+	var refused atomic.Int64
+	var d net.Dialer
+	base := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: ca.pool},
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil && addr == deadAddr {
+				refused.Add(1)
+			}
+			return c, err
+		},
+	}
+	tr, err := discovery.NewTransport(reg, discovery.TransportConfig{Base: base, Balancer: discovery.BalancerConfig{MaxEjectedPercent: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+
+	const n = 40
+	for i := range n {
+		body := "pay " + strconv.Itoa(i)
+		req, _ := http.NewRequest(http.MethodPost, "https://orders/pay", strings.NewReader(body))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %d: %s", i, resp.Status)
+		}
+	}
+	if refused.Load() == 0 {
+		t.Fatalf("the dead instance was never picked in %d POSTs: the test proves nothing", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bodies) != n {
+		t.Fatalf("the live instance received %d POSTs, want %d (each once)", len(bodies), n)
+	}
+	for i, b := range bodies {
+		if want := "pay " + strconv.Itoa(i); b != want {
+			t.Fatalf("POST %d arrived as %q, want %q", i, b, want)
+		}
 	}
 }
