@@ -71,8 +71,8 @@ type instance struct {
 	tr      *http.Transport // balancer → instance, keep-alive
 	resetTr *http.Transport // balancer → instance, for requests to reset
 	probeTr *http.Transport // balancer → instance, for probes: no keep-alive
-	// probed is closed once the first probe of the instance answered or
-	// its prober stopped; nil without probing.
+	// probed is closed once the instance entered the rotation, a probe
+	// of it failed, or its prober stopped; nil without probing.
 	probed  chan struct{}
 	live    bool // guarded by Fleet.mu: in the balancer's rotation
 	stopped bool // guarded by Fleet.mu: Kill or Drain has begun
@@ -401,9 +401,10 @@ func (f *Fleet) shutdown(ctx context.Context, in *instance) error {
 // to start fails the test.
 //
 // With WithReadinessProbe the new instance enters the rotation once its
-// probes pass: Restart returns when its first probe has answered, so that
-// an instance ready at once is in the rotation by then, and one that is
-// not gets no request until it is.
+// probes pass: Restart returns when it has entered it or one of its probes
+// has failed, so that an instance ready at once is in the rotation by then
+// (after SuccessThreshold probes), and one that is not gets no request
+// until it is.
 func (f *Fleet) Restart(i int) {
 	s := f.slot(i, "Restart")
 	if s == nil {

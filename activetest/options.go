@@ -161,8 +161,8 @@ func (p Probe) validate() error {
 //
 // Each instance has one goroutine probing it, from its start until it is
 // down and out of the rotation (or replaced in its slot), or the fleet's
-// cleanup; NewFleet and Restart return once the new instances' first
-// probe has answered. A bad Probe fails NewFleet.
+// cleanup; NewFleet and Restart return once each new instance has entered
+// the rotation or failed a probe. A bad Probe fails NewFleet.
 func WithReadinessProbe(p Probe) Option {
 	return optionFunc(func(o *options) { o.probe = &p })
 }

@@ -20,9 +20,9 @@ const probeUserAgent = "activetest-probe"
 // no longer the instance of its slot, or the fleet's cleanup.
 func (f *Fleet) probeLoop(in *instance) {
 	p := f.opts.probe
-	first := true
+	settled := false // in.probed is closed
 	defer func() {
-		if first {
+		if !settled {
 			close(in.probed)
 		}
 	}()
@@ -47,11 +47,15 @@ func (f *Fleet) probeLoop(in *instance) {
 			}
 		}
 		done := in.slot.cur != in || in.down && !in.live
-		f.mu.Unlock()
-		if first {
-			first = false
+		// Settled once the instance is in the rotation (its first
+		// SuccessThreshold probes passed) or a probe failed: an
+		// instance ready at once is in by the time NewFleet or Restart
+		// returns.
+		if !settled && (in.live || !ok || done) {
+			settled = true
 			close(in.probed)
 		}
+		f.mu.Unlock()
 		if done {
 			return
 		}
@@ -101,8 +105,9 @@ func (f *Fleet) probe(in *instance) bool {
 	return err == nil && resp.StatusCode >= 200 && resp.StatusCode < 400
 }
 
-// waitProbed waits for the first probe of in to answer, or its prober to
-// stop; it returns at once without probing or for a nil instance.
+// waitProbed waits for in to enter the rotation, fail a probe, or its
+// prober to stop; it returns at once without probing or for a nil
+// instance.
 func (in *instance) waitProbed() {
 	if in == nil || in.probed == nil {
 		return

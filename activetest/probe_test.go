@@ -205,6 +205,22 @@ func TestProbeNewInstanceWaitsForReady(t *testing.T) {
 	check("after Restart")
 }
 
+// With a SuccessThreshold above 1, NewFleet and Restart still return once
+// an instance ready at once is in the rotation (its first SuccessThreshold
+// probes passed), as their docs promise, not after its first probe, when
+// it is still out and a request sent at once finds no instance.
+func TestProbeNewInstanceReadyAtOnceWithRise(t *testing.T) {
+	probe := activetest.WithReadinessProbe(activetest.Probe{Interval: 5 * time.Millisecond, SuccessThreshold: 3})
+	f, _ := probedFleet(t, 3, func(int, int) bool { return true }, probe)
+	if live := f.Live(); !slices.Equal(live, []int{0, 1, 2}) {
+		t.Fatalf("Live() after NewFleet = %v, want [0 1 2]", live)
+	}
+	f.Restart(1)
+	if live := f.Live(); !slices.Equal(live, []int{0, 1, 2}) {
+		t.Fatalf("Live() after Restart(1) = %v, want [0 1 2]", live)
+	}
+}
+
 // Probes are not load: Served and a Load's Report count the requests sent
 // through the balancer only, and a client cannot pass as a probe.
 func TestProbesNotCounted(t *testing.T) {
