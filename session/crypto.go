@@ -115,6 +115,15 @@ type aeadCache struct {
 	next int
 }
 
+// cache returns the Session's aeadCache, made on first use: a Session
+// without encryption (most) does not carry its slots. s.mu must be held.
+func (s *Session) cache() *aeadCache {
+	if s.aeads == nil {
+		s.aeads = new(aeadCache)
+	}
+	return s.aeads
+}
+
 // aead returns the version 2 AEAD of session id under the configured key
 // name, deriving it on a miss.
 func (c *aeadCache) aead(k *sealKey, id, name string) (cipher.AEAD, error) {
@@ -154,7 +163,7 @@ func (s *Session) sealNonce(id, key string, nonce, plain []byte) ([]byte, error)
 	if m.cfg.sealV1 {
 		return sealWith(k.v1, sealV1, name, nonce, additionalData(sealV1, id, key, name), plain), nil
 	}
-	aead, err := s.aeads.aead(k, id, name)
+	aead, err := s.cache().aead(k, id, name)
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +197,7 @@ func (s *Session) open(id, key string, data []byte) ([]byte, error) {
 	aead := k.v1
 	if version == sealV2 {
 		var err error
-		if aead, err = s.aeads.aead(k, id, name); err != nil {
+		if aead, err = s.cache().aead(k, id, name); err != nil {
 			return nil, err
 		}
 	}

@@ -212,17 +212,17 @@ func TestKeyRotationAcrossVersions(t *testing.T) {
 func TestAEADCache(t *testing.T) {
 	s := testSession(t, WithEncryption(key2024, key2023))
 	k := s.m.keys["2024"]
-	a, err := s.aeads.aead(k, "sessionA", "2024")
+	a, err := s.cache().aead(k, "sessionA", "2024")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := s.aeads.aead(k, "sessionA", "2024"); b != a {
+	if b, _ := s.cache().aead(k, "sessionA", "2024"); b != a {
 		t.Fatal("derived again for the same session")
 	}
-	if b, _ := s.aeads.aead(k, "sessionB", "2024"); b == a {
+	if b, _ := s.cache().aead(k, "sessionB", "2024"); b == a {
 		t.Fatal("another session got the same AEAD")
 	}
-	if b, _ := s.aeads.aead(s.m.keys["2023"], "sessionA", "2023"); b == a {
+	if b, _ := s.cache().aead(s.m.keys["2023"], "sessionA", "2023"); b == a {
 		t.Fatal("another key got the same AEAD")
 	}
 	c, err := s.seal("sessionA", "k", []byte("v"))

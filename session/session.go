@@ -80,8 +80,8 @@ type Session struct {
 	// (see missed).
 	start      time.Time
 	missedLate bool
-	saved      bool      // save attempted: later changes fail with ErrSaved
-	aeads      aeadCache // session keys derived in this request
+	saved      bool       // save attempted: later changes fail with ErrSaved
+	aeads      *aeadCache // session keys derived in this request (nil until one is: see cache)
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
