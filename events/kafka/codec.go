@@ -88,13 +88,26 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // would get the event deleted before anyone read it.
 func Record(topic string, e events.Event) *kgo.Record {
 	r := &kgo.Record{Topic: topic, Value: e.Data}
-	if k := e.Key(); k != "" {
-		r.Key = []byte(k)
+	k := e.Key()
+	// The key and the header values share one allocation, each capped so
+	// that nothing appended to one can overwrite the next.
+	n := len(k) + len(e.SpecVersion) + len(e.ID) + len(e.Source) + len(e.Type) + len(e.Subject) +
+		len(e.DataSchema) + len(e.DataContentType) + len(rfc3339NanoUTC)
+	for _, v := range e.Extensions {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
+	cut := func(start int) []byte { return buf[start:len(buf):len(buf)] }
+	if k != "" {
+		buf = append(buf, k...)
+		r.Key = cut(0)
 	}
 	h := make([]kgo.RecordHeader, 0, 8+len(e.Extensions))
 	add := func(k, v string) {
 		if v != "" {
-			h = append(h, kgo.RecordHeader{Key: k, Value: []byte(v)})
+			start := len(buf)
+			buf = append(buf, v...)
+			h = append(h, kgo.RecordHeader{Key: k, Value: cut(start)})
 		}
 	}
 	add(HeaderSpecVersion, e.SpecVersion)
@@ -103,7 +116,9 @@ func Record(topic string, e events.Event) *kgo.Record {
 	add(HeaderType, e.Type)
 	add(HeaderSubject, e.Subject)
 	if !e.Time.IsZero() {
-		add(HeaderTime, e.Time.UTC().Format(time.RFC3339Nano))
+		start := len(buf)
+		buf = e.Time.UTC().AppendFormat(buf, time.RFC3339Nano)
+		h = append(h, kgo.RecordHeader{Key: HeaderTime, Value: cut(start)})
 	}
 	add(HeaderDataSchema, e.DataSchema)
 	add(HeaderContentType, e.DataContentType)
@@ -113,6 +128,10 @@ func Record(topic string, e events.Event) *kgo.Record {
 	r.Headers = h
 	return r
 }
+
+// rfc3339NanoUTC is as long as the longest time Record writes for a year
+// of four digits.
+const rfc3339NanoUTC = "2006-01-02T15:04:05.999999999Z"
 
 // Decode reads a record written in either content mode of the CloudEvents
 // Kafka binding back into an event and validates it. As the binding says,

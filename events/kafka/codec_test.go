@@ -224,3 +224,34 @@ func TestDecodeErrorsBounded(t *testing.T) {
 		})
 	}
 }
+
+// Record's key and header values share one allocation: appending to one
+// must not change the next (each is capped), and every value must be the
+// attribute's.
+func TestRecordValuesDoNotOverlap(t *testing.T) {
+	e := events.New("/src", "t.type", []byte("data"))
+	e.Subject = "order-1"
+	e.SetExtension("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	r := kafka.Record("topic", e)
+	want := map[string]string{}
+	for _, h := range r.Headers {
+		want[h.Key] = string(h.Value)
+	}
+	key := string(r.Key)
+	r.Key = append(r.Key, "XXXXXXXX"...)
+	for i := range r.Headers {
+		r.Headers[i].Value = append(r.Headers[i].Value, "XXXXXXXX"...)
+	}
+	for _, h := range r.Headers {
+		if got := string(h.Value); got != want[h.Key]+"XXXXXXXX" {
+			t.Errorf("header %s: %q after appending to every value, want %q", h.Key, got, want[h.Key]+"XXXXXXXX")
+		}
+	}
+	if key != "order-1" || string(r.Key) != key+"XXXXXXXX" {
+		t.Errorf("key %q, then %q", key, r.Key)
+	}
+	got, err := kafka.Decode(kafka.Record("topic", e))
+	if err != nil || got.ID != e.ID || got.Subject != e.Subject || !got.Time.Equal(e.Time) || got.Extensions["traceparent"] != e.Extensions["traceparent"] {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, e)
+	}
+}
