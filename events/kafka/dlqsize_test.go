@@ -41,6 +41,23 @@ func TestDeadLetterTooLarge(t *testing.T) {
 	if err := prod.ProduceSync(context.Background(), okr).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
+	d := handledPastDeadLetter(t, c, topic, limit, ok.ID, "the too-large malformed one")
+	if string(d.Key) != "k" || header(d, kafka.HeaderDLQOffset) != "0" || !strings.Contains(header(d, "ce_deadletterreason"), "malformed") {
+		t.Errorf("dead letter lost its key, offset or reason: key %q headers %v", d.Key, d.Headers)
+	}
+	if header(d, kafka.HeaderDLQDropped) != "value" || header(d, "x-app") != "kept" || len(d.Value) != 0 {
+		t.Errorf("dead letter: %s %q, x-app %q, %d bytes of value; want the value dropped, the headers kept",
+			kafka.HeaderDLQDropped, header(d, kafka.HeaderDLQDropped), header(d, "x-app"), len(d.Value))
+	}
+}
+
+// handledPastDeadLetter subscribes to topic with a producer batch limit of
+// limit bytes, wants the first event handled to be want (the one after a
+// record that must be dead-lettered: otherwise its partition is blocked,
+// and the test fails saying what blocks it), and returns the one dead
+// letter.
+func handledPastDeadLetter(t *testing.T, c *cluster, topic string, limit int32, want, blocker string) *kgo.Record {
+	t.Helper()
 	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: topic + "-g", Retrier: fastRetrier(t, 2),
 		ClientOpts: []kgo.Opt{kgo.ProducerBatchMaxBytes(limit)}})
 	if err != nil {
@@ -63,22 +80,15 @@ func TestDeadLetterTooLarge(t *testing.T) {
 	}()
 	select {
 	case id := <-handled:
-		if id != ok.ID {
-			t.Fatalf("handled %q, want %q", id, ok.ID)
+		if id != want {
+			t.Fatalf("handled %q, want %q", id, want)
 		}
 	case <-time.After(wait):
-		t.Fatal("the record after the too-large malformed one was never handled: its partition is blocked")
+		t.Fatalf("the record after %s was never handled: its partition is blocked", blocker)
 	}
 	dead := c.readAll(t, topic+kafka.DefaultDeadLetterSuffix)
 	if len(dead) != 1 {
 		t.Fatalf("%d dead letters, want 1", len(dead))
 	}
-	d := dead[0]
-	if string(d.Key) != "k" || header(d, kafka.HeaderDLQOffset) != "0" || !strings.Contains(header(d, "ce_deadletterreason"), "malformed") {
-		t.Errorf("dead letter lost its key, offset or reason: key %q headers %v", d.Key, d.Headers)
-	}
-	if header(d, kafka.HeaderDLQDropped) != "value" || header(d, "x-app") != "kept" || len(d.Value) != 0 {
-		t.Errorf("dead letter: %s %q, x-app %q, %d bytes of value; want the value dropped, the headers kept",
-			kafka.HeaderDLQDropped, header(d, kafka.HeaderDLQDropped), header(d, "x-app"), len(d.Value))
-	}
+	return dead[0]
 }

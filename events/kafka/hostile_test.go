@@ -359,39 +359,7 @@ func TestDeadLetterKeyTooLarge(t *testing.T) {
 	if err := prod.ProduceSync(context.Background(), big, okr).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: topic + "-g", Retrier: fastRetrier(t, 2),
-		ClientOpts: []kgo.Opt{kgo.ProducerBatchMaxBytes(limit)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	handled := make(chan string, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Subscribe(ctx, topic, func(ctx context.Context, e events.Event) error {
-			handled <- e.ID
-			return nil
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Subscribe: %v", err)
-		}
-	}()
-	select {
-	case id := <-handled:
-		if id != ok.ID {
-			t.Fatalf("handled %q, want %q", id, ok.ID)
-		}
-	case <-time.After(wait):
-		t.Fatal("the record after the one with a too-large key was never handled: its partition is blocked")
-	}
-	dead := c.readAll(t, topic+kafka.DefaultDeadLetterSuffix)
-	if len(dead) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(dead))
-	}
-	d := dead[0]
+	d := handledPastDeadLetter(t, c, topic, limit, ok.ID, "the one with a too-large key")
 	if header(d, kafka.HeaderDLQDropped) != "value,headers,key" || len(d.Key) != 0 || header(d, kafka.HeaderDLQOffset) != "0" {
 		t.Errorf("dead letter: %s %q, %d bytes of key, offset %q; want value, headers and key dropped, offset 0",
 			kafka.HeaderDLQDropped, header(d, kafka.HeaderDLQDropped), len(d.Key), header(d, kafka.HeaderDLQOffset))
