@@ -287,7 +287,8 @@ return {'ok', ver}
 // _v and the max size, that one only when there is a limit), takes the
 // counts as bytes, compares _a with skip as the decimal strings both are,
 // formats the new version once, and asks for _to (an alias) only when _a is
-// missing: 75,600 instructions for a one-key write before, 66,100 after.
+// missing: 80,900 Redis instructions per one-key write before, 72,400 after
+// (BenchmarkRedisInstructions, through bench/rediscost.sh).
 // The caller keeps the delta small enough that no call needs chunks.
 var applyFastScript = redis.NewScript(`
 if not redis.REDIS_VERSION_NUM then return {'old'} end
