@@ -77,6 +77,22 @@
 //     the response starts to arrive (the instance did the work; the client
 //     never hears of it).
 //
+// # Backend faults
+//
+// The other half of active-active failure is an instance that stays up
+// and loses its path to a backend while the rest of the fleet keeps
+// theirs. [NewProxy] starts a TCP proxy a test puts between one instance
+// and one backend (Redis, Memcached, MongoDB, Consul, a Kafka broker): the
+// instance's client dials [Proxy.Addr], and the test cuts the path
+// ([Proxy.Cut]: connections reset, commands fail fast), partitions it
+// ([Proxy.Blackhole]: nothing passes, clients hang until their timeouts),
+// slows it ([Proxy.SetLatency], per direction) and heals it
+// ([Proxy.Heal]), at run time, while traffic flows. A proxy per slot
+// (newInstance(i) uses proxies[i].Addr()) partitions one instance alone
+// and outlives its Restarts; [Proxy.Stats] counts connections and bytes
+// for assertions. examples/service's backendfault_test.go partitions one
+// instance of a fleet from Redis under load.
+//
 // # Readiness
 //
 // A service proves its drain sequence (readiness fails, the drain delay
@@ -139,5 +155,7 @@
 // worker, ended by Load.Stop or the test's cleanup. All of them end in the
 // fleet's t.Cleanup, which waits for every handler to return (it fails the
 // test after 10s), then closes each handler that implements io.Closer. A
-// test whose TestMain runs goleak sees none left.
+// Proxy starts one goroutine accepting and up to four per connection, all
+// ended in its own t.Cleanup, whatever fault holds them. A test whose
+// TestMain runs goleak sees none left.
 package activetest
