@@ -129,6 +129,12 @@ func TestValidate(t *testing.T) {
 		{"datacontenttype */json", func(e *events.Event) { e.DataContentType = "*/json" }, "datacontenttype"},
 		{"datacontenttype range with parameter", func(e *events.Event) { e.DataContentType = "TEXT/*; charset=utf-8" }, "datacontenttype"},
 		{"datacontenttype wildcard in a subtype", func(e *events.Event) { e.DataContentType = "application/*+json" }, "datacontenttype"},
+		// RFC 2045's tokens and quoted strings are US-ASCII; mime.ParseMediaType
+		// trims Unicode spaces and takes any UTF-8 in a quoted value.
+		{"datacontenttype with a no-break space", func(e *events.Event) { e.DataContentType = "application/json\u00a0" }, "datacontenttype"},
+		{"datacontenttype after an ideographic space", func(e *events.Event) { e.DataContentType = "\u3000application/json" }, "datacontenttype"},
+		{"datacontenttype with non-ASCII in a quoted parameter", func(e *events.Event) { e.DataContentType = "text/plain; charset=\"\u00e9\"" }, "datacontenttype"},
+		{"datacontenttype with spaces around ';'", func(e *events.Event) { e.DataContentType = "text/plain ; charset=utf-8" }, ""},
 		// time: RFC 3339 has four-digit years.
 		{"time year 10000", func(e *events.Event) { e.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "time"},
 		// Bindings write time in UTC, so its year there must have four digits too.

@@ -65,8 +65,8 @@ var reserved = map[string]bool{
 // Validate checks e against the CloudEvents 1.0 rules: id, source, type and
 // specversion are present, specversion is "1.0", source is a URI-reference,
 // dataschema (when present) an absolute URI, datacontenttype (when present) a
-// media type per RFC 2046 (parameters allowed; a media range such as */* or
-// text/* is not a media type), time (when present) representable in RFC 3339 in UTC, and
+// media type per RFC 2046 in US-ASCII (parameters allowed; a media range such
+// as */* or text/* is not a media type), time (when present) representable in RFC 3339 in UTC, and
 // every string value is a sequence of allowable Unicode characters (valid
 // UTF-8, no control characters, surrogates or noncharacters). Extension
 // names must be lowercase ASCII letters and digits, at most 20 characters,
@@ -104,6 +104,15 @@ func (e Event) Validate() error {
 	if e.DataContentType != "" {
 		if why := checkString(e.DataContentType); why != "" {
 			return invalid("datacontenttype", why)
+		}
+		// RFC 2045's tokens and quoted strings are US-ASCII (RFC 2231
+		// percent-encodes anything else), but mime.ParseMediaType trims
+		// Unicode spaces around the type and takes any UTF-8 in a quoted
+		// value: a no-break space after "application/json" would pass.
+		for i := 0; i < len(e.DataContentType); i++ {
+			if e.DataContentType[i] >= utf8.RuneSelf {
+				return invalid("datacontenttype", "has a character other than US-ASCII")
+			}
 		}
 		mt, _, err := mime.ParseMediaType(e.DataContentType)
 		if err != nil {
