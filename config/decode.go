@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 )
@@ -31,6 +32,7 @@ func decode[T any](tree map[string]any) (out T, err error) {
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			mapstructure.StringToTimeDurationHookFunc(),
 			mapstructure.TextUnmarshallerHookFunc(),
+			numberToDurationHook,
 			floatToIntHook,
 			mapstructure.StringToBasicTypeHookFunc(),
 		),
@@ -47,6 +49,29 @@ func decode[T any](tree map[string]any) (out T, err error) {
 		return zero, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	return out, nil
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// numberToDurationHook refuses a bare number for a time.Duration field:
+// "timeout: 30" in YAML, JSON or TOML would otherwise be 30 nanoseconds,
+// while the same "30" from the environment or Consul is refused for want
+// of a unit. Zero needs no unit; a time.Duration value (the defaults, a Map
+// source) is taken as it is.
+func numberToDurationHook(from, to reflect.Type, data any) (any, error) {
+	if to != durationType || from == durationType {
+		return data, nil
+	}
+	switch from.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		if reflect.ValueOf(data).IsZero() {
+			return time.Duration(0), nil
+		}
+		return nil, fmt.Errorf("%v is a number without a unit; write a duration such as \"%vs\"", data, data)
+	}
+	return data, nil
 }
 
 // floatToIntHook accepts a float (every number of a JSON document) for an

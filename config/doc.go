@@ -13,7 +13,8 @@
 // environment variables with a prefix, and Consul KV (package
 // config/consulsource), watched with blocking queries. Parsing and merging
 // use koanf; decoding is strict (an unknown key or a value of the wrong type
-// is an error, so a typo is refused rather than silently ignored).
+// is an error, so a typo is refused rather than silently ignored, and a
+// duration needs its unit: "30s", not 30, which would be 30 nanoseconds).
 // Validation is T's Validate method and Options.Validate. Fields tagged
 // `config:"restart"` take any value at boot but are refused at run time,
 // since the running process could not honour them.

@@ -676,3 +676,46 @@ func TestRestartKeyInMapOrSlice(t *testing.T) {
 		})
 	}
 }
+
+// TestDurationNeedsUnit: a duration written as a bare number ("timeout: 30"
+// meaning 30 seconds) must be refused, as the environment's "30" is, not
+// taken as 30 nanoseconds: a push of it would pass validation on every
+// instance and time out every call of the fleet.
+func TestDurationNeedsUnit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  Source
+		want time.Duration // 0: refused
+	}{
+		{"yaml number", File(writeFile(t, "a.yaml", "server:\n  timeout: 30\n")), 0},
+		{"json number", File(writeFile(t, "a.json", `{"server": {"timeout": 30}}`)), 0},
+		{"toml number", File(writeFile(t, "a.toml", "[server]\ntimeout = 30\n")), 0},
+		{"yaml float", File(writeFile(t, "b.yaml", "server:\n  timeout: 2.0\n")), 0},
+		{"env number", Env("APP_", environ("APP_SERVER__TIMEOUT=30")), 0},
+		{"yaml with unit", File(writeFile(t, "c.yaml", "server:\n  timeout: 30s\n")), 30 * time.Second},
+		{"env with unit", Env("APP_", environ("APP_SERVER__TIMEOUT=30s")), 30 * time.Second},
+		{"map of a time.Duration", Map("m", map[string]any{"server": map[string]any{"timeout": 3 * time.Second}}), 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(context.Background(), Options[testConfig]{Defaults: defaults(), Sources: []Source{tc.src}})
+			if tc.want == 0 {
+				if !errors.Is(err, ErrDecode) {
+					got := time.Duration(-1)
+					if s != nil {
+						got = s.Load().Server.Timeout
+						s.Close()
+					}
+					t.Fatalf("New = %v (timeout %v), want %v", err, got, ErrDecode)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if got := s.Load().Server.Timeout; got != tc.want {
+				t.Fatalf("timeout = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
