@@ -416,3 +416,32 @@ func TestTracingContinuesProducerTrace(t *testing.T) {
 		t.Fatal("no consumer span recorded")
 	}
 }
+
+// TestInjectTraceLeavesCopiesAlone: a publisher injects into its own copy of
+// the caller's event (Publish takes events by value), which shares the
+// Extensions map: the caller's event must not change, and two goroutines
+// publishing copies of one event must not write one map.
+func TestInjectTraceLeavesCopiesAlone(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	cfg := events.TracingConfig{TracerProvider: tp, Propagator: propagation.TraceContext{}}
+	orig := valid()
+	orig.SetExtension(events.ExtPartitionKey, "customer-9")
+
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			ctx, span := tp.Tracer("test").Start(context.Background(), "publish")
+			defer span.End()
+			e := orig // what a Publisher's loop over its events holds
+			events.InjectTrace(ctx, cfg, &e)
+			if e.Extension(events.ExtTraceParent) == "" || e.Key() != "customer-9" {
+				t.Errorf("injected copy: extensions %v", e.Extensions)
+			}
+		})
+	}
+	wg.Wait()
+	if len(orig.Extensions) != 1 {
+		t.Fatalf("InjectTrace on a copy changed the caller's event: extensions %v", orig.Extensions)
+	}
+}

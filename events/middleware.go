@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -213,9 +214,19 @@ func Tracing(c TracingConfig) Middleware {
 // InjectTrace writes the trace context of ctx into e's traceparent and
 // tracestate extensions, unless e already carries a traceparent (an event
 // republished by a relay keeps its producer's trace). Publishers call it.
+//
+// When it writes, it first gives e an Extensions map of its own: e is
+// typically a Publisher's copy of its caller's event, which shares the map,
+// and the caller's event must not change (nor its map be written by two
+// Publish calls of the same event at once).
 func InjectTrace(ctx context.Context, c TracingConfig, e *Event) {
 	if e.Extensions[ExtTraceParent] != "" || !trace.SpanContextFromContext(ctx).IsValid() {
 		return
+	}
+	if e.Extensions != nil {
+		m := make(map[string]string, len(e.Extensions)+2)
+		maps.Copy(m, e.Extensions)
+		e.Extensions = m
 	}
 	c.propagator().Inject(ctx, ExtensionCarrier{Event: e})
 }
