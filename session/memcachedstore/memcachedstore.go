@@ -333,17 +333,19 @@ func (r *record) toSession(id string) session.Record {
 }
 
 // refreshStep is how far a Load must move the idle deadline before it pays
-// for a write: a hundredth of the idle timeout, at least a second.
+// for a write: a hundredth of the idle timeout, at least a second, but never
+// more than a tenth of it (the resolution session.Store allows).
 func refreshStep(idle time.Duration) int64 {
-	return max(idle.Milliseconds()/100, 1000)
+	ms := idle.Milliseconds()
+	return max(ms/100, min(1000, ms/10), 1)
 }
 
 // Load implements session.Store: one round trip to read. When idle > 0 and
 // the idle deadline moves forward by more than a hundredth of idle (at least
-// a second), Load writes it back with cas, a second round trip; a session
-// used many times a minute is so rewritten about once every idle/100. A
-// refresh that loses a cas race is dropped: whoever won has written a
-// deadline of their own.
+// a second, or a tenth of idle when that is less), Load writes it back with
+// cas, a second round trip; a session used many times a minute is so
+// rewritten about once every idle/100. A refresh that loses a cas race is
+// dropped: whoever won has written a deadline of their own.
 func (s *Store) Load(ctx context.Context, id string, idle time.Duration) (session.Record, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return session.Record{}, false, err

@@ -46,6 +46,7 @@ func Run(t *testing.T, newStore func(t *testing.T) session.Store) {
 		{"IdleExpiry", testIdleExpiry},
 		{"AbsoluteExpiry", testAbsoluteExpiry},
 		{"LoadRefreshesIdle", testLoadRefreshesIdle},
+		{"LoadKeepsShortIdleAlive", testLoadKeepsShortIdleAlive},
 		{"ApplyIdleNeverBackwards", testApplyIdleNeverBackwards},
 		{"Alias", testAlias},
 		{"AliasGrace", testAliasGrace},
@@ -590,6 +591,28 @@ func testLoadRefreshesIdle(t *testing.T, s session.Store) {
 	poll(t, "three idle timeouts elapse", func() bool {
 		mustLoad(t, s, id)
 		return time.Since(start) > 3*idle
+	})
+}
+
+// testLoadKeepsShortIdleAlive: a session only read, with refresh, every
+// pollStep outlives its short idle timeout many times over. A store may skip
+// a refresh within a resolution of at most a tenth of the idle timeout (see
+// session.Store.Load), never more: a store whose resolution is a fixed
+// second never refreshes a session with an idle timeout under a second, and
+// a user who only reads is logged out mid-use.
+func testLoadKeepsShortIdleAlive(t *testing.T, s session.Store) {
+	ctx := ctxT(t)
+	id := NewID(t, "")
+	const idle = 300 * time.Millisecond
+	start := time.Now()
+	if _, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: hour}, Idle: idle}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "five idle timeouts elapse", func() bool {
+		if _, found, err := s.Load(ctx, id, idle); err != nil || !found {
+			t.Fatalf("Load(idle=%v) every %v: found=%v, %v after %v; want found", idle, pollStep, found, err, time.Since(start))
+		}
+		return time.Since(start) > 5*idle
 	})
 }
 
