@@ -162,29 +162,10 @@ func (lc *Lifecycle) validate() error {
 			return fmt.Errorf("%w: OnDrain hook %d is nil", ErrInvalidLifecycle, i)
 		}
 	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
-		{"drain delay", &lc.DrainDelay, DefaultDrainDelay},
-		{"shutdown timeout", &lc.ShutdownTimeout, DefaultShutdownTimeout},
-		{"close timeout", &lc.CloseTimeout, DefaultCloseTimeout},
-		{"grace period", &lc.GracePeriod, DefaultGracePeriod},
-	} {
-		switch {
-		case *d.v == 0:
-			*d.v = d.def
-		case *d.v < 0 && d.v == &lc.DrainDelay:
-			*d.v = 0
-		case *d.v < 0:
-			return fmt.Errorf("%w: negative %s %v", ErrInvalidLifecycle, d.name, *d.v)
-		}
+	if err := CheckShutdownBudget(lc.DrainDelay, lc.ShutdownTimeout, lc.CloseTimeout, lc.GracePeriod); err != nil {
+		return err
 	}
-	if total := lc.DrainDelay + lc.ShutdownTimeout + lc.CloseTimeout; total > lc.GracePeriod {
-		return fmt.Errorf("%w: drain delay %v + shutdown timeout %v + close timeout %v = %v exceeds the termination grace period %v; the process would be killed mid-shutdown",
-			ErrInvalidLifecycle, lc.DrainDelay, lc.ShutdownTimeout, lc.CloseTimeout, total, lc.GracePeriod)
-	}
+	lc.DrainDelay, lc.ShutdownTimeout, lc.CloseTimeout, lc.GracePeriod = withDefaults(lc.DrainDelay, lc.ShutdownTimeout, lc.CloseTimeout, lc.GracePeriod)
 	if lc.Signal == nil {
 		lc.Signal = func(ctx context.Context) (context.Context, context.CancelFunc) {
 			return signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
@@ -194,6 +175,57 @@ func (lc *Lifecycle) validate() error {
 		lc.Logger = lc.Registry.log
 	}
 	return nil
+}
+
+// CheckShutdownBudget reports whether a Lifecycle with these durations
+// would start, as Run checks them: a zero duration means its default, a
+// negative drain delay means none, any other negative duration is an error,
+// and drain delay + shutdown timeout + close timeout must fit in the grace
+// period, else the orchestrator kills the process mid-shutdown. The error
+// wraps ErrInvalidLifecycle.
+//
+// A service calls it where it validates its configuration, so that a bad
+// change of these settings is refused where it is made (in Consul, say,
+// where the running instances keep their last good configuration and
+// report the refusal) rather than found at the next restart, when every
+// instance of a rolling restart refuses to start.
+func CheckShutdownBudget(drainDelay, shutdownTimeout, closeTimeout, gracePeriod time.Duration) error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"shutdown timeout", shutdownTimeout},
+		{"close timeout", closeTimeout},
+		{"grace period", gracePeriod},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%w: negative %s %v", ErrInvalidLifecycle, d.name, d.v)
+		}
+	}
+	drainDelay, shutdownTimeout, closeTimeout, gracePeriod = withDefaults(drainDelay, shutdownTimeout, closeTimeout, gracePeriod)
+	if total := drainDelay + shutdownTimeout + closeTimeout; total > gracePeriod {
+		return fmt.Errorf("%w: drain delay %v + shutdown timeout %v + close timeout %v = %v exceeds the termination grace period %v; the process would be killed mid-shutdown",
+			ErrInvalidLifecycle, drainDelay, shutdownTimeout, closeTimeout, total, gracePeriod)
+	}
+	return nil
+}
+
+// withDefaults returns the durations with zeros replaced by their defaults
+// and a negative drain delay by zero (no delay); other negative durations
+// are returned as they are.
+func withDefaults(drainDelay, shutdownTimeout, closeTimeout, gracePeriod time.Duration) (time.Duration, time.Duration, time.Duration, time.Duration) {
+	def := func(v, d time.Duration) time.Duration {
+		if v == 0 {
+			return d
+		}
+		return v
+	}
+	if drainDelay < 0 {
+		drainDelay = 0
+	} else {
+		drainDelay = def(drainDelay, DefaultDrainDelay)
+	}
+	return drainDelay, def(shutdownTimeout, DefaultShutdownTimeout), def(closeTimeout, DefaultCloseTimeout), def(gracePeriod, DefaultGracePeriod)
 }
 
 // Run runs the lifecycle and blocks until the service has stopped. It

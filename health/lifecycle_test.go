@@ -696,3 +696,47 @@ func TestLifecycleSecondSignalKills(t *testing.T) {
 		t.Fatalf("child ended with %v, want killed by SIGTERM; output:\n%s", err, out)
 	}
 }
+
+// CheckShutdownBudget reads zero as the default and a negative drain delay
+// as none, once: a Lifecycle whose durations it accepts starts, and one
+// whose durations it refuses does not, with the same error.
+func TestCheckShutdownBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name                          string
+		drain, shutdown, close, grace time.Duration
+		ok                            bool
+	}{
+		{name: "defaults", ok: true},
+		{name: "no drain delay", drain: -time.Nanosecond, shutdown: 5 * time.Second, close: 2 * time.Second, grace: 7 * time.Second, ok: true},
+		{name: "zero drain is the default", shutdown: 5 * time.Second, close: 2 * time.Second, grace: 7 * time.Second},
+		{name: "exactly the grace period", drain: time.Second, shutdown: time.Second, close: time.Second, grace: 3 * time.Second, ok: true},
+		{name: "over", drain: 20 * time.Second, grace: 25 * time.Second},
+		{name: "negative shutdown", shutdown: -time.Second},
+		{name: "negative close", close: -time.Second},
+		{name: "negative grace", grace: -time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := health.CheckShutdownBudget(tc.drain, tc.shutdown, tc.close, tc.grace)
+			if (err == nil) != tc.ok {
+				t.Fatalf("CheckShutdownBudget: %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, health.ErrInvalidLifecycle) {
+				t.Fatalf("CheckShutdownBudget: %v, not ErrInvalidLifecycle", err)
+			}
+			r, nerr := health.NewRegistry()
+			if nerr != nil {
+				t.Fatal(nerr)
+			}
+			lc := &health.Lifecycle{Registry: r, DrainDelay: tc.drain, ShutdownTimeout: tc.shutdown, CloseTimeout: tc.close, GracePeriod: tc.grace}
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel() // Run returns at once after its checks
+			runErr := lc.Run(ctx)
+			if errors.Is(runErr, health.ErrInvalidLifecycle) != !tc.ok {
+				t.Fatalf("Run: %v; CheckShutdownBudget: %v", runErr, err)
+			}
+			if err != nil && runErr.Error() != err.Error() {
+				t.Fatalf("Run: %v; CheckShutdownBudget: %v", runErr, err)
+			}
+		})
+	}
+}

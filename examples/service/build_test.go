@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/activekit/activekit/health"
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/activekit/activekit/session"
 )
@@ -44,6 +45,8 @@ func TestNewServiceFailsClean(t *testing.T) {
 		{name: "bad config", env: map[string]string{"ACTIVEKIT_LOG_LEVEL": "loud"}, want: []string{"configuration", "log_level"}},
 		{name: "bad config in consul", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": badPrefix}, want: []string{"configuration", "log_level"}},
 		{name: "bad consul ttl", env: map[string]string{"ACTIVEKIT_CONSUL_TTL": "500ms"}, want: []string{"configuration", "consul_ttl 500ms is below 1s"}},
+		{name: "shutdown longer than the grace period", env: map[string]string{"ACTIVEKIT_DRAIN_DELAY": "20s", "ACTIVEKIT_GRACE_PERIOD": "25s"},
+			want: []string{"configuration", "exceeds the termination grace period 25s"}, is: health.ErrInvalidLifecycle},
 		{name: "consul down", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.FreeAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, want: []string{"configuration", "connection refused"}},
 		{name: "bad telemetry", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix, "ACTIVEKIT_OTLP_ENDPOINT": "ftp://collector"}, want: []string{"observability", "otlp endpoint"}},
 		{name: "sessions", env: map[string]string{"ACTIVEKIT_CONSUL_ADDR": testenv.ConsulAddr(t), "ACTIVEKIT_CONSUL_PREFIX": prefix}, sessions: failingSessions, is: errSessions},

@@ -103,7 +103,12 @@ func (c *Config) Validate() error {
 	if c.ConsulTTL < 0 || c.ConsulTTL > 0 && c.ConsulTTL < time.Second {
 		errs = append(errs, fmt.Errorf("consul_ttl %v is below 1s", c.ConsulTTL))
 	}
-	// The lifecycle checks the durations against the grace period itself.
+	// The lifecycle checks these again at serve; checked here too, so that
+	// a change in Consul that would make every instance of the next
+	// rolling restart refuse to start is refused now, where it is made.
+	if err := health.CheckShutdownBudget(c.DrainDelay, c.ShutdownTimeout, c.CloseTimeout, c.GracePeriod); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
