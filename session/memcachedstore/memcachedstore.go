@@ -439,7 +439,11 @@ func (s *Store) cas(ctx context.Context, op string, attempt func() error) error 
 }
 
 // Apply implements session.Store: two round trips (gets, then cas or add),
-// more when following an alias, binding a user or losing a race.
+// more when following an alias, binding a user or losing a race. A session
+// whose item would be over the server's item size limit (memcached -I, 1MB
+// by default) is refused, unchanged, with an error matching
+// session.ErrTooLarge; keep the Manager's session limit (session.WithLimits)
+// well below it.
 func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, error) {
 	if err := d.Validate(); err != nil {
 		return 0, err
@@ -530,11 +534,20 @@ func (s *Store) applyOnce(ctx context.Context, id string, d *session.Delta) (uin
 			return r.version, nil
 		case lostRace(err):
 			return 0, errRetry
+		case tooLarge(err):
+			return 0, fmt.Errorf("memcachedstore: apply: an item of %d bytes is over the server's item size limit (memcached -I): %w", len(it.Key)+len(it.Value), session.ErrTooLarge)
 		default:
 			return 0, fmt.Errorf("memcachedstore: apply: %w", err)
 		}
 	}
 	return 0, session.ErrNotFound
+}
+
+// tooLarge reports whether a store command failed because the item is over
+// the server's item size limit. gomemcache has no error value for it, only
+// the server's reply in its message.
+func tooLarge(err error) bool {
+	return strings.Contains(err.Error(), "SERVER_ERROR object too large for cache")
 }
 
 // EnforcesMaxSize implements session.SizeLimiter: Apply measures the record
