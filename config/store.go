@@ -297,7 +297,10 @@ var ErrWatching = errors.New("config: already watching")
 // Watch follows every source that is a Watcher and applies its changes,
 // until ctx ends; it then returns ctx's error. It runs one goroutine per
 // watched source plus the caller's own, which applies changes and calls
-// subscribers; all have ended when Watch returns.
+// subscribers; all have ended when Watch returns. A source whose Watch
+// returns while ctx lives (with an error or nil) is no longer followed:
+// the store reports it (LastError, Status at warn) until that source
+// delivers a layer again.
 func (s *Store[T]) Watch(ctx context.Context) error {
 	s.mu.Lock()
 	if s.watching {
@@ -325,7 +328,10 @@ func (s *Store[T]) Watch(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			err := w.Watch(ctx, func(layer map[string]any, err error) { s.update(ctx, i, src, layer, err) })
-			if err != nil && ctx.Err() == nil {
+			if ctx.Err() == nil { // the source is no longer followed, whatever it returned
+				if err == nil {
+					err = errWatchReturned
+				}
 				s.log.LogAttrs(ctx, slog.LevelError, "config source stopped watching",
 					slog.String("source", src.Name()), slog.Any("error", err))
 				s.mu.Lock()
@@ -356,6 +362,10 @@ func (s *Store[T]) Watch(ctx context.Context) error {
 		_ = s.apply(ctx)
 	}
 }
+
+// errWatchReturned is what a Watcher that returned nil before its context
+// ended is reported with.
+var errWatchReturned = errors.New("watch returned while the store still watches")
 
 // update records a watched source's new layer (or its error) and wakes the
 // applying loop.

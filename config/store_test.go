@@ -719,3 +719,38 @@ func TestDurationNeedsUnit(t *testing.T) {
 		})
 	}
 }
+
+// quitter is a Watcher whose Watch gives up while the store still watches:
+// with err, or with nil after a source-specific "nothing more to watch".
+type quitter struct{ err error }
+
+func (q quitter) Name() string                                 { return "quitter" }
+func (q quitter) Load(context.Context) (map[string]any, error) { return map[string]any{}, nil }
+func (q quitter) Watch(context.Context, func(map[string]any, error)) error {
+	return q.err
+}
+
+// TestWatcherThatStopsIsVisible: a watched source that stops following its
+// changes while the store still watches is no longer followed, so the store
+// must say so (LastError, warn), whether the Watcher returned an error or
+// nil: an instance that silently stops following Consul drifts from the
+// fleet while reporting pass.
+func TestWatcherThatStopsIsVisible(t *testing.T) {
+	for _, err := range []error{errors.New("gave up"), nil} {
+		t.Run(fmt.Sprint(err), func(t *testing.T) {
+			s, nerr := New(context.Background(), Options[testConfig]{Defaults: defaults(), Sources: []Source{quitter{err}}})
+			if nerr != nil {
+				t.Fatal(nerr)
+			}
+			defer s.Close()
+			watch(t, s)
+			waitFor(t, func() bool { return s.LastError() != nil })
+			if !errors.Is(s.LastError(), ErrSource) || s.Status(context.Background()).Level != LevelWarn {
+				t.Errorf("err %v status %+v", s.LastError(), s.Status(context.Background()))
+			}
+			if err != nil && !errors.Is(s.LastError(), err) {
+				t.Errorf("LastError %v does not wrap the watch's error %v", s.LastError(), err)
+			}
+		})
+	}
+}
