@@ -445,3 +445,24 @@ func TestInjectTraceLeavesCopiesAlone(t *testing.T) {
 		t.Fatalf("InjectTrace on a copy changed the caller's event: extensions %v", orig.Extensions)
 	}
 }
+
+// TestInjectTraceDropsOrphanTraceState: a tracestate without a traceparent
+// belongs to no trace; InjectTrace must not pair it with the new
+// traceparent (W3C Trace Context: tracestate is read only with its
+// traceparent), when ctx's own trace state is empty.
+func TestInjectTraceDropsOrphanTraceState(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	cfg := events.TracingConfig{TracerProvider: tp, Propagator: propagation.TraceContext{}}
+	ctx, span := tp.Tracer("test").Start(context.Background(), "publish")
+	defer span.End()
+	e := valid()
+	e.SetExtension(events.ExtTraceState, "vendor=stale")
+	events.InjectTrace(ctx, cfg, &e)
+	if e.Extension(events.ExtTraceParent) == "" {
+		t.Fatal("InjectTrace set no traceparent")
+	}
+	if ts := e.Extension(events.ExtTraceState); ts != "" {
+		t.Fatalf("tracestate %q of no trace kept beside the new traceparent", ts)
+	}
+}

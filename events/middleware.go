@@ -215,7 +215,8 @@ func Tracing(c TracingConfig) Middleware {
 // tracestate extensions, unless e already carries a traceparent (an event
 // republished by a relay keeps its producer's trace). Publishers call it.
 //
-// When it writes, it first gives e an Extensions map of its own: e is
+// A tracestate e carries without a traceparent belongs to no trace and is
+// dropped. When it writes, it first gives e an Extensions map of its own: e is
 // typically a Publisher's copy of its caller's event, which shares the map,
 // and the caller's event must not change (nor its map be written by two
 // Publish calls of the same event at once).
@@ -226,6 +227,7 @@ func InjectTrace(ctx context.Context, c TracingConfig, e *Event) {
 	if e.Extensions != nil {
 		m := make(map[string]string, len(e.Extensions)+2)
 		maps.Copy(m, e.Extensions)
+		delete(m, ExtTraceState) // of no trace, without a traceparent
 		e.Extensions = m
 	}
 	c.propagator().Inject(ctx, ExtensionCarrier{Event: e})
