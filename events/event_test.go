@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -464,5 +465,30 @@ func TestInjectTraceDropsOrphanTraceState(t *testing.T) {
 	}
 	if ts := e.Extension(events.ExtTraceState); ts != "" {
 		t.Fatalf("tracestate %q of no trace kept beside the new traceparent", ts)
+	}
+}
+
+// pastDeadlineCtx is a context whose deadline has passed while its Done
+// channel is not yet closed: the moment between a deadline and the timer
+// that cancels the context, which the retry package already treats as the
+// context having ended.
+type pastDeadlineCtx struct{ context.Context }
+
+func (pastDeadlineCtx) Deadline() (time.Time, bool) { return time.Now().Add(-time.Millisecond), true }
+
+// TestDeadLetterNotAtDeadline: a handler stopped by its ctx's deadline was
+// stopped, not failed, even when the context's timer has not fired yet.
+func TestDeadLetterNotAtDeadline(t *testing.T) {
+	dlq := &memPublisher{}
+	stopped := fmt.Errorf("calling the store: %w", context.DeadlineExceeded)
+	h := events.DeadLetter(dlq)(func(context.Context, events.Event) error { return stopped })
+	err := h(pastDeadlineCtx{context.Background()}, valid())
+	if !errors.Is(err, stopped) || len(dlq.got) != 0 {
+		t.Fatalf("handler stopped at its deadline: err %v, dead-lettered %d", err, len(dlq.got))
+	}
+	// Behind Retry, as in Chain(h, DeadLetter(dlq), Retry(r)).
+	h = events.Chain(func(context.Context, events.Event) error { return stopped }, events.DeadLetter(dlq), events.Retry(retrier(t, 3)))
+	if err := h(pastDeadlineCtx{context.Background()}, valid()); err == nil || len(dlq.got) != 0 {
+		t.Fatalf("retried handler stopped at its deadline: err %v, dead-lettered %d", err, len(dlq.got))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/activekit/activekit/retry"
 	"go.opentelemetry.io/otel"
@@ -78,8 +79,9 @@ const MaxReasonLen = 1024
 //
 // The dead-lettered copy keeps the event's ID and attributes and adds the
 // extensions deadletterreason (the error, at most MaxReasonLen bytes) and
-// deadletterattempts. When ctx has ended the event is not dead-lettered (the
-// handler was stopped, not failed) and the error is returned; when
+// deadletterattempts. When ctx has ended, or its deadline has passed (the
+// context's timer may not have fired yet), the event is not dead-lettered
+// (the handler was stopped, not failed) and the error is returned; when
 // publishing to dlq fails, the handler's error and the publish error are
 // returned, so the event is delivered again.
 //
@@ -91,7 +93,7 @@ func DeadLetter(dlq Publisher) Middleware {
 	return func(next Handler) Handler {
 		return func(ctx context.Context, e Event) error {
 			err := next(ctx, e)
-			if err == nil || ctx.Err() != nil || IsUnavailable(err) {
+			if err == nil || ended(ctx) || IsUnavailable(err) {
 				return err
 			}
 			d := e.Clone()
@@ -103,6 +105,17 @@ func DeadLetter(dlq Publisher) Middleware {
 			return nil
 		}
 	}
+}
+
+// ended reports whether ctx has ended or its deadline has passed: the
+// context's timer runs a moment after the deadline, and a handler stopped
+// by the deadline can return before it has.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // Reason turns err into a dead-letter reason: its message with control
