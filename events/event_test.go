@@ -492,3 +492,26 @@ func TestDeadLetterNotAtDeadline(t *testing.T) {
 		t.Fatalf("retried handler stopped at its deadline: err %v, dead-lettered %d", err, len(dlq.got))
 	}
 }
+
+// TestValidateReasonQuotesExactly: a reason names the character or value at
+// fault as it is, escaped: not a byte of a UTF-8 sequence read as Latin-1,
+// nor a quote left bare, nor a rune cut in two.
+func TestValidateReasonQuotesExactly(t *testing.T) {
+	tests := []struct {
+		mod  func(*events.Event)
+		want string
+	}{
+		{func(e *events.Event) { e.Source = "/café" }, `character 'é' is not allowed`},
+		{func(e *events.Event) { e.Source = `/a"b` }, `character '"' is not allowed`},
+		{func(e *events.Event) { e.SpecVersion = `1.0"` }, `is "1.0\"", want "1.0"`},
+		{func(e *events.Event) { e.SpecVersion = "x" + strings.Repeat("é", 30) }, `is "x` + strings.Repeat("é", 19) + `"...,`},
+	}
+	for _, tt := range tests {
+		e := valid()
+		tt.mod(&e)
+		var ve *events.ValidationError
+		if err := e.Validate(); !errors.As(err, &ve) || !strings.Contains(ve.Reason, tt.want) {
+			t.Errorf("Validate: %v, want a reason with %s", err, tt.want)
+		}
+	}
+}

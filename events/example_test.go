@@ -19,7 +19,7 @@ func ExampleNew() {
 	fmt.Println(errors.Is(err, events.ErrInvalid), err)
 	// Output:
 	// <nil> 1.0 order-1001
-	// true events: invalid event: source: not a URI-reference: character " " is not allowed
+	// true events: invalid event: source: not a URI-reference: character ' ' is not allowed
 }
 
 func ExampleChain() {

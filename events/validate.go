@@ -173,11 +173,18 @@ func CheckExtensionName(name string) string {
 
 func invalid(attr, reason string) error { return &ValidationError{Attribute: attr, Reason: reason} }
 
+// quote returns s quoted with Go escapes, cut to its first 40 bytes (at a
+// rune boundary) and "..." when longer.
 func quote(s string) string {
-	if len(s) > 40 {
-		s = s[:40] + "..."
+	const maxLen = 40
+	if len(s) <= maxLen {
+		return strconv.Quote(s)
 	}
-	return "\"" + s + "\""
+	cut := maxLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "..."
 }
 
 // checkString applies the specification's String type: a sequence of
@@ -212,7 +219,10 @@ func checkURIReference(s string) string {
 			}
 		default:
 			if !isURIPunct(c) {
-				return "not a URI-reference: character " + quote(string(rune(c))) + " is not allowed"
+				// c may be the first byte of a UTF-8 sequence: name
+				// the character, not the byte read as Latin-1.
+				r, _ := utf8.DecodeRuneInString(s[i:])
+				return "not a URI-reference: character " + strconv.QuoteRune(r) + " is not allowed"
 			}
 		}
 	}
