@@ -515,3 +515,45 @@ func TestValidateReasonQuotesExactly(t *testing.T) {
 		}
 	}
 }
+
+// TestTracingErrorBounded: the consumer span records a handler's error,
+// which may quote a whole payload, at most MaxReasonLen bytes long (as a
+// dead-letter reason), in its status and its exception event: an exporter
+// sends spans in batches, and one huge span can make a batch too large for
+// the collector, losing the others with it.
+func TestTracingErrorBounded(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	huge := errors.New("bad payload: " + strings.Repeat("x", 1<<20))
+	h := events.Tracing(events.TracingConfig{TracerProvider: tp})(func(context.Context, events.Event) error { return huge })
+	if err := h(context.Background(), valid()); err != huge {
+		t.Fatalf("Tracing returned %v, want the handler's error itself", err)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans ended, want 1", len(spans))
+	}
+	s := spans[0]
+	if d := s.Status().Description; s.Status().Code.String() != "Error" || len(d) > events.MaxReasonLen || !strings.HasPrefix(d, "bad payload: x") {
+		t.Fatalf("status %v with a description of %d bytes", s.Status().Code, len(d))
+	}
+	var exceptions int
+	for _, ev := range s.Events() {
+		if ev.Name != "exception" {
+			continue
+		}
+		exceptions++
+		for _, a := range ev.Attributes {
+			if n := len(a.Value.String()); n > events.MaxReasonLen {
+				t.Fatalf("exception attribute %s of %d bytes", a.Key, n)
+			}
+			if a.Key == "exception.message" && !strings.HasPrefix(a.Value.AsString(), "bad payload: x") {
+				t.Fatalf("exception.message %.40q...", a.Value.AsString())
+			}
+		}
+	}
+	if exceptions != 1 {
+		t.Fatalf("%d exception events, want 1", exceptions)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -192,7 +193,8 @@ func (c TracingConfig) propagator() propagation.TextMapPropagator {
 // Tracing starts a consumer span around the handler, continuing the
 // producer's trace from the event's traceparent and tracestate extensions
 // (the CloudEvents distributed tracing extension), and records the handler's
-// error on it.
+// error on it: an exception event and an Error status, whose message is
+// Reason's (at most MaxReasonLen bytes).
 func Tracing(c TracingConfig) Middleware {
 	tp := c.TracerProvider
 	if tp == nil {
@@ -216,12 +218,29 @@ func Tracing(c TracingConfig) Middleware {
 			defer span.End()
 			err := next(ctx, e)
 			if err != nil {
-				span.RecordError(err)
-				span.SetStatus(codes.Error, err.Error())
+				// As span.RecordError and SetStatus(err.Error()) would,
+				// but bounded: an error may quote a whole payload, and
+				// one huge span can make its export batch too large
+				// for the collector, losing the others with it.
+				reason := Reason(err)
+				span.AddEvent("exception", trace.WithAttributes(
+					attribute.String("exception.type", errorType(err)),
+					attribute.String("exception.message", reason),
+				))
+				span.SetStatus(codes.Error, reason)
 			}
 			return err
 		}
 	}
+}
+
+// errorType names err's type as span.RecordError does.
+func errorType(err error) string {
+	t := reflect.TypeOf(err)
+	if t.PkgPath() == "" && t.Name() == "" {
+		return t.String() // a pointer, or a builtin type
+	}
+	return t.PkgPath() + "." + t.Name()
 }
 
 // InjectTrace writes the trace context of ctx into e's traceparent and
