@@ -180,11 +180,19 @@ func quote(s string) string {
 	if len(s) <= maxLen {
 		return strconv.Quote(s)
 	}
-	cut := maxLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return strconv.Quote(cut(s, maxLen)) + "..."
+}
+
+// cut returns s when it is at most n bytes long, else its first n bytes or
+// fewer, cut at a rune boundary.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return strconv.Quote(s[:cut]) + "..."
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // checkString applies the specification's String type: a sequence of
@@ -227,13 +235,18 @@ func checkURIReference(s string) string {
 		}
 	}
 	if _, err := url.Parse(s); err != nil {
-		// The *url.Error repeats the whole value; its inner error does
-		// not (a reason must stay short whatever the input).
+		// The *url.Error repeats the whole value, and its inner error
+		// may quote a part of it (an invalid port): a reason must stay
+		// short whatever the input.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return "not a URI-reference: " + err.Error()
+		msg := err.Error()
+		if len(msg) > 80 {
+			msg = cut(msg, 80) + "..."
+		}
+		return "not a URI-reference: " + msg
 	}
 	// url.Parse is more lenient than RFC 3986 in two ways that other
 	// CloudEvents SDKs are not.
