@@ -85,7 +85,8 @@
 // and one backend (Redis, Memcached, MongoDB, Consul, a Kafka broker): the
 // instance's client dials [Proxy.Addr], and the test cuts the path
 // ([Proxy.Cut]: connections reset, commands fail fast), partitions it
-// ([Proxy.Blackhole]: nothing passes, clients hang until their timeouts),
+// ([Proxy.Blackhole]: nothing passes, clients hang until their timeouts;
+// or the replies alone are lost, so writes run and their clients time out),
 // slows it ([Proxy.SetLatency], per direction) and heals it
 // ([Proxy.Heal]), at run time, while traffic flows. A proxy per slot
 // (newInstance(i) uses proxies[i].Addr()) partitions one instance alone

@@ -1,6 +1,7 @@
 package activetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -91,7 +92,8 @@ type ProxyStats struct {
 //     retransmissions deliver it: a command the client gave up on may
 //     still reach the backend after Heal, the ambiguous outcome a service
 //     must tolerate. A connection the client closed meanwhile is closed
-//     towards the target after what it sent.
+//     towards the target after what it sent. Blackhole(Downstream) holds
+//     the replies alone: commands run, and their clients time out.
 //   - [Proxy.SetLatency] delays each byte by d in one direction, measured
 //     from when the proxy read it; bytes keep their order, and
 //     throughput is not capped (toxiproxy's latency toxic, without
@@ -100,8 +102,10 @@ type ProxyStats struct {
 //     latency. Held bytes flow at once; cut connections stay closed, and
 //     the client's next dial reaches the target.
 //
-// Faults apply to connections already open as to new ones, take effect at
-// once, and never lose, duplicate or reorder a byte the proxy forwards. A
+// Faults apply to connections already open as to new ones, and take
+// effect at once for every byte not yet handed to the other side (a write
+// already under way finishes). The proxy never loses, duplicates or
+// reorders a byte it forwards. A
 // connection one side closes normally is closed on the other after what
 // it sent (a half-close is passed on); one that fails is reset on the
 // other.
@@ -130,26 +134,18 @@ type Proxy struct {
 	done   chan struct{} // closed by the cleanup
 
 	mu      sync.Mutex
-	mode    pathMode
+	cut     bool    // every connection is reset
+	held    [2]bool // per Direction: bytes are held (a blackhole)
 	latency [2]time.Duration
 	changed chan struct{} // closed, then replaced, at each change of the path
 	conns   map[*proxyConn]struct{}
 	closed  bool
 
-	accepted, refused, cut atomic.Int64
-	bytes                  [2]atomic.Int64
+	accepted, refused, cuts atomic.Int64
+	bytes                   [2]atomic.Int64
 
 	wg sync.WaitGroup
 }
-
-// pathMode is what a Proxy does with the bytes it reads.
-type pathMode int
-
-const (
-	pathHealthy   pathMode = iota // forward them
-	pathCut                       // reset every connection
-	pathBlackhole                 // hold them
-)
 
 // proxyDialTimeout bounds a dial of the target.
 const proxyDialTimeout = 10 * time.Second
@@ -197,7 +193,7 @@ func (p *Proxy) Target() string { return p.target }
 // arrives, until Heal or Blackhole; latency set before is kept.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
-	p.mode = pathCut
+	p.cut, p.held = true, [2]bool{}
 	p.broadcast()
 	open := make([]*proxyConn, 0, len(p.conns))
 	for c := range p.conns {
@@ -206,17 +202,38 @@ func (p *Proxy) Cut() {
 	p.mu.Unlock()
 	for _, c := range open {
 		if p.closeConn(c, true) {
-			p.cut.Add(1)
+			p.cuts.Add(1)
 		}
 	}
 }
 
-// Blackhole holds every connection, open and new, forwarding nothing
-// either way, until Heal or Cut; latency set before is kept.
-func (p *Proxy) Blackhole() {
+// Blackhole holds every connection, open and new, forwarding nothing in
+// the directions given (both when none is given; directions held already
+// stay held), until Heal or Cut; it ends a cut, and latency set before is
+// kept. Holding Downstream alone is
+// a partition that loses the replies: commands reach the target and run,
+// and the client, hearing nothing, times out (the ambiguous outcome of a
+// write). Holding Upstream alone holds new connections before the target
+// is dialed, as holding both does. An unknown direction fails the test and
+// changes nothing.
+func (p *Proxy) Blackhole(dirs ...Direction) {
+	held := [2]bool{true, true}
+	if len(dirs) > 0 {
+		held = [2]bool{}
+		for _, d := range dirs {
+			if d != Upstream && d != Downstream {
+				p.tb.Errorf("activetest: Blackhole: unknown %v", d)
+				return
+			}
+			held[d] = true
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.mode = pathBlackhole
+	p.cut = false
+	for d, h := range held {
+		p.held[d] = p.held[d] || h
+	}
 	p.broadcast()
 }
 
@@ -243,7 +260,7 @@ func (p *Proxy) SetLatency(dir Direction, d time.Duration) {
 func (p *Proxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.mode = pathHealthy
+	p.cut, p.held = false, [2]bool{}
 	p.latency = [2]time.Duration{}
 	p.broadcast()
 }
@@ -257,7 +274,7 @@ func (p *Proxy) Stats() ProxyStats {
 		Accepted: p.accepted.Load(),
 		Open:     open,
 		Refused:  p.refused.Load(),
-		Cut:      p.cut.Load(),
+		Cut:      p.cuts.Load(),
 		Up:       p.bytes[Upstream].Load(),
 		Down:     p.bytes[Downstream].Load(),
 	}
@@ -301,7 +318,7 @@ func (p *Proxy) accept() {
 		c := &proxyConn{client: nc.(*net.TCPConn)}
 		c.ctx, c.cancel = context.WithCancel(context.Background())
 		p.mu.Lock()
-		if p.closed || p.mode == pathCut {
+		if p.closed || p.cut {
 			p.mu.Unlock()
 			c.cancel()
 			reset(c.client)
@@ -387,13 +404,13 @@ func (p *Proxy) pipe(c *proxyConn, dir Direction, src, dst *net.TCPConn) {
 // readChunks reads src into out until an error, which it sends last, or
 // the end of c.
 func readChunks(c *proxyConn, src *net.TCPConn, out chan<- chunk) {
+	buf := make([]byte, proxyChunk)
 	for {
-		b := make([]byte, proxyChunk)
-		n, err := src.Read(b)
+		n, err := src.Read(buf)
 		at := time.Now()
 		if n > 0 {
 			select {
-			case out <- chunk{b: b[:n], at: at}:
+			case out <- chunk{b: bytes.Clone(buf[:n]), at: at}:
 			case <-c.ctx.Done():
 				return
 			}
@@ -408,22 +425,22 @@ func readChunks(c *proxyConn, src *net.TCPConn, out chan<- chunk) {
 	}
 }
 
-// wait blocks until what direction dir of c read at may be forwarded: the
-// path is not blackholed, and, unless at is zero, its latency has passed
+// wait blocks until what direction dir of c read at may be forwarded: dir
+// is not held, and, unless at is zero, its latency has passed
 // since at. It returns false once c is closed (a cut closes every
 // connection it finds).
 func (p *Proxy) wait(c *proxyConn, dir Direction, at time.Time) bool {
 	for {
 		p.mu.Lock()
-		mode, lat, changed := p.mode, p.latency[dir], p.changed
+		cut, held, lat, changed := p.cut, p.held[dir], p.latency[dir], p.changed
 		p.mu.Unlock()
 		var timer *time.Timer
 		var fire <-chan time.Time
-		switch mode {
-		case pathCut:
+		switch {
+		case cut:
 			return false
-		case pathBlackhole:
-			// held until the path changes
+		case held:
+			// until the path changes
 		default:
 			if at.IsZero() {
 				return true

@@ -148,6 +148,30 @@ func TestProxyRedisBlackhole(t *testing.T) {
 	}
 }
 
+// A blackhole of the replies alone: the command runs, and its client,
+// hearing nothing, times out; a write whose outcome it cannot know.
+func TestProxyRedisRepliesLost(t *testing.T) {
+	p := activetest.NewProxy(t, testenv.RedisAddr(t))
+	const timeout = 300 * time.Millisecond
+	c, prefix := redisBehind(t, p, redis.Options{PoolSize: 1, ReadTimeout: timeout, WriteTimeout: timeout})
+	ctx := t.Context()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.Blackhole(activetest.Downstream)
+	if err := c.Set(ctx, prefix+"k", "ran", 0).Err(); !isTimeout(err) {
+		t.Errorf("SET with its reply held: %v; want the client's timeout", err)
+	}
+	// Before Heal: the write is there.
+	if v, err := testenv.Redis(t).Get(ctx, prefix+"k").Result(); err != nil || v != "ran" {
+		t.Errorf("the SET whose reply was lost: %q, %v; want it run", v, err)
+	}
+	p.Heal()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Errorf("PING after Heal: %v", err)
+	}
+}
+
 // Latency is added per direction. Only lower bounds are asserted.
 func TestProxyRedisLatency(t *testing.T) {
 	p := activetest.NewProxy(t, testenv.RedisAddr(t))
@@ -177,10 +201,11 @@ func TestProxyRedisLatency(t *testing.T) {
 	}
 }
 
-// Concurrent increments while the path is cut, blackholed, slowed and
-// healed at random under them: the proxy delivers each command at most
-// once, so the counter ends between the increments acknowledged and those
-// sent (acknowledged or failed: a failed one may have run).
+// Concurrent increments while the path is cut, blackholed (both ways or
+// the replies alone), slowed and healed at random under them: the proxy
+// delivers each command at most once, so the counter ends between the
+// increments acknowledged and those sent (acknowledged or failed: a failed
+// one may have run).
 func TestProxyRedisFlipsUnderLoad(t *testing.T) {
 	p := activetest.NewProxy(t, testenv.RedisAddr(t))
 	const workers = 8
@@ -203,7 +228,9 @@ func TestProxyRedisFlipsUnderLoad(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 60 {
-		switch rng.IntN(4) {
+		switch rng.IntN(5) {
+		case 4:
+			p.Blackhole(activetest.Downstream)
 		case 0:
 			p.Cut()
 		case 1:

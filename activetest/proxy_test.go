@@ -134,9 +134,11 @@ func TestProxyNeverLosesOrReordersBytes(t *testing.T) {
 			p.SetLatency(activetest.Downstream, 5*time.Millisecond)
 		}},
 		{name: "flipping", flip: func(p *activetest.Proxy, rng *rand.Rand) {
-			switch rng.IntN(4) {
+			switch rng.IntN(5) {
 			case 0:
 				p.Blackhole()
+			case 4:
+				p.Blackhole(activetest.Direction(rng.IntN(2)))
 			case 1:
 				p.Heal()
 			case 2:
@@ -168,7 +170,7 @@ func TestProxyNeverLosesOrReordersBytes(t *testing.T) {
 			if tc.flip != nil {
 				// Flip until every transfer has ended; a blackhole held
 				// when the flips stop is healed by one of them, as
-				// they heal one time in four.
+				// they heal one time in five.
 				flipper.Go(func() {
 					rng := rand.New(rand.NewPCG(1, 2))
 					for {
@@ -289,6 +291,42 @@ func TestProxyBlackholeHoldsThenDelivers(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// A blackhole of one direction holds it alone: bytes the other way flow.
+func TestProxyBlackholeOneWay(t *testing.T) {
+	p := activetest.NewProxy(t, echoServer(t))
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, dir := range []activetest.Direction{activetest.Downstream, activetest.Upstream} {
+		before := p.Stats()
+		p.Blackhole(dir)
+		if _, err := c.Write([]byte(dir.String())); err != nil {
+			t.Fatal(err)
+		}
+		if dir == activetest.Downstream {
+			// The bytes reach the target and come back to the proxy,
+			// which holds them.
+			waitFor(t, 10*time.Second, "the bytes upstream", func() bool { return p.Stats().Up == before.Up+int64(len(dir.String())) })
+		}
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		buf := make([]byte, len(dir.String()))
+		if n, err := c.Read(buf); !isTimeout(err) {
+			t.Errorf("%v held: read %q, %v; want a timeout", dir, buf[:n], err)
+		}
+		st := p.Stats()
+		if st.Down != before.Down || (dir == activetest.Upstream && st.Up != before.Up) {
+			t.Errorf("%v held: %+v, before %+v", dir, st, before)
+		}
+		p.Heal()
+		_ = c.SetReadDeadline(time.Time{})
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != dir.String() {
+			t.Errorf("%v held, then healed: %q, %v", dir, buf, err)
+		}
+	}
 }
 
 // Cut resets the connections open, in the middle of their transfers and
@@ -412,7 +450,7 @@ func TestProxyLatency(t *testing.T) {
 }
 
 // Bad arguments fail the test and change nothing.
-func TestProxySetLatencyRejects(t *testing.T) {
+func TestProxyRejects(t *testing.T) {
 	target := echoServer(t)
 	for _, tc := range []struct {
 		dir activetest.Direction
@@ -424,5 +462,15 @@ func TestProxySetLatencyRejects(t *testing.T) {
 		if len(r.errs) != 1 {
 			t.Errorf("SetLatency(%v, %v): errors %q, want one", tc.dir, tc.d, r.errs)
 		}
+	}
+	r := &recordingTB{TB: t}
+	p := activetest.NewProxy(r, target)
+	p.Blackhole(activetest.Upstream, activetest.Direction(-1))
+	if len(r.errs) != 1 {
+		t.Errorf("Blackhole(Upstream, Direction(-1)): errors %q, want one", r.errs)
+	}
+	// Nothing changed: the path is healthy.
+	if got, err := echo(p.Addr(), []byte("ok"), rand.New(rand.NewPCG(0, 0))); err != nil || string(got) != "ok" {
+		t.Errorf("after a bad Blackhole: %q, %v", got, err)
 	}
 }
