@@ -105,10 +105,9 @@ type ProxyStats struct {
 // Faults apply to connections already open as to new ones, and take
 // effect at once for every byte not yet handed to the other side (a write
 // already under way finishes). The proxy never loses, duplicates or
-// reorders a byte it forwards. A
-// connection one side closes normally is closed on the other after what
-// it sent (a half-close is passed on); one that fails is reset on the
-// other.
+// reorders a byte it forwards. A connection one side closes normally is
+// closed on the other after what it sent (a half-close is passed on); one
+// that fails is reset on the other.
 //
 // # With a Fleet
 //
@@ -119,6 +118,18 @@ type ProxyStats struct {
 // outlives Restart(i), as the network of a node outlives the process on
 // it. Create the proxies before the Fleet, so that the Fleet's cleanup,
 // which closes the instances' clients, runs before theirs.
+//
+// # Clients that discover their servers
+//
+// A proxy stands in for one address. Clients that dial the address they
+// are given go through it: a standalone Redis, Memcached, Consul's HTTP
+// API, MongoDB with directConnection=true. Clients that learn their
+// servers' addresses from the servers (Kafka's advertised brokers, Redis
+// Cluster's slot map and Sentinel's master, a MongoDB replica set's
+// members) connect to the announced addresses, around the proxy, unless
+// their dialer maps each announced address to a proxy of its own (go-redis'
+// Options.Dialer, franz-go's kgo.Dialer, the MongoDB driver's
+// SetDialer).
 //
 // # Goroutines
 //
