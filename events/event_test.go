@@ -564,3 +564,60 @@ func TestTracingErrorBounded(t *testing.T) {
 		t.Fatalf("%d exception events, want 1", exceptions)
 	}
 }
+
+// TestNewIDConcurrent: IDs made by many goroutines at once, many per
+// millisecond, are all distinct, each goroutine's sort strictly in the
+// order it made them, and each is a UUIDv7 whose timestamp is the time it
+// was made.
+func TestNewIDConcurrent(t *testing.T) {
+	const goroutines, perGoroutine = 8, 4000
+	ids := make([][]string, goroutines)
+	before := time.Now().UnixMilli()
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			<-start
+			out := make([]string, perGoroutine)
+			for i := range out {
+				out[i] = events.NewID()
+			}
+			ids[g] = out
+		})
+	}
+	close(start)
+	wg.Wait()
+	after := time.Now().UnixMilli()
+
+	seen := make(map[string]bool, goroutines*perGoroutine)
+	perMilli := map[int64]int{}
+	for g, out := range ids {
+		for i, id := range out {
+			if seen[id] {
+				t.Fatalf("NewID %q made twice", id)
+			}
+			seen[id] = true
+			if i > 0 && id <= out[i-1] {
+				t.Fatalf("goroutine %d: NewID %q does not sort after %q", g, id, out[i-1])
+			}
+			u, err := uuid.Parse(id)
+			if err != nil || u.Version() != 7 || u.Variant() != uuid.RFC4122 {
+				t.Fatalf("NewID %q is not an RFC 9562 UUIDv7 (err %v)", id, err)
+			}
+			ms := u.Time() // 100 ns units since 1582; compare milliseconds
+			sec, nsec := ms.UnixTime()
+			milli := sec*1000 + nsec/1e6
+			// The generator may run ahead of the clock by a few ms when
+			// more than 4096 IDs are made in one millisecond.
+			if milli < before || milli > after+int64(goroutines*perGoroutine/4096)+1 {
+				t.Fatalf("NewID %q has time %d ms, want in [%d, %d]", id, milli, before, after)
+			}
+			perMilli[milli]++
+		}
+	}
+	var busiest int
+	for _, n := range perMilli {
+		busiest = max(busiest, n)
+	}
+	t.Logf("%d IDs over %d ms, at most %d in one", len(seen), len(perMilli), busiest)
+}
