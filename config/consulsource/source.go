@@ -57,14 +57,17 @@ func WithLogger(l *slog.Logger) Option {
 type Source struct {
 	client   *api.Client
 	key      string
-	format   config.Format // "" for a prefix
+	format   config.Format // for a Key
+	prefix   bool          // a Prefix, not a Key
 	optional bool
 	watch    consulwatch.Config
 }
 
 var _ config.Watcher = (*Source)(nil)
 
-// Key returns a source reading the document at key, in format.
+// Key returns a source reading the document at key, in format. A format
+// config.Parse does not know (such as "", which config.FormatOf returns
+// for an unknown extension) makes every read fail.
 func Key(client *api.Client, key string, format config.Format, opts ...Option) *Source {
 	s := &Source{client: client, key: key, format: format}
 	for _, o := range opts {
@@ -81,7 +84,7 @@ func Prefix(client *api.Client, prefix string, opts ...Option) *Source {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	s := &Source{client: client, key: prefix}
+	s := &Source{client: client, key: prefix, prefix: true}
 	for _, o := range opts {
 		o.apply(s)
 	}
@@ -95,7 +98,7 @@ func (s *Source) Name() string { return "consul:" + s.key }
 func (s *Source) Load(ctx context.Context) (map[string]any, error) {
 	q := s.watch.Query
 	q.WaitIndex, q.WaitTime = 0, 0
-	if s.format != "" {
+	if !s.prefix {
 		p, _, err := s.client.KV().Get(s.key, q.WithContext(ctx))
 		if err != nil {
 			return nil, err
@@ -134,7 +137,7 @@ func (s *Source) Watch(ctx context.Context, update func(map[string]any, error)) 
 		}
 		failing = false
 	}
-	if s.format != "" {
+	if !s.prefix {
 		return consulwatch.Run(ctx, cfg,
 			func(ctx context.Context, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
 				return s.client.KV().Get(s.key, q)
@@ -149,6 +152,11 @@ func (s *Source) Watch(ctx context.Context, update func(map[string]any, error)) 
 }
 
 func (s *Source) parseKey(p *api.KVPair) (map[string]any, error) {
+	switch s.format {
+	case config.YAML, config.JSON, config.TOML:
+	default: // whether or not the key holds anything: a missing key is no excuse
+		return nil, fmt.Errorf("%w: key %s: unknown format %q", config.ErrSource, s.key, s.format)
+	}
 	if p == nil {
 		if s.optional {
 			return map[string]any{}, nil

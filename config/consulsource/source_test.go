@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -408,5 +409,32 @@ func TestReloadDoesNotUndoWatchedChange(t *testing.T) {
 	}
 	if v := s.Load().Version; v != 2 {
 		t.Fatalf("after the Reload the store runs version %d; Consul holds 2 (last error %v)", v, s.LastError())
+	}
+}
+
+// TestKeyWithoutFormat: a Key whose format is not one config.Parse knows
+// (config.FormatOf of a name with another extension gives "") is a
+// configuration error of the program, reported as such; it must not
+// quietly read every key that starts with the key's name as a prefix
+// (with Optional, an empty layer: the defaults, fleet-wide).
+func TestKeyWithoutFormat(t *testing.T) {
+	client := testenv.Consul(t)
+	key := testenv.Name(t) + "/app.conf"
+	testenv.CleanupConsulKV(t, client, key)
+	put(t, client, key, "version: 3\n")
+	put(t, client, key+".bak/version", "7")
+	for _, tc := range []struct {
+		key  string
+		opts []Option
+	}{{key, nil}, {key, []Option{Optional()}}, {key + ".missing", []Option{Optional()}}} {
+		src := Key(client, tc.key, config.FormatOf(tc.key), tc.opts...)
+		s, err := config.New(context.Background(), config.Options[fleetConfig]{Sources: []config.Source{src}})
+		if err == nil {
+			_ = s.Close()
+			t.Fatalf("Key with format %q loaded %+v", config.FormatOf(key), s.Load())
+		}
+		if errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "format") {
+			t.Errorf("Key with no format: %v, want an unknown format error", err)
+		}
 	}
 }
