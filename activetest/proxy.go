@@ -81,9 +81,10 @@ type ProxyStats struct {
 //   - [Proxy.Cut] is a backend that went away or a firewall that resets:
 //     every open connection is reset (TCP RST) on both sides at once, and
 //     each new one is reset as soon as it is accepted, until Heal or
-//     Blackhole. The client's dial succeeds (the kernel accepts for the
-//     proxy), and its first read or write fails at once: commands in
-//     flight and new ones fail fast, with a connection error.
+//     Blackhole. The client's dial fails with the reset, or succeeds (the
+//     kernel accepts for the proxy) and its first read or write fails:
+//     commands in flight and new ones fail fast, with a connection
+//     error.
 //   - [Proxy.Blackhole] is a network partition: connections open and new
 //     ones are held, and nothing is forwarded either way, so a client
 //     hangs until its own timeouts (a read timeout, not a dial timeout:
@@ -212,9 +213,7 @@ func (p *Proxy) Cut() {
 	}
 	p.mu.Unlock()
 	for _, c := range open {
-		if p.closeConn(c, true) {
-			p.cuts.Add(1)
-		}
+		p.closeConn(c, true, &p.cuts)
 	}
 }
 
@@ -332,8 +331,8 @@ func (p *Proxy) accept() {
 		if p.closed || p.cut {
 			p.mu.Unlock()
 			c.cancel()
+			p.refused.Add(1) // before the client can see it
 			reset(c.client)
-			p.refused.Add(1)
 			continue
 		}
 		p.conns[c] = struct{}{}
@@ -351,9 +350,7 @@ func (p *Proxy) serve(c *proxyConn) {
 	d := net.Dialer{Timeout: proxyDialTimeout}
 	nc, err := d.DialContext(c.ctx, "tcp", p.target)
 	if err != nil {
-		if p.closeConn(c, true) {
-			p.refused.Add(1)
-		}
+		p.closeConn(c, true, &p.refused)
 		return
 	}
 	server := nc.(*net.TCPConn)
@@ -395,17 +392,17 @@ func (p *Proxy) pipe(c *proxyConn, dir Direction, src, dst *net.TCPConn) {
 		}
 		if ck.err != nil {
 			if !errors.Is(ck.err, io.EOF) {
-				p.closeConn(c, true) // a reset or failure: pass it on
+				p.closeConn(c, true, nil) // a reset or failure: pass it on
 				return
 			}
 			_ = dst.CloseWrite()
 			if c.halves.Add(1) == 2 {
-				p.closeConn(c, false)
+				p.closeConn(c, false, nil)
 			}
 			return
 		}
 		if _, err := dst.Write(ck.b); err != nil {
-			p.closeConn(c, true)
+			p.closeConn(c, true, nil)
 			return
 		}
 		p.bytes[dir].Add(int64(len(ck.b)))
@@ -478,17 +475,24 @@ func (p *Proxy) wait(c *proxyConn, dir Direction, at time.Time) bool {
 	}
 }
 
-// closeConn closes c, both sides, with a reset if reset is set; it
-// reports whether c was open.
-func (p *Proxy) closeConn(c *proxyConn, rst bool) bool {
+// closeConn closes c, both sides, with a reset if rst is set, if it is
+// open; it then adds one to count (nil: none) before either side can see
+// the close.
+func (p *Proxy) closeConn(c *proxyConn, rst bool, count *atomic.Int64) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return false
+		return
 	}
 	c.closed = true
 	server := c.server
 	c.mu.Unlock()
+	if count != nil {
+		count.Add(1)
+	}
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
 	c.cancel()
 	if rst {
 		reset(c.client)
@@ -501,10 +505,6 @@ func (p *Proxy) closeConn(c *proxyConn, rst bool) bool {
 			_ = server.Close()
 		}
 	}
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-	return true
 }
 
 // reset closes c with a TCP RST rather than a FIN.
@@ -526,7 +526,7 @@ func (p *Proxy) close() {
 	close(p.done)
 	_ = p.ln.Close()
 	for _, c := range open {
-		p.closeConn(c, true)
+		p.closeConn(c, true, nil)
 	}
 	done := make(chan struct{})
 	go func() {

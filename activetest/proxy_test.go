@@ -396,6 +396,36 @@ func TestProxyCutMidTransfer(t *testing.T) {
 	goleak.VerifyNone(t, ignore)
 }
 
+// The counts are up to date by the time the client sees what they count:
+// a connection reset as it arrives, through a cut path or to a target
+// that refuses it, is counted refused, and no longer open, when the
+// client's read fails.
+func TestProxyCountsBeforeTheClientSees(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := ln.Addr().String()
+	_ = ln.Close()
+	cut := activetest.NewProxy(t, echoServer(t))
+	cut.Cut()
+	for _, p := range []*activetest.Proxy{cut, activetest.NewProxy(t, down)} {
+		for i := range int64(200) {
+			// The reset may reach the dial itself.
+			if c, err := net.Dial("tcp", p.Addr()); err == nil {
+				_, err = c.Read(make([]byte, 1))
+				_ = c.Close()
+				if err == nil {
+					t.Fatalf("%s: read through a connection reset on arrival succeeded", p.Target())
+				}
+			}
+			if st := p.Stats(); st.Refused != i+1 || st.Open != 0 {
+				t.Fatalf("%s: after %d connections reset: %+v", p.Target(), i+1, st)
+			}
+		}
+	}
+}
+
 // The target refusing connections resets the client's.
 func TestProxyTargetDown(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
