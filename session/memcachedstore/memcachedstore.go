@@ -37,10 +37,14 @@ const (
 )
 
 const (
-	maxHops    = 4  // aliases followed per call (two rotations within a grace period)
-	maxIDLen   = 64 // session.TokenID makes at most 52
-	backoffMin = 100 * time.Microsecond
-	backoffMax = 10 * time.Millisecond
+	maxHops = 4  // aliases followed per call (two rotations within a grace period)
+	pruneAt = 64 // sessions in a user's index from which a login drops the ended ones
+	// placeholderExpiration is the lifetime, in seconds, of the dead item
+	// dropEnded adds in place of a missing session.
+	placeholderExpiration = 10
+	maxIDLen              = 64 // session.TokenID makes at most 52
+	backoffMin            = 100 * time.Microsecond
+	backoffMax            = 10 * time.Millisecond
 	// Memcached reads an expiration above 30 days as a Unix time.
 	maxRelativeExpiration = 30 * 24 * 60 * 60
 )
@@ -599,24 +603,100 @@ func (r *record) find(key string) (int, bool) {
 }
 
 // index adds id, which lives until deadline, to user's index and returns the
-// user's current revocation epoch.
+// user's current revocation epoch. Once the index holds pruneAt sessions, it
+// first drops those that have ended (see dropEnded), so that a user who logs
+// in and out again and again does not grow the user item until it no longer
+// fits in Memcached.
 func (s *Store) index(ctx context.Context, id, user string, deadline int64) (uint64, error) {
 	var epoch uint64
-	err := s.updateUsers(ctx, "index", session.UserTag(user), func(u *users) bool {
+	err := s.updateUsers(ctx, "index", session.UserTag(user), func(u *users) (bool, error) {
 		// A new entry starts at a random epoch, not 0: the entry may be new
 		// because Memcached evicted the old one, and sessions bound at the
 		// old entry's epochs must stay revoked (see Store).
 		e := u.ensure(user, rand.Uint64())
+		if len(e.sessions) >= pruneAt {
+			if err := s.dropEnded(ctx, e, id); err != nil {
+				return false, err
+			}
+		}
 		e.add(id, deadline)
 		epoch = e.epoch
-		return true
+		return true, nil
 	})
 	return epoch, err
 }
 
+// dropEnded removes from e the sessions (other than id) that have ended:
+// expired, revoked, deleted, or renewed (an alias). An ended session may be
+// made again by an Apply that read it a moment ago and has indexed it
+// already: a missing item may be a session being created, a dead one a
+// session being created over it. So an entry is dropped only once its item
+// is claimed: a dead placeholder added in place of a missing item, or
+// swapped with cas for a dead one. The Apply's add or cas then fails, and its
+// next attempt reads the placeholder, indexes the session again and writes
+// over it. A live alias is dropped unclaimed (no session is made over it
+// before it ends); an entry whose item changed meanwhile is kept.
+func (s *Store) dropEnded(ctx context.Context, e *userEntry, id string) error {
+	keys := make([]string, 0, len(e.sessions))
+	for _, is := range e.sessions {
+		keys = append(keys, s.sessionKey(is.id))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	items, err := s.c.GetMulti(keys)
+	if err != nil {
+		return fmt.Errorf("memcachedstore: index: %w", err)
+	}
+	now := s.nowMs()
+	kept := e.sessions[:0]
+	for _, is := range e.sessions {
+		key := s.sessionKey(is.id)
+		it := items[key]
+		if is.id == id {
+			kept = append(kept, is)
+			continue
+		}
+		if it != nil {
+			if d, err := decode(it.Value); err == nil { // else corrupt: claimed
+				switch r := d.rec; {
+				case d.alias != nil && now < d.alias.deadline:
+					continue // a live alias: renewed
+				case r == nil || now >= r.idle || now >= r.absolute:
+					// ended: claimed
+				case r.user == e.user && r.epoch == e.epoch:
+					kept = append(kept, is) // live
+					continue
+				case r.user != e.user:
+					continue // live, and bound to another user of the tag
+				}
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		placeholder := &memcache.Item{Key: key, Value: encodeAlias(alias{target: is.id}), Expiration: placeholderExpiration}
+		if it == nil {
+			err = s.c.Add(placeholder)
+		} else {
+			placeholder.CasID = it.CasID
+			err = s.c.CompareAndSwap(placeholder)
+		}
+		switch {
+		case err == nil: // claimed: ended
+		case lostRace(err): // changed meanwhile
+			kept = append(kept, is)
+		default:
+			return fmt.Errorf("memcachedstore: index: %w", err)
+		}
+	}
+	e.sessions = kept
+	return nil
+}
+
 // updateUsers changes the user item of tag under gets/cas: change edits it
 // and reports whether to write it.
-func (s *Store) updateUsers(ctx context.Context, op, tag string, change func(*users) bool) error {
+func (s *Store) updateUsers(ctx context.Context, op, tag string, change func(*users) (bool, error)) error {
 	key := s.usersKey(tag)
 	return s.cas(ctx, op, func() error {
 		if err := ctx.Err(); err != nil {
@@ -632,11 +712,11 @@ func (s *Store) updateUsers(ctx context.Context, op, tag string, change func(*us
 				return fmt.Errorf("memcachedstore: %s: %s: %w", op, key, err)
 			}
 		}
-		now := s.nowMs()
-		u.prune(now)
-		if !change(u) {
-			return nil
+		u.prune(s.nowMs())
+		if write, err := change(u); err != nil || !write {
+			return err
 		}
+		now := s.nowMs()
 		next := &memcache.Item{Key: key, Value: encodeUsers(u), Expiration: expiration(u.until(), now)}
 		if it == nil {
 			err = s.c.Add(next)
@@ -755,8 +835,8 @@ func (s *Store) Alias(ctx context.Context, oldID, newID string, ifVersion uint64
 // Sessions implements session.UserIndex: two round trips (the user item,
 // then every indexed session at once), keeping only the live sessions bound
 // to user at the current epoch. Ended sessions stay in the index until
-// their absolute deadline or DestroyUser, so the list is filtered on every
-// call.
+// their absolute deadline, DestroyUser, or a login that finds 64 sessions
+// indexed and drops the ended ones, so the list is filtered on every call.
 func (s *Store) Sessions(ctx context.Context, user string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -817,10 +897,10 @@ func (s *Store) DestroyUser(ctx context.Context, user string) error {
 		return err
 	}
 	var ids []string
-	err := s.updateUsers(ctx, "destroy user", session.UserTag(user), func(u *users) bool {
+	err := s.updateUsers(ctx, "destroy user", session.UserTag(user), func(u *users) (bool, error) {
 		e := u.entry(user)
 		if e == nil {
-			return false
+			return false, nil
 		}
 		e.epoch++
 		ids = ids[:0]
@@ -828,7 +908,7 @@ func (s *Store) DestroyUser(ctx context.Context, user string) error {
 			ids = append(ids, is.id)
 		}
 		e.sessions = nil
-		return true
+		return true, nil
 	})
 	if err != nil {
 		return err
