@@ -64,7 +64,7 @@ var (
 
 // ContentionError says how many attempts a write made.
 type ContentionError struct {
-	// Op is the write: "apply", "alias", "index" or "destroy user".
+	// Op is the write: "apply", "delete", "alias", "index" or "destroy user".
 	Op       string
 	Attempts int
 }
