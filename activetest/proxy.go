@@ -49,7 +49,7 @@ type ProxyStats struct {
 	// Cut is how many open connections Cut closed.
 	Cut int64
 	// Up and Down are the bytes delivered to the target and to the
-	// client.
+	// client: by the time a side has read some, they are counted.
 	Up, Down int64
 }
 
@@ -401,11 +401,15 @@ func (p *Proxy) pipe(c *proxyConn, dir Direction, src, dst *net.TCPConn) {
 			}
 			return
 		}
-		if _, err := dst.Write(ck.b); err != nil {
+		// Counted before the write, so that the count is never behind
+		// what the other side has read; what the write did not take is
+		// taken back.
+		p.bytes[dir].Add(int64(len(ck.b)))
+		if n, err := dst.Write(ck.b); err != nil {
+			p.bytes[dir].Add(int64(n - len(ck.b)))
 			p.closeConn(c, true, nil)
 			return
 		}
-		p.bytes[dir].Add(int64(len(ck.b)))
 	}
 }
 
