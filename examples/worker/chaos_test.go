@@ -26,11 +26,18 @@ import (
 // the partitions' next owners. At the end every customer's counter is
 // exactly its number of orders, every order has its follow-up, and the
 // records fetched again are logged: the duplicates the fleet absorbed.
-func TestExactlyOnceWhileInstancesDie(t *testing.T) {
+func TestExactlyOnceWhileInstancesDie(t *testing.T) { exactlyOnceWhileInstancesDie(t, false) }
+
+// TestExactlyOnceWhileInstancesDieCluster is the same on a Redis Cluster
+// (ACTIVEKIT_REDIS_CLUSTER), where the count is idempotent per event
+// (countOnce) instead of recorded with the done mark.
+func TestExactlyOnceWhileInstancesDieCluster(t *testing.T) { exactlyOnceWhileInstancesDie(t, true) }
+
+func exactlyOnceWhileInstancesDie(t *testing.T, cluster bool) {
 	// maxStops bounds the test's time: the fleet finishes the orders left
 	// after that many stops without more.
 	const n, customers, maxStops = 2000, 50, 20
-	f := newFixture(t)
+	f := newFixtureOn(t, cluster)
 	es, want := orders(n, customers)
 	fetched := &fetchCounter{}
 

@@ -35,7 +35,7 @@ const EnvPrefix = "ACTIVEKIT_"
 type Config struct {
 	Listen string `json:"listen" help:"address of the health views (host:port; port 0 picks a free one)"`
 
-	RedisAddr           string `json:"redis_addr" help:"Redis address, or the Sentinels (comma-separated) with redis_sentinel_master; not a Cluster"`
+	RedisAddr           string `json:"redis_addr" help:"Redis address; comma-separated: Cluster seeds, or Sentinels with redis_sentinel_master"`
 	RedisSentinelMaster string `json:"redis_sentinel_master" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
 	RedisPrefix         string `json:"redis_prefix" help:"prefix of every key the worker writes in Redis (counters and dedupe records)"`
 
@@ -89,15 +89,8 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
 	}
-	switch addrs := splitList(c.RedisAddr); {
-	case len(addrs) == 0:
+	if len(splitList(c.RedisAddr)) == 0 {
 		errs = append(errs, errors.New("redis_addr is empty"))
-	case len(addrs) > 1 && c.RedisSentinelMaster == "":
-		// Several addresses without a master name make a Cluster client.
-		// The counter is written in the dedupe record's Lua script
-		// (DoneWith), which on a Cluster may only touch keys in the
-		// record's slot, and a customer's counter is not: see README.md.
-		errs = append(errs, fmt.Errorf("redis_addr lists %d addresses without redis_sentinel_master (a Redis Cluster): not supported, the counters are written with the dedupe record in one script", len(addrs)))
 	}
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("redis_prefix %q contains a brace", c.RedisPrefix))

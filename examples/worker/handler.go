@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -54,10 +56,34 @@ type counter struct {
 	source string           // of the follow-up events
 	pub    events.Publisher // of the follow-up events
 	log    *slog.Logger
+
+	// cluster is set on a Redis Cluster, where the counter is not in the
+	// dedupe record's slot: the count is then made idempotent per event
+	// (countOnce) instead of being recorded with the done mark.
+	cluster bool
+	rdb     redis.UniversalClient // for countOnce
+	markTTL time.Duration         // how long countOnce remembers an event
 }
 
+// counterKey is the Redis key of a customer's counter, under prefix. The
+// hash tag, "{orders:<customer>}", never empty, puts the counter and
+// countOnce's marks of the customer's orders in one Cluster slot.
+func counterKey(prefix, customer string) string { return prefix + "{orders:" + customer + "}" }
+
 // key is the Redis key of a customer's counter.
-func (c *counter) key(customer string) string { return c.prefix + "orders:" + customer }
+func (c *counter) key(customer string) string { return counterKey(c.prefix, customer) }
+
+// countOnce increments the counter KEYS[1] unless the event whose mark is
+// KEYS[2] was counted already, and marks it counted for ARGV[1] ms, in one
+// step. It returns the counter. Run again for the same event, it counts
+// nothing: it is safe to send twice, and two instances running one event
+// at once (a claim taken over) count it once.
+var countOnce = redis.NewScript(`
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+  return redis.call('INCR', KEYS[1])
+end
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+`)
 
 // countedID is the ID of the follow-up of the event with this source and
 // ID: the same for every delivery of the event, so that a follow-up
@@ -79,7 +105,11 @@ func countedID(source, id string) string {
 //     in between (the redelivery finds the event done and skips it).
 //  2. The counter is incremented in the same Lua script that marks the
 //     claim done (RedisStore.DoneWith): both happen, or neither, so no
-//     death and no redelivery can count an order twice or not at all.
+//     death and no redelivery can count an order twice or not at all. On
+//     a Redis Cluster, where one script cannot write both (they are in
+//     different slots), the count is idempotent per event instead
+//     (countOnce: a mark of the event beside the customer's counter), and
+//     the Deduper marks the event done once the handler returns.
 //
 // Invalid data is Permanent: the same event would fail again, so it goes to
 // the dead-letter topic at once. A failed publish is Unavailable: Kafka, not
@@ -117,6 +147,22 @@ func (c *counter) handle(ctx context.Context, e events.Event) error {
 		return events.Unavailable(fmt.Errorf("publishing the follow-up of %s: %w", e.ID, err))
 	}
 
+	if c.cluster {
+		// The counter is in the customer's slot, not the record's: count
+		// once per event by a mark beside the counter, and let the
+		// Deduper mark the event done after the handler.
+		n, err := countOnce.Run(ctx, c.rdb, []string{c.key(o.Customer), c.key(o.Customer) + ":counted:" + f.ID}, c.markTTL.Milliseconds()).Int64()
+		if err != nil {
+			err = fmt.Errorf("counting order event %s: %w", e.ID, err)
+			if ctx.Err() != nil || !redisUnavailable(err) {
+				return err
+			}
+			return events.Unavailable(err)
+		}
+		c.log.DebugContext(ctx, "order counted", "order", o.Order, "customer", o.Customer, "orders", n)
+		return nil
+	}
+
 	var n *redis.IntCmd
 	err = c.store.DoneWith(ctx, claim, func(ctx context.Context, p redis.Pipeliner) error {
 		n = p.Incr(ctx, c.key(o.Customer))
@@ -130,4 +176,29 @@ func (c *counter) handle(ctx context.Context, e events.Event) error {
 	}
 	c.log.DebugContext(ctx, "order counted", "order", o.Order, "customer", o.Customer, "orders", n.Val())
 	return nil
+}
+
+// unavailableReplies are the error codes of a Redis that cannot take a
+// write now, whatever the write, as dedupe's RedisStore counts them.
+var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "BUSY", "OOM", "NOREPLICAS", "MISCONF"}
+
+// redisUnavailable reports whether err is Redis's failure (no answer, or a
+// server that cannot take a write now), which the subscriber waits out,
+// rather than the count's own error reply (WRONGTYPE: the counter's key
+// holds something else), which is retried and then dead-lettered, as
+// DoneWith's is.
+func redisUnavailable(err error) bool {
+	var reply redis.Error
+	if !errors.As(err, &reply) {
+		return true
+	}
+	msg := reply.Error()
+	for _, p := range unavailableReplies {
+		// Redis 7 replies with a command's error as it is; before 7,
+		// inside "ERR Error running script (...): ...: -READONLY ...".
+		if strings.HasPrefix(msg, p+" ") || strings.HasPrefix(msg, "ERR Error running script") && strings.Contains(msg, ": -"+p+" ") {
+			return true
+		}
+	}
+	return false
 }

@@ -38,6 +38,10 @@ import (
 // defaultServiceName names the service when OTEL_SERVICE_NAME does not.
 const defaultServiceName = "order-counter"
 
+// retention is how long an event is remembered as handled: by its dedupe
+// record, and on a Redis Cluster by its count's mark (countOnce) too.
+const retention = 7 * 24 * time.Hour
+
 // startTimeout bounds each call the build makes to a dependency (the Redis
 // ping, the topic preflight).
 const startTimeout = 5 * time.Second
@@ -155,8 +159,9 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 	tracing := events.TracingConfig{TracerProvider: providers.TracerProvider, Propagator: providers.Propagator}
 
 	// 5. Redis: the counters and the dedupe records, shared by the fleet.
-	// An instance that cannot reach it at start refuses to start: it could
-	// handle no event.
+	// One address is a server, several are a Cluster's seeds, or the
+	// Sentinels with a master name. An instance that cannot reach it at
+	// start refuses to start: it could handle no event.
 	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:      splitList(cfg.RedisAddr),
 		MasterName: cfg.RedisSentinelMaster,
@@ -171,7 +176,7 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 
 	// 6. Dedupe on the subscriber's batch path: per partition and poll,
 	// one round trip claims the events, one records them done.
-	dstore, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: cfg.RedisPrefix + "dedupe:"})
+	dstore, err := dedupe.NewRedisStore(rdb, dedupe.RedisConfig{Prefix: cfg.RedisPrefix + "dedupe:", Retention: retention})
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +216,9 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return nil, err
 	}
-	c := &counter{store: dstore, prefix: cfg.RedisPrefix, source: "/" + id.ServiceName(), pub: pub, log: log}
+	_, cluster := rdb.(*redis.ClusterClient)
+	c := &counter{store: dstore, prefix: cfg.RedisPrefix, source: "/" + id.ServiceName(), pub: pub, log: log,
+		cluster: cluster, rdb: rdb, markTTL: retention}
 	handler := events.Chain(c.handle, events.Tracing(tracing))
 
 	// 8. Health: Redis gates readiness (never liveness: an outage must not

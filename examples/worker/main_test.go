@@ -96,16 +96,24 @@ func (s *logSink) errors() []map[string]any {
 // fixture is one test's Kafka (kfake, in-process), Redis key prefix and
 // topics, and the environment of its instances.
 type fixture struct {
-	kf      *kfake.Cluster
-	brokers []string
-	adm     *kadm.Client
-	rdb     *redis.Client
-	prefix  string // of every Redis key the instances write
-	topic   string
-	group   string
+	kf        *kfake.Cluster
+	brokers   []string
+	adm       *kadm.Client
+	redisAddr string // ACTIVEKIT_REDIS_ADDR of the instances
+	rdb       redis.UniversalClient
+	prefix    string // of every Redis key the instances write
+	topic     string
+	group     string
 }
 
 func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	return newFixtureOn(t, false)
+}
+
+// newFixtureOn is newFixture with the instances on a Redis Cluster when
+// cluster is set (ACTIVEKIT_REDIS_CLUSTER), else on a standalone Redis.
+func newFixtureOn(t *testing.T, cluster bool) *fixture {
 	t.Helper()
 	kf := testenv.KFake(t)
 	brokers := kf.ListenAddrs()
@@ -117,7 +125,12 @@ func newFixture(t *testing.T) *fixture {
 	name := testenv.Name(t)
 	f := &fixture{
 		kf: kf, brokers: brokers, adm: kadm.NewClient(cl),
-		rdb: testenv.Redis(t), prefix: name + ":", topic: name, group: name + "-g",
+		prefix: name + ":", topic: name, group: name + "-g",
+	}
+	if cluster {
+		f.redisAddr, f.rdb = strings.Join(testenv.RedisClusterAddrs(t), ","), testenv.RedisCluster(t)
+	} else {
+		f.redisAddr, f.rdb = testenv.RedisAddr(t), testenv.Redis(t)
 	}
 	testenv.CleanupRedisPrefix(t, f.rdb, f.prefix)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -136,7 +149,7 @@ func (f *fixture) env(t *testing.T, instanceID string) map[string]string {
 	return map[string]string{
 		"ACTIVEKIT_INSTANCE_ID":   instanceID,
 		"ACTIVEKIT_LISTEN":        "127.0.0.1:0",
-		"ACTIVEKIT_REDIS_ADDR":    testenv.RedisAddr(t),
+		"ACTIVEKIT_REDIS_ADDR":    f.redisAddr,
 		"ACTIVEKIT_REDIS_PREFIX":  f.prefix,
 		"ACTIVEKIT_KAFKA_BROKERS": strings.Join(f.brokers, ","),
 		"ACTIVEKIT_TOPIC":         f.topic,
@@ -195,7 +208,7 @@ func (f *fixture) counters(t *testing.T, want map[string]int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for c := range want {
-		n, err := f.rdb.Get(context.Background(), f.prefix+"orders:"+c).Int()
+		n, err := f.rdb.Get(context.Background(), counterKey(f.prefix, c)).Int()
 		if err != nil && err != redis.Nil {
 			t.Fatal(err)
 		}

@@ -313,7 +313,7 @@ func TestNewWorkerFailsClean(t *testing.T) {
 	}{
 		{name: "redis unreachable", env: map[string]string{"ACTIVEKIT_REDIS_ADDR": testenv.FreeAddr(t)}, want: "redis "},
 		{name: "empty topic", args: []string{"-topic", ""}, want: "topic is empty"},
-		{name: "redis cluster", env: map[string]string{"ACTIVEKIT_REDIS_ADDR": "127.0.0.1:7000,127.0.0.1:7001"}, want: "Redis Cluster"},
+		{name: "redis cluster unreachable", env: map[string]string{"ACTIVEKIT_REDIS_ADDR": testenv.FreeAddr(t) + "," + testenv.FreeAddr(t)}, want: "redis "},
 		{name: "partitions", args: []string{"-partitions", "1e10"}, want: "partitions"},
 		{name: "short lease", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "10ms"}, want: "dedupe_lease"},
 		{name: "bad duration", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "soon"}, want: "dedupe_lease"},
@@ -385,5 +385,35 @@ func TestSubscriberFailureStopsInstance(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("the instance kept running without its subscriber")
+	}
+}
+
+// On a Redis Cluster, the count's own error (a customer's counter key that
+// holds a hash: WRONGTYPE) is the event's failure as on standalone: retried,
+// then dead-lettered, while the orders of other customers are counted; it
+// is not taken for Redis being down, which would block the partition.
+func TestClusterCountErrorDeadLettered(t *testing.T) {
+	f := newFixtureOn(t, true)
+	ctx := context.Background()
+	if err := f.rdb.HSet(ctx, counterKey(f.prefix, "c-0"), "not", "a counter").Err(); err != nil {
+		t.Fatal(err)
+	}
+	in := runInstance(t, f.env(t, "worker-cluster-wrongtype"))
+	es, want := orders(4, 2) // c-0, c-1, c-0, c-1
+	f.publish(t, es...)
+	delete(want, "c-0")
+	f.waitCounted(t, want)
+	eventually(t, wait, "two dead letters", func() bool { return len(f.readAll(t, f.dlq())) >= 2 })
+	dl := f.readAll(t, f.dlq())
+	if len(dl) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dl))
+	}
+	for _, r := range dl {
+		if reason := header(r, kafka.HeaderPrefix+events.ExtDeadLetterReason); !strings.Contains(reason, "WRONGTYPE") {
+			t.Errorf("dead letter reason %q, want the WRONGTYPE reply", reason)
+		}
+	}
+	if err := in.stop(); err != nil {
+		t.Errorf("stop: %v", err)
 	}
 }
