@@ -102,11 +102,21 @@ func (h *hookSelector) PickServer(key string) (net.Addr, error) {
 }
 
 // TestIndexDropRacesLogin: a login on another instance drops the ended
-// sessions from the index just after this instance indexed a new session
-// and before it added the session's item, which is then missing. The new
-// session must stay in the index: it is claimed (a placeholder added in its
-// place), this instance's add fails, and its next attempt indexes it again.
+// sessions from the index just after this instance indexed a session and
+// before it wrote the session's item. The session must stay in the index.
+// When it is being created, its item is missing: it is claimed (a
+// placeholder added in its place), this instance's add fails, and its next
+// attempt indexes it again. When an existing session is being bound, its
+// item is live but not yet bound: it is kept.
 func TestIndexDropRacesLogin(t *testing.T) {
+	for _, bindExisting := range []bool{false, true} {
+		t.Run(map[bool]string{false: "create", true: "bind"}[bindExisting], func(t *testing.T) {
+			indexRace(t, bindExisting)
+		})
+	}
+}
+
+func indexRace(t *testing.T, bindExisting bool) {
 	addr := testenv.MemcachedAddr(t)
 	p := testenv.Name(t) + ":"
 	other := memcache.New(addr)
@@ -117,13 +127,17 @@ func TestIndexDropRacesLogin(t *testing.T) {
 	}
 	ctx := t.Context()
 	user := "racing@example.com"
-	bind := func(s *Store, id string) error {
-		_, err := s.Apply(ctx, id, session.Delta{Create: &session.Create{Absolute: time.Hour}, User: user, Idle: time.Hour})
+	bind := func(s *Store, id string, create bool) error {
+		d := session.Delta{User: user, Idle: time.Hour}
+		if create {
+			d.Create = &session.Create{Absolute: time.Hour}
+		}
+		_, err := s.Apply(ctx, id, d)
 		return err
 	}
 	for range pruneAt - 1 {
 		id := sessiontest.NewID(t, user)
-		if err := bind(b, id); err != nil {
+		if err := bind(b, id, true); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Delete(ctx, id); err != nil {
@@ -131,12 +145,17 @@ func TestIndexDropRacesLogin(t *testing.T) {
 		}
 	}
 	x, y := sessiontest.NewID(t, user), sessiontest.NewID(t, user)
-	sel := &hookSelector{key: p + "s:" + x, at: 2} // 1: the read; 2: the add
+	if bindExisting { // made before login, bound at login
+		if _, err := b.Apply(ctx, x, session.Delta{Create: &session.Create{Absolute: time.Hour}, Idle: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sel := &hookSelector{key: p + "s:" + x, at: 2} // 1: the read; 2: the add or cas
 	if err := sel.SetServers(addr); err != nil {
 		t.Fatal(err)
 	}
 	sel.hook = func() {
-		if err := bind(b, y); err != nil {
+		if err := bind(b, y, true); err != nil {
 			t.Errorf("the other login: %v", err)
 		}
 	}
@@ -146,7 +165,7 @@ func TestIndexDropRacesLogin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bind(a, x); err != nil {
+	if err := bind(a, x, !bindExisting); err != nil {
 		t.Fatal(err)
 	}
 	if sel.n < 2 {

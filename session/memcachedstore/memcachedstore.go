@@ -635,7 +635,8 @@ func (s *Store) index(ctx context.Context, id, user string, deadline int64) (uin
 // swapped with cas for a dead one. The Apply's add or cas then fails, and its
 // next attempt reads the placeholder, indexes the session again and writes
 // over it. A live alias is dropped unclaimed (no session is made over it
-// before it ends); an entry whose item changed meanwhile is kept.
+// before it ends); a live session not bound to the user, which an Apply may
+// be binding, and an entry whose item changed meanwhile are kept.
 func (s *Store) dropEnded(ctx context.Context, e *userEntry, id string) error {
 	keys := make([]string, 0, len(e.sessions))
 	for _, is := range e.sessions {
@@ -668,7 +669,10 @@ func (s *Store) dropEnded(ctx context.Context, e *userEntry, id string) error {
 					kept = append(kept, is) // live
 					continue
 				case r.user != e.user:
-					continue // live, and bound to another user of the tag
+					// Live, and not (yet) bound to the user: an Apply may be
+					// binding it right now, having indexed it.
+					kept = append(kept, is)
+					continue
 				}
 			}
 		}
