@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,24 +166,27 @@ func TestProxyNeverLosesOrReordersBytes(t *testing.T) {
 				_, _ = rand.NewChaCha8(seed).Read(payloads[i])
 			}
 			done := make(chan struct{})
-			flips := 0
+			var flips atomic.Int64
 			var flipper sync.WaitGroup
 			if tc.flip != nil {
-				// Flip until every transfer has ended; a blackhole held
-				// when the flips stop is healed by one of them, as
-				// they heal one time in five.
-				flipper.Go(func() {
-					rng := rand.New(rand.NewPCG(1, 2))
-					for {
-						select {
-						case <-done:
-							return
-						case <-time.After(time.Duration(rng.IntN(2000)) * time.Microsecond):
-							tc.flip(p, rng)
-							flips++
+				// Three goroutines flip at once until every transfer
+				// has ended; a blackhole held when the flips stop is
+				// healed by one of them, as they heal one time in
+				// five.
+				for g := range uint64(3) {
+					flipper.Go(func() {
+						rng := rand.New(rand.NewPCG(1, g))
+						for {
+							select {
+							case <-done:
+								return
+							case <-time.After(time.Duration(rng.IntN(2000)) * time.Microsecond):
+								tc.flip(p, rng)
+								flips.Add(1)
+							}
 						}
-					}
-				})
+					})
+				}
 			}
 			var wg sync.WaitGroup
 			errs := make([]error, conns)
@@ -201,9 +205,9 @@ func TestProxyNeverLosesOrReordersBytes(t *testing.T) {
 			close(done)
 			flipper.Wait()
 			if tc.flip != nil {
-				t.Logf("%d flips during the transfers", flips)
-				if flips < 3 {
-					t.Errorf("only %d flips during the transfers", flips)
+				t.Logf("%d flips during the transfers", flips.Load())
+				if n := flips.Load(); n < 3 {
+					t.Errorf("only %d flips during the transfers", n)
 				}
 			}
 			for i, err := range errs {
