@@ -621,3 +621,44 @@ func TestNewIDConcurrent(t *testing.T) {
 	}
 	t.Logf("%d IDs over %d ms, at most %d in one", len(seen), len(perMilli), busiest)
 }
+
+// TestDeadLetterNotWhenRetriesCutShort: behind dedupe the handler's ctx has
+// a deadline (the claim's lease); when Retry stops because its next attempt
+// would start after it (retry.ErrDeadline), the retries were not spent and
+// the event was not judged: DeadLetter returns the error, for the event to
+// be delivered again, instead of dead-lettering it after one attempt.
+func TestDeadLetterNotWhenRetriesCutShort(t *testing.T) {
+	r, err := retry.New(retry.Policy{MaxAttempts: 5, InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1, Jitter: retry.NoJitter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dlq := &memPublisher{}
+	calls := 0
+	transient := errors.New("connection reset")
+	h := events.Chain(func(context.Context, events.Event) error { calls++; return transient }, events.DeadLetter(dlq), events.Retry(r))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = h(ctx, valid())
+	if !errors.Is(err, transient) || !errors.Is(err, retry.ErrDeadline) || len(dlq.got) != 0 || calls != 1 {
+		t.Fatalf("retries cut short by the deadline: %d calls, err %v, dead-lettered %d; want the error, none dead-lettered", calls, err, len(dlq.got))
+	}
+}
+
+// TestDeadLetterInnerDeadlineIsAFailure: a handler whose own retry loop ran
+// out of its own call's deadline failed; the Retry outside treats that as
+// final, and DeadLetter dead-letters it.
+func TestDeadLetterInnerDeadlineIsAFailure(t *testing.T) {
+	inner, err := retry.New(retry.Policy{MaxAttempts: 5, InitialInterval: time.Hour, MaxInterval: time.Hour, MaxElapsedTime: -1, Jitter: retry.NoJitter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dlq := &memPublisher{}
+	h := events.Chain(func(ctx context.Context, _ events.Event) error {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		return inner.Do(cctx, func(context.Context) error { return errors.New("connection reset") })
+	}, events.DeadLetter(dlq), events.Retry(retrier(t, 3)))
+	if err := h(context.Background(), valid()); err != nil || len(dlq.got) != 1 {
+		t.Fatalf("inner loop out of its own deadline: err %v, dead-lettered %d; want it dead-lettered", err, len(dlq.got))
+	}
+}

@@ -82,7 +82,10 @@ const MaxReasonLen = 1024
 // extensions deadletterreason (the error, at most MaxReasonLen bytes) and
 // deadletterattempts. When ctx has ended, or its deadline has passed (the
 // context's timer may not have fired yet), the event is not dead-lettered
-// (the handler was stopped, not failed) and the error is returned; when
+// (the handler was stopped, not failed) and the error is returned. So it is
+// when a retry loop inside stopped because its next attempt would start
+// after ctx's deadline (retry.ErrDeadline; behind dedupe, the handler's ctx
+// ends before the claim's lease): the retries were cut short, not spent. When
 // publishing to dlq fails, the handler's error and the publish error are
 // returned, so the event is delivered again.
 //
@@ -94,7 +97,7 @@ func DeadLetter(dlq Publisher) Middleware {
 	return func(next Handler) Handler {
 		return func(ctx context.Context, e Event) error {
 			err := next(ctx, e)
-			if err == nil || ended(ctx) || IsUnavailable(err) {
+			if err == nil || ended(ctx) || cutShort(err) || IsUnavailable(err) {
 				return err
 			}
 			d := e.Clone()
@@ -106,6 +109,15 @@ func DeadLetter(dlq Publisher) Middleware {
 			return nil
 		}
 	}
+}
+
+// cutShort reports whether err is from a retry loop (the outermost in its
+// chain: Retry's, when it is inside DeadLetter) that stopped because its
+// next attempt would start after its ctx's deadline. An inner loop's
+// ErrDeadline, given up on by an outer one, is not.
+func cutShort(err error) bool {
+	var re *retry.Error
+	return errors.As(err, &re) && re.Stop == retry.ErrDeadline
 }
 
 // ended reports whether ctx has ended or its deadline has passed: the
