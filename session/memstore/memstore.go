@@ -38,8 +38,9 @@ type Store struct {
 
 	mu      sync.Mutex
 	records map[string]*record
-	epochs  map[string]uint64          // user -> revocation epoch
-	users   map[string]map[string]bool // user -> session IDs
+	// users indexes every bound record, so DestroyUser drops them all and
+	// needs no revocation epoch (which would outlive the user's sessions).
+	users map[string]map[string]bool // user -> session IDs
 }
 
 type record struct {
@@ -47,7 +48,6 @@ type record struct {
 	values   map[string]session.Value
 	version  uint64
 	user     string
-	epoch    uint64
 	created  time.Time
 	idle     time.Time // idle deadline (for an alias: when it ends)
 	absolute time.Time
@@ -57,7 +57,6 @@ type record struct {
 func New(opts ...Option) (*Store, error) {
 	s := &Store{
 		records: map[string]*record{},
-		epochs:  map[string]uint64{},
 		users:   map[string]map[string]bool{},
 	}
 	for _, o := range opts {
@@ -79,8 +78,7 @@ func (s *Store) live(id string, now time.Time) *record {
 	if r == nil {
 		return nil
 	}
-	if !now.Before(r.idle) || (r.alias == "" && !now.Before(r.absolute)) ||
-		(r.user != "" && r.epoch != s.epochs[r.user]) {
+	if !now.Before(r.idle) || (r.alias == "" && !now.Before(r.absolute)) {
 		s.drop(id, r)
 		return nil
 	}
@@ -90,10 +88,15 @@ func (s *Store) live(id string, now time.Time) *record {
 func (s *Store) drop(id string, r *record) {
 	delete(s.records, id)
 	if r.user != "" {
-		delete(s.users[r.user], id)
-		if len(s.users[r.user]) == 0 {
-			delete(s.users, r.user)
-		}
+		s.unindex(id, r.user)
+	}
+}
+
+// unindex removes id from the index of user. s.mu must be held.
+func (s *Store) unindex(id, user string) {
+	delete(s.users[user], id)
+	if len(s.users[user]) == 0 {
+		delete(s.users, user)
 	}
 }
 
@@ -193,9 +196,9 @@ func (s *Store) Apply(ctx context.Context, id string, d session.Delta) (uint64, 
 	}
 	if d.User != "" && d.User != r.user {
 		if r.user != "" {
-			delete(s.users[r.user], id)
+			s.unindex(id, r.user)
 		}
-		r.user, r.epoch = d.User, s.epochs[d.User]
+		r.user = d.User
 		if s.users[d.User] == nil {
 			s.users[d.User] = map[string]bool{}
 		}
@@ -297,7 +300,6 @@ func (s *Store) DestroyUser(ctx context.Context, user string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epochs[user]++
 	for id := range s.users[user] {
 		if r := s.records[id]; r != nil {
 			s.drop(id, r)
