@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/activekit/activekit/config"
 	"github.com/activekit/activekit/config/consulsource"
@@ -40,10 +42,14 @@ type Config struct {
 	Listen        string `json:"listen" config:"restart" help:"address to listen on (host:port; port 0 picks a free one)"`
 	AdvertiseHost string `json:"advertise_host" config:"restart" help:"host registered in Consul (default: the listen host, or the host name)"`
 
-	RedisAddr           string `json:"redis_addr" config:"restart" help:"Redis address; comma-separated: Cluster seeds, or Sentinels with redis_sentinel_master"`
-	RedisSentinelMaster string `json:"redis_sentinel_master" config:"restart" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
-	SessionPrefix       string `json:"session_prefix" config:"restart" help:"prefix of the session keys in Redis"`
-	InsecureCookie      bool   `json:"insecure_cookie" config:"restart" help:"send the session cookie over plain HTTP (development only)"`
+	RedisAddr           string        `json:"redis_addr" config:"restart" help:"Redis address; comma-separated: Cluster seeds, or Sentinels with redis_sentinel_master"`
+	RedisSentinelMaster string        `json:"redis_sentinel_master" config:"restart" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
+	RedisUsername       string        `json:"redis_username" config:"restart" help:"Redis ACL user name (empty: the default user)"`
+	RedisPassword       config.Secret `json:"redis_password" config:"restart" help:"Redis password of the data nodes, not of Sentinels (set it through the environment or Consul, not a flag; never logged)"`
+	RedisTLS            bool          `json:"redis_tls" config:"restart" help:"connect to Redis over TLS 1.2+, verifying its certificate against the system roots"`
+	RedisTimeout        time.Duration `json:"redis_timeout" config:"restart" help:"dial, read and write timeout of each Redis call: how long a user waits for a 503 when this instance loses Redis"`
+	SessionPrefix       string        `json:"session_prefix" config:"restart" help:"prefix of the session keys in Redis"`
+	InsecureCookie      bool          `json:"insecure_cookie" config:"restart" help:"send the session cookie over plain HTTP (development only)"`
 
 	DrainDelay      time.Duration `json:"drain_delay" config:"restart" help:"how long /readyz fails before the server stops (>= load balancer interval x fall)"`
 	ShutdownTimeout time.Duration `json:"shutdown_timeout" config:"restart" help:"how long requests in flight may take to finish"`
@@ -69,6 +75,7 @@ func defaults() Config {
 	return Config{
 		Listen:          ":8080",
 		RedisAddr:       "127.0.0.1:6379",
+		RedisTimeout:    time.Second,
 		SessionPrefix:   "visits:session:",
 		DrainDelay:      health.DefaultDrainDelay,
 		ShutdownTimeout: health.DefaultShutdownTimeout,
@@ -89,6 +96,9 @@ func (c *Config) Validate() error {
 	}
 	if len(redisAddrs(c.RedisAddr)) == 0 {
 		errs = append(errs, errors.New("redis_addr is empty"))
+	}
+	if c.RedisTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("redis_timeout %v is not positive", c.RedisTimeout))
 	}
 	if strings.ContainsAny(c.SessionPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("session_prefix %q contains a brace", c.SessionPrefix))
@@ -216,4 +226,27 @@ func loadConfig(ctx context.Context, service string, flags map[string]any, geten
 		return nil, nil, err
 	}
 	return store, client, nil
+}
+
+// redisOptions returns the Redis client's options from the configuration.
+// The timeouts bound every call, so that an instance that loses Redis
+// answers 503 within them rather than after go-redis's defaults (a 5s
+// dial, 3s reads, 3 retries), and fails readiness soon enough for the
+// balancer to drain it.
+func redisOptions(c Config) *redis.UniversalOptions {
+	o := &redis.UniversalOptions{
+		Addrs:        redisAddrs(c.RedisAddr),
+		MasterName:   c.RedisSentinelMaster,
+		Username:     c.RedisUsername,
+		Password:     c.RedisPassword.Reveal(),
+		DialTimeout:  c.RedisTimeout,
+		ReadTimeout:  c.RedisTimeout,
+		WriteTimeout: c.RedisTimeout,
+	}
+	if c.RedisTLS {
+		// No ServerName: crypto/tls verifies each node against the host
+		// it dials, as Cluster and Sentinel announce several.
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return o
 }

@@ -171,10 +171,7 @@ func newService(ctx context.Context, args []string, getenv func(string) string, 
 	providers := tel.Providers()
 
 	// 5. Sessions in Redis: any instance serves any user.
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:      redisAddrs(cfg.RedisAddr),
-		MasterName: cfg.RedisSentinelMaster,
-	})
+	rdb := redis.NewUniversalClient(redisOptions(cfg))
 	closers = append(closers, health.Closer{Name: "redis", Close: func(context.Context) error { return rdb.Close() }})
 	st, err := sessions(rdb, cfg)
 	if err != nil {
