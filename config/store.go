@@ -75,6 +75,8 @@ type Store[T any] struct {
 	mu       sync.Mutex // guards the fields below
 	layers   []map[string]any
 	gens     []uint64 // per source: layers set by its watch, so that Reload never puts back an older one
+	reloads  uint64   // Reloads started: each reads the sources after the ones before it
+	reloaded uint64   // the latest Reload (by start) whose layers were stored
 	srcErrs  []error  // per source: the last read error, nil once it reads again
 	lastErr  error    // the last pipeline error, nil after a success
 	failedAt time.Time
@@ -265,10 +267,13 @@ func (s *Store[T]) Subscribe(fn func(old, new T)) (unsubscribe func()) {
 // directly (on SIGHUP, say).
 //
 // A layer its watch delivered while Reload was reading is newer than what
-// Reload read, and is kept.
+// Reload read, and is kept; so are the layers of a Reload that started
+// later and finished first.
 func (s *Store[T]) Reload(ctx context.Context) error {
 	s.mu.Lock()
 	gens := append([]uint64(nil), s.gens...)
+	s.reloads++
+	seq := s.reloads
 	s.mu.Unlock()
 	layers := make([]map[string]any, len(s.opts.Sources))
 	for i, src := range s.opts.Sources {
@@ -281,9 +286,12 @@ func (s *Store[T]) Reload(ctx context.Context) error {
 		layers[i] = m
 	}
 	s.mu.Lock()
-	for i, l := range layers {
-		if s.gens[i] == gens[i] {
-			s.layers[i] = l
+	if seq > s.reloaded { // else a Reload that started later, and read later, has stored its layers
+		s.reloaded = seq
+		for i, l := range layers {
+			if s.gens[i] == gens[i] {
+				s.layers[i] = l
+			}
 		}
 	}
 	s.mu.Unlock()

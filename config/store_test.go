@@ -754,3 +754,63 @@ func TestWatcherThatStopsIsVisible(t *testing.T) {
 		})
 	}
 }
+
+// holdOnce is a Source whose first Load after arm waits for release; the
+// others return at once.
+type holdOnce struct {
+	armed, started, released chan struct{}
+	once                     sync.Once
+}
+
+func newHoldOnce() *holdOnce {
+	return &holdOnce{armed: make(chan struct{}), started: make(chan struct{}), released: make(chan struct{})}
+}
+
+func (h *holdOnce) Name() string { return "hold" }
+func (h *holdOnce) Load(ctx context.Context) (map[string]any, error) {
+	select {
+	case <-h.armed:
+		first := false
+		h.once.Do(func() { first = true; close(h.started) })
+		if first {
+			select {
+			case <-h.released:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	default:
+	}
+	return map[string]any{}, nil
+}
+
+// TestConcurrentReloadsEndOnLatest: two Reloads overlap (SIGHUP and an
+// admin endpoint, say); the one that read the sources first finishes last.
+// It must not put the older read back over the newer one: the instance
+// would run a file it no longer holds, with LastError nil.
+func TestConcurrentReloadsEndOnLatest(t *testing.T) {
+	src := &mutable{m: map[string]any{"a": 1, "b": 1}}
+	h := newHoldOnce()
+	s, err := New(context.Background(), Options[testConfig]{Defaults: defaults(), Sources: []Source{src, h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	close(h.armed)
+	first := make(chan error, 1)
+	go func() { first <- s.Reload(context.Background()) }()
+	<-h.started // the first Reload has read a=1 and waits
+	src.set(map[string]any{"a": 2, "b": 2})
+	// The second Reload reads a=2 and applies it, whether or not the
+	// first is done.
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	close(h.released)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Load().A; got != 2 {
+		t.Fatalf("after both Reloads the store runs a=%d; the source holds 2", got)
+	}
+}
