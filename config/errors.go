@@ -38,12 +38,13 @@ const (
 // ChangeError is a change the Store refused, with the stage where it
 // failed. It wraps one of the sentinels and the cause.
 type ChangeError struct {
-	Stage  Stage
+	Stage  Stage    // the step that failed
 	Source string   // the source at fault, when one is
 	Keys   []string // for StageRestart: the restart-only keys changed
-	Err    error
+	Err    error    // one of the sentinels above, wrapping the cause
 }
 
+// Error names the stage, the source if any, and the cause; never a value.
 func (e *ChangeError) Error() string {
 	var b strings.Builder
 	b.WriteString("config: change rejected at ")
@@ -56,4 +57,5 @@ func (e *ChangeError) Error() string {
 	return b.String()
 }
 
+// Unwrap returns Err, so that errors.Is finds the sentinel and the cause.
 func (e *ChangeError) Unwrap() error { return e.Err }

@@ -21,7 +21,10 @@ const (
 
 // Status is a Store's state for a readiness check and for health output.
 type Status struct {
-	Level   Level
+	// Level is LevelPass, or LevelWarn while Err is set.
+	Level Level
+	// Message is one line for health output: the hash in use and, at
+	// warn, why the sources' latest state is not.
 	Message string
 	// Hash and Version identify the snapshot in use; AppliedAt is when it
 	// was applied.

@@ -44,6 +44,8 @@ type Error struct {
 	Stop error
 }
 
+// Error says how many attempts were made, why the loop stopped and the
+// last attempt's error: "retry: 3 attempts, attempt limit reached: EOF".
 func (e *Error) Error() string {
 	b := make([]byte, 0, 64)
 	b = append(b, "retry: "...)
