@@ -19,7 +19,9 @@ import (
 // test of an undeclared feature is skipped.
 type Features struct {
 	// OrderingPerKey: events with the same key are handled in publish
-	// order, and a failing event holds back the later ones of its key.
+	// order and one at a time (the next once the handler of the one
+	// before has returned), and a failing event holds back the later
+	// ones of its key.
 	OrderingPerKey bool
 	// Persistence: events published before a group first subscribes are
 	// delivered to it.
@@ -635,8 +637,45 @@ func testOrderingPerKey(t *testing.T, f Features, c Constructor) {
 	}
 	// Interleave keys, and publish in several calls.
 	col := newCollector(all)
+	// A key's events are handled one at a time: the handler of each key's
+	// first event stays in for a while (or until another of its key
+	// comes in, which is the fault), so that a subscriber that hands over
+	// the next event once a handler has started, not returned, is seen.
+	var mu sync.Mutex
+	inflight := map[string]int{}
+	overlapped := map[string]chan struct{}{}
+	var overlaps []string
 	subscribe(t, s, topic, func(ctx context.Context, e events.Event) error {
+		mu.Lock()
+		if inflight[e.Subject] > 0 {
+			overlaps = append(overlaps, e.Subject+"/"+e.Extension(extSeq))
+			if ch := overlapped[e.Subject]; ch != nil {
+				close(ch)
+				overlapped[e.Subject] = nil
+			}
+		}
+		inflight[e.Subject]++
+		var wait chan struct{}
+		if e.Type == typeEvent && e.Extension(extSeq) == "0" {
+			if _, held := overlapped[e.Subject]; !held {
+				wait = make(chan struct{})
+				overlapped[e.Subject] = wait
+			}
+		}
+		mu.Unlock()
+		if wait != nil {
+			hold := time.NewTimer(holdFirst)
+			select {
+			case <-wait:
+			case <-hold.C:
+			case <-ctx.Done():
+			}
+			hold.Stop()
+		}
 		col.record(e)
+		mu.Lock()
+		inflight[e.Subject]--
+		mu.Unlock()
 		return nil
 	})
 	if !f.Persistence {
@@ -654,7 +693,17 @@ func testOrderingPerKey(t *testing.T, f Features, c Constructor) {
 	}
 	col.wait(t)
 	col.checkOrder(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(overlaps) > 0 {
+		t.Fatalf("eventstest: events handled while the handler of an earlier event of their key had not returned (key/seq): %v", overlaps)
+	}
 }
+
+// holdFirst is how long OrderingPerKey keeps the handler of each key's first
+// event in: a window for the fault it looks for to show, not a wait for
+// anything (a conforming subscriber passes whatever its length).
+const holdFirst = 50 * time.Millisecond
 
 func testConsumerGroups(t *testing.T, f Features, c Constructor) {
 	topic := testenv.Name(t)

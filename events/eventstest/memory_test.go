@@ -31,6 +31,7 @@ const (
 	faultDetachedHandler        // the handler's ctx does not end with Subscribe's
 	faultIgnoresEndedCtx        // Publish publishes with a context that has ended
 	faultBlocksPastCtx          // Publish held by the broker ignores its context and waits for the answer
+	faultOverlapKey             // the next event of a partition is handed over once the handler of the one before has started, not returned
 )
 
 // parts is the number of partitions of a topic of the in-memory broker.
@@ -228,6 +229,8 @@ func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Ha
 		t.groups[group] = g
 	}
 	b.mu.Unlock()
+	var overlap sync.WaitGroup // faultOverlapKey's handlers
+	defer overlap.Wait()
 	defer func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -264,6 +267,22 @@ func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Ha
 		}
 		e := t.parts[k][g.next[k]].Clone()
 		b.mu.Unlock()
+		if b.fault == faultOverlapKey {
+			// In order of start, but not one at a time.
+			started := make(chan struct{})
+			var once sync.Once
+			overlap.Go(func() {
+				s.deliver(ctx, func(ctx context.Context, e events.Event) error {
+					once.Do(func() { close(started) })
+					return h(ctx, e)
+				}, e)
+			})
+			<-started
+			b.mu.Lock()
+			g.next[k]++
+			b.mu.Unlock()
+			continue
+		}
 		ack, requeue := s.deliver(ctx, h, e)
 		b.mu.Lock()
 		if ack {

@@ -64,6 +64,7 @@ var brokenPairs = []struct {
 	{"HandlerContextOutlivesSubscribe", faultDetachedHandler, false, "SubscribeReturnsOnCancel"},
 	{"PublishesWithAnEndedContext", faultIgnoresEndedCtx, false, "PublishReturnsOnCancel"},
 	{"PublishBlocksPastItsContext", faultBlocksPastCtx, false, "PublishReturnsOnCancel"},
+	{"HandlesAKeyConcurrently", faultOverlapKey, false, "OrderingPerKey"},
 }
 
 // TestSuiteCatchesBrokenPairs runs, for each broken pair, the test of the
