@@ -37,13 +37,17 @@ func WithQueryOptions(q api.QueryOptions) Option {
 }
 
 // WithWaitTime sets the blocking wait of each query (default 5m, at most
-// 10m).
+// 10m; a value outside that range makes every Load fail with
+// ErrInvalidOption).
 func WithWaitTime(d time.Duration) Option {
 	return optionFunc(func(s *Source) { s.watch.WaitTime = d })
 }
 
 // WithBackoff sets the delays after a failed query (default 100ms doubling
-// to 10s, with full jitter).
+// to 10s, with full jitter). Its MaxAttempts and MaxElapsedTime are
+// ignored: the watch retries until its context ends. A policy that
+// retry.Policy.Validate refuses makes every Load fail with
+// ErrInvalidOption.
 func WithBackoff(p retry.Policy) Option {
 	return optionFunc(func(s *Source) { s.watch.Backoff = p })
 }
@@ -61,6 +65,7 @@ type Source struct {
 	prefix   bool          // a Prefix, not a Key
 	optional bool
 	watch    consulwatch.Config
+	err      error // options the watch cannot use: every Load and Watch fails with it
 }
 
 var _ config.Watcher = (*Source)(nil)
@@ -70,9 +75,7 @@ var _ config.Watcher = (*Source)(nil)
 // for an unknown extension) makes every read fail.
 func Key(client *api.Client, key string, format config.Format, opts ...Option) *Source {
 	s := &Source{client: client, key: key, format: format}
-	for _, o := range opts {
-		o.apply(s)
-	}
+	s.init(opts)
 	return s
 }
 
@@ -85,10 +88,29 @@ func Prefix(client *api.Client, prefix string, opts ...Option) *Source {
 		prefix += "/"
 	}
 	s := &Source{client: client, key: prefix, prefix: true}
+	s.init(opts)
+	return s
+}
+
+// ErrInvalidOption is wrapped by the error of every Load and Watch of a
+// Source made with an option it cannot use, so that config.New fails at
+// boot rather than the watch at run time.
+var ErrInvalidOption = errors.New("consulsource: invalid option")
+
+func (s *Source) init(opts []Option) {
 	for _, o := range opts {
 		o.apply(s)
 	}
-	return s
+	w := s.watch
+	if w.WaitTime < 0 || w.WaitTime > consulwatch.MaxWaitTime {
+		s.err = fmt.Errorf("%w: wait time %v is outside [0, %v]", ErrInvalidOption, w.WaitTime, consulwatch.MaxWaitTime)
+		return
+	}
+	b := w.Backoff
+	b.MaxAttempts, b.MaxElapsedTime = -1, -1 // the watch ignores them
+	if err := b.Validate(); err != nil {
+		s.err = fmt.Errorf("%w: backoff: %w", ErrInvalidOption, err)
+	}
 }
 
 // Name returns "consul:" and the key or prefix.
@@ -96,6 +118,9 @@ func (s *Source) Name() string { return "consul:" + s.key }
 
 // Load reads the layer once, without blocking.
 func (s *Source) Load(ctx context.Context) (map[string]any, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
 	q := s.watch.Query
 	q.WaitIndex, q.WaitTime = 0, 0
 	if !s.prefix {
@@ -117,6 +142,9 @@ func (s *Source) Load(ctx context.Context) (map[string]any, error) {
 // and retries with backoff; the first query that succeeds again clears the
 // error, even when nothing changed meanwhile.
 func (s *Source) Watch(ctx context.Context, update func(map[string]any, error)) error {
+	if s.err != nil {
+		return s.err
+	}
 	var (
 		last    map[string]any
 		lastErr error

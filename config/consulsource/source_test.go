@@ -438,3 +438,29 @@ func TestKeyWithoutFormat(t *testing.T) {
 		}
 	}
 }
+
+// TestBadWatchOptionsFailAtBoot: options the watch cannot use must stop
+// the service at New, not let every instance start and then never follow
+// Consul (the watch refuses them only once Watch runs).
+func TestBadWatchOptionsFailAtBoot(t *testing.T) {
+	client := testenv.Consul(t)
+	key := testenv.Name(t) + "/config.yaml"
+	testenv.CleanupConsulKV(t, client, key)
+	put(t, client, key, "version: 1\n")
+	for name, opt := range map[string]Option{
+		"wait time above Consul's cap": WithWaitTime(time.Hour),
+		"negative wait time":           WithWaitTime(-time.Second),
+		"invalid backoff":              WithBackoff(retry.Policy{Multiplier: 0.5}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := config.New(context.Background(), config.Options[fleetConfig]{Sources: []config.Source{Key(client, key, config.YAML, opt)}})
+			if err == nil {
+				_ = s.Close()
+				t.Fatal("New accepted options the watch refuses")
+			}
+			if !errors.Is(err, ErrInvalidOption) {
+				t.Fatalf("New = %v, want ErrInvalidOption", err)
+			}
+		})
+	}
+}
