@@ -10,10 +10,12 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/activekit/activekit/retry"
 	"go.opentelemetry.io/otel"
@@ -136,8 +138,11 @@ type TransportConfig struct {
 // even to the same address; connections are pooled per instance address,
 // as always. HTTP/2 stays enabled on the clone when Base would use it
 // (net/http's own, configured by Base.HTTP2, even where Base's was set up by
-// golang.org/x/net/http2, whose pool would mix the services). When
-// Base is another RoundTripper, it gets the request with the instance's
+// golang.org/x/net/http2, whose pool would mix the services). A Base's own
+// DialTLSContext (or DialTLS) dials the clone's connections, which the
+// Transport closes when it stops watching the service as it does the
+// others, while net/http still gets its *tls.Conn as is (the response's
+// TLS state, HTTP/2). When Base is another RoundTripper, it gets the request with the instance's
 // address as URL host, and verifies whatever it is configured to.
 //
 // Each response holds its instance's in-flight slot (see Balancer) until its
@@ -190,6 +195,10 @@ type service struct {
 	tls     *http.Transport           // the clone of the base for https, made at the first https request
 	busy    int                       // attempts over tls begun and not ended (see begin)
 	conns   map[*trackedConn]struct{} // the open connections tls dialed
+	// The *tls.Conn that a DialTLSContext or DialTLS of the base returned
+	// (see trackDialTLS), held weakly: net/http must get them unwrapped, so
+	// their Close cannot tell s; an entry goes when its conn is collected.
+	tlsConns map[weak.Pointer[tls.Conn]]struct{}
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -339,18 +348,31 @@ func (s *service) ended() {
 
 // unusedLocked returns, and forgets, the connections of s's https
 // transport when s is stopped and no attempt uses them. s.mu is held.
-func (s *service) unusedLocked() []*trackedConn {
-	if !s.stopped || s.busy > 0 || len(s.conns) == 0 {
+func (s *service) unusedLocked() []net.Conn {
+	if !s.stopped || s.busy > 0 || len(s.conns)+len(s.tlsConns) == 0 {
 		return nil
 	}
-	conns := slices.Collect(maps.Keys(s.conns))
+	var conns []net.Conn
+	for c := range s.conns {
+		conns = append(conns, c.Conn)
+	}
+	for p := range s.tlsConns {
+		// A conn already closed is closed again, harmlessly.
+		if c := p.Value(); c != nil {
+			conns = append(conns, c.NetConn())
+		}
+	}
 	clear(s.conns)
+	clear(s.tlsConns)
 	return conns
 }
 
-func closeConns(conns []*trackedConn) {
+// closeConns closes the connections under the TLS of s's https transport:
+// at once, where closing the TLS would first send an alert, which a peer
+// that no longer reads could hold for seconds.
+func closeConns(conns []net.Conn) {
 	for _, c := range conns {
-		_ = c.Conn.Close()
+		_ = c.Close()
 	}
 }
 
@@ -391,6 +413,51 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// trackDialTLS is trackDial for a DialTLSContext of the base, which makes
+// its own handshake. net/http reads the TLS state of the connection, and
+// negotiates HTTP/2, only when it gets a *tls.Conn, so one is not wrapped:
+// s keeps a weak pointer to it in s.tlsConns, which a stopped s closes
+// like the others, and which goes once the conn is collected (net/http
+// keeps a conn it uses, open or pooled). Another kind of conn is wrapped,
+// as trackDial does, net/http seeing no TLS in it anyway.
+func (s *service) trackDialTLS(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil || c == nil {
+			return c, err // net/http reports (nil, nil)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.stopped && s.busy == 0 {
+			_ = c.Close()
+			return nil, fmt.Errorf("discovery: %s: %w", s.name, ErrClosed)
+		}
+		tc, ok := c.(*tls.Conn)
+		if !ok {
+			w := &trackedConn{Conn: c, s: s}
+			if s.conns == nil {
+				s.conns = make(map[*trackedConn]struct{})
+			}
+			s.conns[w] = struct{}{}
+			return w, nil
+		}
+		p := weak.Make(tc)
+		if s.tlsConns == nil {
+			s.tlsConns = make(map[weak.Pointer[tls.Conn]]struct{})
+		}
+		s.tlsConns[p] = struct{}{}
+		runtime.AddCleanup(tc, s.forgetTLS, p)
+		return tc, nil
+	}
+}
+
+// forgetTLS drops the entry of a *tls.Conn that was collected.
+func (s *service) forgetTLS(p weak.Pointer[tls.Conn]) {
+	s.mu.Lock()
+	delete(s.tlsConns, p)
+	s.mu.Unlock()
+}
+
 // roundTripper returns what sends an attempt of s with scheme, and whether
 // it is s's own: for https, the clone of the base that verifies s's
 // certificates, made at its first use; otherwise the base.
@@ -413,6 +480,15 @@ func (t *Transport) roundTripper(s *service, scheme string) (http.RoundTripper, 
 			dial = new(net.Dialer).DialContext // what net/http uses then
 		}
 		c.DialContext = s.trackDial(dial)
+		// A DialTLSContext (or DialTLS) of the base dials https instead
+		// of DialContext.
+		switch {
+		case c.DialTLSContext != nil:
+			c.DialTLSContext = s.trackDialTLS(c.DialTLSContext)
+		case c.DialTLS != nil: //lint:ignore SA1019 a Base may still set DialTLS, which net/http uses then
+			d := c.DialTLS //lint:ignore SA1019 as above
+			c.DialTLSContext = s.trackDialTLS(func(_ context.Context, network, addr string) (net.Conn, error) { return d(network, addr) })
+		}
 		s.tls = c
 	}
 	return s.tls, true

@@ -71,9 +71,21 @@ func waitClosed(t *testing.T, cs ...*connCounter) {
 // after Close (a retry) or speaks HTTP/2 (whose connections have no "close
 // once idle" mark), instead of leaving them, and their goroutines, open
 // until the base's IdleConnTimeout (never, for a base without one).
+//
+// It holds whichever way Base dials: DialContext (net/http's handshake), or
+// a DialTLSContext or DialTLS of its own, whose *tls.Conn net/http must get
+// as is (see TestTransportOwnTLSDialer).
 func TestTransportCloseClosesConnsOfRequestsInFlight(t *testing.T) {
-	for _, h2 := range []bool{false, true} {
-		t.Run("h2="+strconv.FormatBool(h2), func(t *testing.T) {
+	for _, tc := range []struct {
+		dialer string
+		h2     bool
+	}{
+		{"DialContext", false}, {"DialContext", true},
+		{"DialTLSContext", false}, {"DialTLSContext", true},
+		{"DialTLS", false}, {"DialTLS", true},
+	} {
+		t.Run(tc.dialer+"/h2="+strconv.FormatBool(tc.h2), func(t *testing.T) {
+			h2 := tc.h2
 			ca := newTestCA(t)
 			cert := ca.issue(t, "orders")
 			entered := make(chan struct{})
@@ -101,7 +113,7 @@ func TestTransportCloseClosesConnsOfRequestsInFlight(t *testing.T) {
 				b := &tlsBackend{srv: srv}
 				insts = append(insts, b.instance(strconv.Itoa(i), "orders"))
 			}
-			tr := tlsFleet(t, ca, discovery.TransportConfig{}, insts...)
+			tr := tlsFleetBase(t, discovery.TransportConfig{Base: tlsBase(ca, "orders", tc.dialer)}, insts...)
 
 			type result struct {
 				code int
@@ -210,6 +222,70 @@ func TestTransportTLSNonIdempotentRetriedWhenNotSent(t *testing.T) {
 	for i, b := range bodies {
 		if want := "pay " + strconv.Itoa(i); b != want {
 			t.Fatalf("POST %d arrived as %q, want %q", i, b, want)
+		}
+	}
+}
+
+// tlsBase returns a base that trusts ca, offers HTTP/2, and dials as dialer
+// says: "DialContext" (net/http makes the handshake, verifying the name the
+// Transport asks for), or "DialTLSContext" or "DialTLS" (its own handshake,
+// verifying serverName).
+func tlsBase(ca *testCA, serverName, dialer string) *http.Transport {
+	base := &http.Transport{ForceAttemptHTTP2: true}
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: ca.pool, ServerName: serverName, NextProtos: []string{"h2", "http/1.1"}}}
+	switch dialer {
+	case "DialContext":
+		base.TLSClientConfig = &tls.Config{RootCAs: ca.pool}
+		base.DialContext = new(net.Dialer).DialContext
+	case "DialTLSContext":
+		base.DialTLSContext = d.DialContext
+	case "DialTLS":
+		//lint:ignore SA1019 a Base may still set DialTLS, which the Transport must track too
+		base.DialTLS = func(network, addr string) (net.Conn, error) { return d.Dial(network, addr) }
+	default:
+		panic("tlsBase: unknown dialer " + dialer)
+	}
+	return base
+}
+
+// TestTransportOwnTLSDialer: with a Base that makes its own TLS handshake
+// (DialTLSContext or DialTLS), the Transport tracks the connections it dials
+// without hiding the *tls.Conn from net/http, which reads the TLS state and
+// negotiates HTTP/2 only from a *tls.Conn: the response carries the TLS
+// state, and HTTP/2 is spoken where both ends offer it.
+func TestTransportOwnTLSDialer(t *testing.T) {
+	for _, dialer := range []string{"DialTLSContext", "DialTLS"} {
+		for _, h2 := range []bool{false, true} {
+			t.Run(dialer+"/h2="+strconv.FormatBool(h2), func(t *testing.T) {
+				ca := newTestCA(t)
+				b := newTLSBackend(t, "a", ca.issue(t, "orders"), h2)
+				tr := tlsFleetBase(t, discovery.TransportConfig{Base: tlsBase(ca, "orders", dialer)}, b.instance("a", "orders"))
+				for i := range 3 {
+					req, _ := http.NewRequest(http.MethodGet, "https://orders/x", nil)
+					resp, err := tr.RoundTrip(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					body, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if resp.TLS == nil || !resp.TLS.HandshakeComplete || resp.TLS.ServerName != "orders" {
+						t.Fatalf("request %d: resp.TLS = %+v, want the state of a handshake with orders", i, resp.TLS)
+					}
+					wantProto, wantMajor := "HTTP/1.1", 1
+					if h2 {
+						wantProto, wantMajor = "HTTP/2.0", 2
+					}
+					if resp.ProtoMajor != wantMajor || string(body) != "a "+wantProto+" orders" {
+						t.Fatalf("request %d: %s %q, want %s", i, resp.Proto, body, wantProto)
+					}
+				}
+				if n := b.conns.Load(); n != 1 {
+					t.Fatalf("%d TLS handshakes for 3 requests in a row, want 1 (the connection reused)", n)
+				}
+			})
 		}
 	}
 }

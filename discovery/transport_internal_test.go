@@ -7,7 +7,9 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // TestTLSCloneKeepsHTTP2: a base that speaks HTTP/2 by default (no TLS
@@ -52,5 +54,51 @@ func TestTLSCloneKeepsHTTP2(t *testing.T) {
 				t.Fatalf("spoke %s, want HTTP/%d", resp.Proto, tc.want)
 			}
 		})
+	}
+}
+
+// TestTrackDialTLSForgetsCollectedConns: the *tls.Conn that a base's own
+// TLS dialer returns are tracked unwrapped, so their Close cannot untrack
+// them; an entry must still go once net/http has dropped its conn, or a
+// long-lived service's map grows with every connection it ever made.
+func TestTrackDialTLSForgetsCollectedConns(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "example.com"}}
+	s := &service{name: "example"}
+	c := &http.Transport{DialTLSContext: s.trackDialTLS(d.DialContext), DisableKeepAlives: true}
+	defer c.CloseIdleConnections()
+	const n = 20
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.TLS == nil {
+			t.Fatal("resp.TLS is nil: the *tls.Conn was hidden from net/http")
+		}
+	}
+	tracked := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.tlsConns)
+	}
+	if got := tracked(); got == 0 {
+		t.Fatal("no connection tracked: the test proves nothing")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tracked() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d closed connections still tracked after their collection", tracked(), n)
+		}
+		runtime.GC() // the cleanups run after a collection, on their own goroutine: poll
+		time.Sleep(10 * time.Millisecond)
 	}
 }

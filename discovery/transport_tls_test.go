@@ -127,6 +127,14 @@ func (b *tlsBackend) instance(id, service string) discovery.Instance {
 // trusts ca and nothing else.
 func tlsFleet(t *testing.T, ca *testCA, cfg discovery.TransportConfig, insts ...discovery.Instance) *discovery.Transport {
 	t.Helper()
+	cfg.Base = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}, ForceAttemptHTTP2: true}
+	return tlsFleetBase(t, cfg, insts...)
+}
+
+// tlsFleetBase registers insts and returns a Transport over them with
+// cfg.Base, an *http.Transport.
+func tlsFleetBase(t *testing.T, cfg discovery.TransportConfig, insts ...discovery.Instance) *discovery.Transport {
+	t.Helper()
 	reg := memregistry.New(memregistry.Config{})
 	for _, inst := range insts {
 		r, err := reg.Register(context.Background(), inst)
@@ -135,9 +143,7 @@ func tlsFleet(t *testing.T, ca *testCA, cfg discovery.TransportConfig, insts ...
 		}
 		t.Cleanup(func() { _ = r.Close(context.Background()) })
 	}
-	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}, ForceAttemptHTTP2: true}
-	t.Cleanup(base.CloseIdleConnections)
-	cfg.Base = base
+	t.Cleanup(cfg.Base.(*http.Transport).CloseIdleConnections)
 	tr, err := discovery.NewTransport(reg, cfg)
 	if err != nil {
 		t.Fatal(err)
