@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,11 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/activekit/activekit/config"
 	"github.com/activekit/activekit/events/kafka"
@@ -35,11 +41,19 @@ const EnvPrefix = "ACTIVEKIT_"
 type Config struct {
 	Listen string `json:"listen" help:"address of the health views (host:port; port 0 picks a free one)"`
 
-	RedisAddr           string `json:"redis_addr" help:"Redis address; comma-separated: Cluster seeds, or Sentinels with redis_sentinel_master"`
-	RedisSentinelMaster string `json:"redis_sentinel_master" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
-	RedisPrefix         string `json:"redis_prefix" help:"prefix of every key the worker writes in Redis (counters and dedupe records)"`
+	RedisAddr           string        `json:"redis_addr" help:"Redis address; comma-separated: Cluster seeds, or Sentinels with redis_sentinel_master"`
+	RedisSentinelMaster string        `json:"redis_sentinel_master" help:"Sentinel master name (redis_addr then lists the Sentinels)"`
+	RedisPrefix         string        `json:"redis_prefix" help:"prefix of every key the worker writes in Redis (counters and dedupe records)"`
+	RedisUsername       string        `json:"redis_username" help:"Redis ACL user name (empty: the default user)"`
+	RedisPassword       config.Secret `json:"redis_password" help:"Redis password of the data nodes, not of Sentinels (set it through the environment, not a flag; never logged)"`
+	RedisTLS            bool          `json:"redis_tls" help:"connect to Redis over TLS 1.2+, verifying each node's certificate against the host dialed"`
+	RedisTimeout        time.Duration `json:"redis_timeout" help:"dial, read and write timeout of each Redis call"`
 
 	KafkaBrokers    string        `json:"kafka_brokers" help:"Kafka seed brokers, comma-separated"`
+	KafkaTLS        bool          `json:"kafka_tls" help:"connect to the brokers over TLS 1.2+, verifying their certificates against the system roots"`
+	KafkaSASL       string        `json:"kafka_sasl" help:"SASL mechanism: empty (none), scram-sha-256, scram-sha-512, or plain (only with kafka_tls)"`
+	KafkaUsername   string        `json:"kafka_username" help:"SASL user name"`
+	KafkaPassword   config.Secret `json:"kafka_password" help:"SASL password (set it through the environment, not a flag; never logged)"`
 	Topic           string        `json:"topic" help:"topic the orders are consumed from"`
 	Group           string        `json:"group" help:"consumer group of the fleet (and dedupe group)"`
 	DeadLetterTopic string        `json:"dead_letter_topic" help:"where poison events go (default: <topic>.dlq)"`
@@ -68,6 +82,7 @@ func defaults() Config {
 		Listen:          ":8080",
 		RedisAddr:       "127.0.0.1:6379",
 		RedisPrefix:     "order-counter:",
+		RedisTimeout:    time.Second,
 		KafkaBrokers:    "127.0.0.1:9092",
 		Topic:           "orders",
 		Group:           "order-counter",
@@ -95,8 +110,27 @@ func (c *Config) Validate() error {
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("redis_prefix %q contains a brace", c.RedisPrefix))
 	}
+	if c.RedisTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("redis_timeout %v is not positive", c.RedisTimeout))
+	}
 	if len(splitList(c.KafkaBrokers)) == 0 {
 		errs = append(errs, errors.New("kafka_brokers is empty"))
+	}
+	switch c.KafkaSASL {
+	case "":
+		if c.KafkaUsername != "" || !c.KafkaPassword.IsZero() {
+			errs = append(errs, errors.New("kafka_username or kafka_password is set without kafka_sasl"))
+		}
+	case saslPlain, saslSCRAM256, saslSCRAM512:
+		if c.KafkaUsername == "" {
+			errs = append(errs, fmt.Errorf("kafka_sasl %s needs kafka_username", c.KafkaSASL))
+		}
+		if c.KafkaSASL == saslPlain && !c.KafkaTLS {
+			// PLAIN sends the password as it is: not over plain TCP.
+			errs = append(errs, errors.New("kafka_sasl plain needs kafka_tls (it sends the password in the clear)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("kafka_sasl %q is not one of %s, %s, %s", c.KafkaSASL, saslSCRAM256, saslSCRAM512, saslPlain))
 	}
 	for _, s := range []struct{ name, v string }{{"topic", c.Topic}, {"group", c.Group}, {"counted_topic", c.CountedTopic}} {
 		if s.v == "" {
@@ -211,4 +245,52 @@ func loadConfig(ctx context.Context, flags map[string]any, getenv func(string) s
 		Sources:  []config.Source{config.Env(EnvPrefix, environ(getenv)), config.Map("flags", flags)},
 		Logger:   log,
 	})
+}
+
+// The SASL mechanisms kafka_sasl names.
+const (
+	saslPlain    = "plain"
+	saslSCRAM256 = "scram-sha-256"
+	saslSCRAM512 = "scram-sha-512"
+)
+
+// redisOptions returns the Redis client's options from the configuration.
+// The timeouts bound every call, so that an outage fails readiness and
+// holds the partitions within them rather than after go-redis's defaults
+// (a 5s dial, 3s reads, 3 retries).
+func redisOptions(c Config) *redis.UniversalOptions {
+	o := &redis.UniversalOptions{
+		Addrs:        splitList(c.RedisAddr),
+		MasterName:   c.RedisSentinelMaster,
+		Username:     c.RedisUsername,
+		Password:     c.RedisPassword.Reveal(),
+		DialTimeout:  c.RedisTimeout,
+		ReadTimeout:  c.RedisTimeout,
+		WriteTimeout: c.RedisTimeout,
+	}
+	if c.RedisTLS {
+		// No ServerName: crypto/tls verifies each node against the host
+		// it dials, as Cluster and Sentinel announce several.
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return o
+}
+
+// kafkaOpts returns the franz-go options every Kafka client of the worker
+// takes (the admin client, the publisher, the subscriber's): TLS and SASL.
+func kafkaOpts(c Config) []kgo.Opt {
+	var opts []kgo.Opt
+	if c.KafkaTLS {
+		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	user, pass := c.KafkaUsername, c.KafkaPassword.Reveal()
+	switch c.KafkaSASL {
+	case saslPlain:
+		opts = append(opts, kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism()))
+	case saslSCRAM256:
+		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha256Mechanism()))
+	case saslSCRAM512:
+		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()))
+	}
+	return opts
 }

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -162,10 +163,7 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 	// One address is a server, several are a Cluster's seeds, or the
 	// Sentinels with a master name. An instance that cannot reach it at
 	// start refuses to start: it could handle no event.
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:      splitList(cfg.RedisAddr),
-		MasterName: cfg.RedisSentinelMaster,
-	})
+	rdb := redis.NewUniversalClient(redisOptions(cfg))
 	closers = append(closers, health.Closer{Name: "redis", Close: func(context.Context) error { return rdb.Close() }})
 	pctx, cancel := context.WithTimeout(ctx, startTimeout)
 	err = rdb.Ping(pctx).Err()
@@ -190,7 +188,8 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 	// events is a warning in /readyz, never a crash: the topics are
 	// shared by the fleet.
 	brokers := splitList(cfg.KafkaBrokers)
-	admin, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	kopts := kafkaOpts(cfg)
+	admin, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, kopts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
@@ -199,7 +198,7 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 	if topicsErr != nil {
 		log.Warn("kafka topics", "error", topicsErr)
 	}
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers, Topic: cfg.CountedTopic, Tracing: tracing})
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers, Topic: cfg.CountedTopic, Tracing: tracing, ClientOpts: kopts})
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +208,7 @@ func newWorker(ctx context.Context, args []string, getenv func(string) string, s
 		Group:           cfg.Group,
 		DeadLetterTopic: cfg.deadLetterTopic(),
 		MaxPollRecords:  cfg.MaxPollRecords,
-		ClientOpts:      consumerOpts,
+		ClientOpts:      slices.Concat(kopts, consumerOpts),
 		Logger:          log,
 		Batch:           dd,
 	})

@@ -318,6 +318,11 @@ func TestNewWorkerFailsClean(t *testing.T) {
 		{name: "short lease", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "10ms"}, want: "dedupe_lease"},
 		{name: "bad duration", env: map[string]string{"ACTIVEKIT_DEDUPE_LEASE": "soon"}, want: "dedupe_lease"},
 		{name: "unknown flag", args: []string{"-nope"}, want: "not defined"},
+		{name: "sasl plain without tls", env: map[string]string{"ACTIVEKIT_KAFKA_SASL": "plain", "ACTIVEKIT_KAFKA_USERNAME": "u"}, want: "kafka_sasl plain needs kafka_tls"},
+		{name: "unknown sasl", env: map[string]string{"ACTIVEKIT_KAFKA_SASL": "gssapi", "ACTIVEKIT_KAFKA_USERNAME": "u"}, want: `kafka_sasl "gssapi" is not one of`},
+		{name: "sasl without user", env: map[string]string{"ACTIVEKIT_KAFKA_SASL": "scram-sha-512"}, want: "needs kafka_username"},
+		{name: "kafka password without sasl", env: map[string]string{"ACTIVEKIT_KAFKA_PASSWORD": "secret"}, want: "without kafka_sasl"},
+		{name: "redis timeout", env: map[string]string{"ACTIVEKIT_REDIS_TIMEOUT": "-1s"}, want: "redis_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := base()
