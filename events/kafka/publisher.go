@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -142,13 +143,17 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // application/cloudevents media type is invalid here: the binding reads such
 // a record as structured mode.
 //
-// When ctx ends before every event is acknowledged, Publish returns at once
-// with an error matching events.ErrUncertain and the context's error: the
-// events still unacknowledged may be in the log or not (the client keeps
-// trying to deliver those it has sent). Events the client failed without
-// sending are reported as not published, and so are all of them when ctx
-// had ended before Publish was called (its error, never ErrUncertain). An event that carries no
-// traceparent gets the trace context of ctx.
+// When some events are not acknowledged, the error is a *PublishError that
+// says which: those that failed (certainly not published) and those whose
+// outcome is uncertain. When ctx ends before every event is acknowledged,
+// Publish returns at once with a *PublishError matching events.ErrUncertain
+// and the context's error, which counts every event of the call as
+// uncertain: the events still unacknowledged may be in the log or not (the
+// client keeps trying to deliver those it has sent). Events the client
+// failed without sending are reported as failed, and all of them are not
+// published when ctx had ended before Publish was called (its error, never
+// ErrUncertain). An event that carries no traceparent gets the trace context
+// of ctx.
 //
 // Publish keeps no reference to the events' Data: the client resends a copy,
 // so the caller may reuse the buffers once Publish returns, even with
@@ -214,43 +219,116 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	}()
 	select {
 	case results := <-done:
-		return outcome(len(evs), results)
+		return outcome(records, results)
 	case <-ctx.Done():
 		select {
 		case results := <-done: // resolved as ctx ended: the outcome is known
-			return outcome(len(evs), results)
+			return outcome(records, results)
 		default:
 		}
-		return fmt.Errorf("kafka: %d events not all acknowledged when the context ended: %w",
-			len(evs), errors.Join(events.ErrUncertain, context.Cause(ctx)))
+		// Which were acknowledged is not known yet: all are uncertain.
+		pe := &PublishError{N: len(evs), Uncertain: make([]int, len(evs)), Cause: context.Cause(ctx)}
+		for i := range pe.Uncertain {
+			pe.Uncertain[i] = i
+		}
+		return pe
 	}
 }
 
+// PublishError is the error of a Publish call some of whose events were not
+// acknowledged, and says which, by their index among the call's events:
+// Failed were certainly not published (the client refused them, or the
+// broker did, for good), Uncertain may be in the log or not (the context
+// ended, or the client closed, while they were in flight). The other events
+// of the call were acknowledged. It matches events.ErrUncertain when
+// Uncertain is not empty, and wraps the first failure's error and the
+// context's.
+//
+// Publishing the failed and uncertain events again, in their order, is the
+// way to recover. An event that failed does not hold back the later events
+// of its key in the same call: those may be in the log already, ahead of
+// the failed event's next try.
+type PublishError struct {
+	Failed    []int
+	Uncertain []int
+	N         int   // the number of events of the call
+	Err       error // the error of the first event in Failed; nil when none failed
+	Cause     error // why the uncertain events are: the context's cause, or kgo.ErrClientClosed
+}
+
+func (e *PublishError) Error() string {
+	var s string
+	switch {
+	case len(e.Uncertain) > 0 && e.Cause == kgo.ErrClientClosed:
+		s = fmt.Sprintf("kafka: %d of %d events unacknowledged when the client closed (%s)", len(e.Uncertain), e.N, events.ErrUncertain)
+	case len(e.Uncertain) > 0:
+		s = fmt.Sprintf("kafka: %d of %d events not all acknowledged when the context ended (%s): %v", len(e.Uncertain), e.N, events.ErrUncertain, e.Cause)
+	}
+	if len(e.Failed) > 0 {
+		if s != "" {
+			s += "; "
+		} else {
+			s = "kafka: "
+		}
+		s += fmt.Sprintf("%d of %d events not published: %v", len(e.Failed), e.N, e.Err)
+	}
+	return s
+}
+
+// Unwrap returns events.ErrUncertain and the cause when events are
+// uncertain, and the first failure's error.
+func (e *PublishError) Unwrap() []error {
+	var errs []error
+	if len(e.Uncertain) > 0 {
+		errs = append(errs, events.ErrUncertain, e.Cause)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
 // outcome turns the results of one Publish call's records into its error.
-func outcome(n int, results kgo.ProduceResults) error {
-	var failed, uncertain int
-	var first error
+// The results come in the order the client resolved the records, not the
+// call's: records[i] is event i's.
+func outcome(records []*kgo.Record, results kgo.ProduceResults) error {
+	var pe *PublishError
+	var index map[*kgo.Record]int
 	for _, r := range results {
-		switch {
-		case r.Err == nil:
-		case errors.Is(r.Err, kgo.ErrClientClosed):
+		if r.Err == nil {
+			continue
+		}
+		if pe == nil {
+			pe = &PublishError{N: len(records)}
+			index = make(map[*kgo.Record]int, len(records))
+			for i, x := range records {
+				index[x] = i
+			}
+		}
+		i := index[r.Record]
+		if errors.Is(r.Err, kgo.ErrClientClosed) {
 			// Records in flight when the client closed may have been
 			// written.
-			uncertain++
-		default:
-			failed++
-			if first == nil {
-				first = r.Err
+			pe.Uncertain = append(pe.Uncertain, i)
+			pe.Cause = kgo.ErrClientClosed
+			continue
+		}
+		pe.Failed = append(pe.Failed, i)
+	}
+	if pe == nil {
+		return nil
+	}
+	slices.Sort(pe.Failed)
+	slices.Sort(pe.Uncertain)
+	if len(pe.Failed) > 0 {
+		first := records[pe.Failed[0]]
+		for _, r := range results {
+			if r.Record == first {
+				pe.Err = r.Err
 			}
 		}
 	}
-	switch {
-	case uncertain > 0:
-		return fmt.Errorf("kafka: %d of %d events unacknowledged when the client closed: %w", uncertain, n, errors.Join(events.ErrUncertain, kgo.ErrClientClosed))
-	case failed > 0:
-		return fmt.Errorf("kafka: %d of %d events not published: %w", failed, n, first)
-	}
-	return nil
+	return pe
 }
 
 func cloneExt(m map[string]string) map[string]string {
