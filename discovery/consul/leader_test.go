@@ -25,12 +25,13 @@ import (
 // connections and stops answering them, as a wedged or partitioned one does.
 type hangingProxy struct {
 	hang    atomic.Bool
+	all     atomic.Bool // with hang, hold every request: a partition
 	release chan struct{}
 	once    sync.Once
 }
 
 func (p *hangingProxy) hangs(r *http.Request) bool {
-	return p.hang.Load() && (strings.HasPrefix(r.URL.Path, "/v1/session/renew/") ||
+	return p.hang.Load() && (p.all.Load() || strings.HasPrefix(r.URL.Path, "/v1/session/renew/") ||
 		strings.HasPrefix(r.URL.Path, "/v1/kv/") && r.URL.Query().Has("index"))
 }
 
