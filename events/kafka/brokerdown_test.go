@@ -9,7 +9,7 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	)
+)
 
 // TestPreflightBrokerDown: with the first seed broker down (nothing listens
 // at its address), Preflight and CreateTopics answer through the others,
