@@ -146,3 +146,19 @@ func (a *agent) put(key, value string) {
 		a.t.Fatalf("put %s: %v", key, err)
 	}
 }
+
+// blockingQueries returns the agent's consul.rpc.queries_blocking gauge:
+// how many blocking queries its server holds now.
+func (a *agent) blockingQueries() int {
+	a.t.Helper()
+	m, err := a.Client.Agent().Metrics()
+	if err != nil {
+		a.t.Fatalf("agent metrics: %v", err)
+	}
+	for _, g := range m.Gauges {
+		if g.Name == "consul.rpc.queries_blocking" {
+			return int(g.Value)
+		}
+	}
+	return 0
+}

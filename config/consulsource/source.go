@@ -140,7 +140,10 @@ func (s *Source) Load(ctx context.Context) (map[string]any, error) {
 // Watch follows the key or prefix with blocking queries until ctx ends.
 // While Consul cannot be reached it reports each failed query to update
 // and retries with backoff; the first query that succeeds again clears the
-// error, even when nothing changed meanwhile.
+// error, even when nothing changed meanwhile. A restored Consul snapshot
+// (an index that goes backwards) is followed as soon as Consul wakes the
+// watch's query; a query sent after the restore with the older, higher
+// index waits out its wait time first (WithWaitTime bounds that).
 func (s *Source) Watch(ctx context.Context, update func(map[string]any, error)) error {
 	if s.err != nil {
 		return s.err
@@ -167,16 +170,40 @@ func (s *Source) Watch(ctx context.Context, update func(map[string]any, error)) 
 	}
 	if !s.prefix {
 		return consulwatch.Run(ctx, cfg,
-			func(ctx context.Context, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+			resyncEarly(func(q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
 				return s.client.KV().Get(s.key, q)
-			},
+			}),
 			func(p *api.KVPair, _ consulwatch.Meta) { send(s.parseKey(p)) })
 	}
 	return consulwatch.Run(ctx, cfg,
-		func(ctx context.Context, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
+		resyncEarly(func(q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
 			return s.client.KV().List(s.key, q)
-		},
+		}),
 		func(ps api.KVPairs, _ consulwatch.Meta) { send(s.parsePrefix(ps)) })
+}
+
+// resyncEarly wraps a watch's query: when a blocking query comes back
+// before its wait time with its index unchanged, Consul has woken it
+// without a change of its own, as it wakes every blocking query when a
+// snapshot is restored (and it may answer that wakeup from the state
+// before the restore). The restored state can have a lower index than the
+// one the watch waits on, and Consul blocks a query until the index passes
+// its WaitIndex, so the watch would see the restore only when its wait
+// time ends (5 minutes by default), running meanwhile a configuration
+// Consul no longer holds. So such a query is followed at once by a
+// non-blocking one, whose result is returned instead: an index that went
+// backwards then resets the watch, as Consul's rules ask.
+func resyncEarly[T any](query func(*api.QueryOptions) (T, *api.QueryMeta, error)) consulwatch.Fetch[T] {
+	return func(_ context.Context, q *api.QueryOptions) (T, *api.QueryMeta, error) {
+		start := time.Now()
+		v, m, err := query(q)
+		if err != nil || m == nil || q.WaitIndex == 0 || m.LastIndex != q.WaitIndex || time.Since(start) >= q.WaitTime {
+			return v, m, err
+		}
+		nq := *q // keeps the context
+		nq.WaitIndex, nq.WaitTime = 0, 0
+		return query(&nq)
+	}
 }
 
 func (s *Source) parseKey(p *api.KVPair) (map[string]any, error) {

@@ -1,9 +1,11 @@
 package consulsource
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -463,4 +465,44 @@ func TestBadWatchOptionsFailAtBoot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSnapshotRestoreGoesBack: an operator restores a Consul snapshot taken
+// before the last changes. The KV index goes backwards; the fleet must
+// follow Consul back to what it now holds, not keep a configuration Consul
+// no longer has while its watches wait for an index that will not come.
+func TestSnapshotRestoreGoesBack(t *testing.T) {
+	a := startAgent(t)
+	prefix := testenv.Name(t) + "/"
+	a.put(prefix+"version", "1")
+	snap, _, err := a.Client.Snapshot().Save(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, err := io.ReadAll(snap)
+	_ = snap.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := a.blockingQueries()
+	fleet := startFleet(t, a.Client, prefix, 3, WithWaitTime(time.Minute))
+	for v := 2; v <= 20; v++ {
+		a.put(prefix+"version", strconv.Itoa(v))
+	}
+	await(t, fleet, 20)
+	// The restore wakes the blocking queries the agent holds: wait until
+	// it holds the three watches' (a query sent after the restore, with
+	// the old index, would block for its whole wait time; nothing but a
+	// shorter wait time helps there).
+	waitFor(t, "the watches block", func() bool { return a.blockingQueries() >= base+3 })
+	if err := a.Client.Snapshot().Restore(nil, bytes.NewReader(saved)); err != nil {
+		t.Fatal(err)
+	}
+	await(t, fleet, 1)
+	for i, in := range fleet {
+		if err := in.store.LastError(); err != nil {
+			t.Errorf("instance %d: %v", i, err)
+		}
+	}
+	sameHash(t, fleet)
 }
