@@ -105,6 +105,10 @@ func (r *Resolver) watchConfig(onError func(error, time.Duration)) (consulwatch.
 // fn receives the last delivered list again with Update.Err set and
 // Update.Fetched the time of the last successful query, so the caller
 // knows the list's age; if no query has succeeded yet, the list is empty.
+// Update.Fetched of a stale read (Query.AllowStale) is dated back by how
+// long the answering server had been out of contact with the leader, and
+// that of an agent cache hit (Query.UseCache) by its age, so that a list
+// from a partitioned follower looks as old as it may be.
 // The first successful query after failures delivers with Err cleared, even
 // when nothing changed.
 func (r *Resolver) Watch(ctx context.Context, service string, fn func(discovery.Update)) error {
@@ -129,7 +133,10 @@ func (r *Resolver) Watch(ctx context.Context, service string, fn func(discovery.
 	}
 	var lastIndex uint64
 	cfg.OnSuccess = func(m consulwatch.Meta) {
-		fetched = m.LastContact
+		// A stale read (AllowStale) or a cached one (UseCache) may be
+		// older than its arrival: date the list from when the answering
+		// server last heard from the leader.
+		fetched = m.LastContact.Add(-m.Staleness)
 		if stale && delivered && m.LastIndex == lastIndex {
 			// Recovered without a change: deliver to clear the error.
 			stale = false

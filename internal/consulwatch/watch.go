@@ -67,6 +67,12 @@ type Meta struct {
 	LastContact time.Time
 	// KnownLeader reports whether the answering server knew a leader.
 	KnownLeader bool
+	// Staleness is how old the result may already have been when it
+	// arrived: how long the answering server had been out of contact with
+	// the leader (X-Consul-LastContact, non-zero only for a stale read
+	// answered by a follower), plus the age of an agent cache hit (Age,
+	// with UseCache). Zero for a consistent or default read.
+	Staleness time.Duration
 }
 
 // Config configures Run. The zero value means the defaults.
@@ -205,7 +211,7 @@ func Run[T any](ctx context.Context, cfg Config, fetch Fetch[T], deliver func(T,
 		}
 
 		idx := qm.LastIndex
-		meta := Meta{LastIndex: idx, LastContact: c.Clock.Now(), KnownLeader: qm.KnownLeader}
+		meta := Meta{LastIndex: idx, LastContact: c.Clock.Now(), KnownLeader: qm.KnownLeader, Staleness: max(qm.LastContact, 0) + max(qm.CacheAge, 0)}
 		changed := !delivered || idx != lastIndex
 		backwards := delivered && idx < lastIndex
 		switch {

@@ -279,6 +279,27 @@ func TestMetaCarriesContactTime(t *testing.T) {
 	}
 }
 
+// TestMetaStaleness: a stale read says how long its server had been out
+// of contact with the leader, and a cache hit how old it is; Meta carries
+// their sum, so that a caller can date the result.
+func TestMetaStaleness(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got Meta
+	err := Run(ctx, Config{Clock: newAutoClock()}, func(ctx context.Context, q *api.QueryOptions) (int, *api.QueryMeta, error) {
+		return 1, &api.QueryMeta{LastIndex: 5, LastContact: 40 * time.Second, CacheHit: true, CacheAge: 2 * time.Second}, nil
+	}, func(_ int, m Meta) {
+		got = m
+		cancel()
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run: %v", err)
+	}
+	if got.Staleness != 42*time.Second {
+		t.Errorf("Staleness %v, want 42s (last contact 40s, cache age 2s)", got.Staleness)
+	}
+}
+
 func TestQueryTemplateKept(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
