@@ -10,17 +10,14 @@ import (
 	"github.com/activekit/activekit/internal/testenv"
 )
 
-// TestAgentRestart restarts the shared dev agent, which loses every
-// registration: the heartbeat must register the instance again within one
-// TTL of the agent answering, and a watch running across the restart must
-// keep its last known list (with the error) while the agent is down and
-// then see the instance again. It stops a shared server, so it does not run
-// with -short.
+// TestAgentRestart restarts the agent, which loses every registration: the
+// heartbeat must register the instance again within one TTL of the agent
+// answering, and a watch running across the restart must keep its last
+// known list (with the error) while the agent is down and then see the
+// instance again. The agent is one of the test's own, never the shared one.
 func TestAgentRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("restarts the shared Consul agent")
-	}
-	c := testenv.Consul(t)
+	agent := startPrivateAgent(t)
+	c := agent.client()
 	service := testenv.Name(t)
 	const ttl = 3 * time.Second
 	reg := newRegistry(t, c, consul.RegistryConfig{TTL: ttl})
@@ -29,22 +26,14 @@ func TestAgentRestart(t *testing.T) {
 	register(t, reg, instance(service, id, 9001))
 	w.waitUntil(t, 5*time.Second, "registered", has(id))
 
-	stopped := false
-	t.Cleanup(func() {
-		if stopped {
-			testenv.StartService(t, "consul")
-		}
-	})
-	testenv.StopService(t, "consul")
-	stopped = true
+	agent.stop()
 	// While the agent is down the watch reports the error with its last
 	// known list.
 	u := w.waitUntil(t, 10*time.Second, "error update", func(u discovery.Update) bool { return u.Err != nil })
 	if !slices.Contains(ids(u), id) || u.Fetched.IsZero() {
 		t.Fatalf("update while the agent is down: %+v, want the last known list and its fetch time", u)
 	}
-	testenv.StartService(t, "consul")
-	stopped = false
+	agent.start()
 	back := time.Now()
 	// Re-registration, measured at the agent: the heartbeat must put the
 	// instance back, passing, within one TTL.
