@@ -106,7 +106,10 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 // renews it from a goroutine of its own, and waits for the lock with
 // api.Lock. Once held, the token is the ModifyIndex of the lock key as
 // written by the acquisition, read back consistently: Consul's index only
-// grows, so every later acquisition has a larger one. fn's context is
+// grows, so every later acquisition has a larger one. It grows as long as
+// the cluster keeps its state: a cluster rebuilt empty (or a dev agent
+// restarted) counts again from a low index, so the systems that fence on
+// the token must then forget the tokens they saw. fn's context is
 // cancelled with discovery.ErrLeadershipLost when the lock's monitor sees
 // the key taken from this session (the session was invalidated or
 // destroyed, or the key deleted) or when the session cannot be renewed.

@@ -147,3 +147,43 @@ func TestLeaderStopsBeforeSuccessorPartitioned(t *testing.T) {
 		t.Fatalf("old leader's cause %v, want ErrLeadershipLost", cause)
 	}
 }
+
+// TestLeaderAgentRestart: the leader's agent restarts and comes back
+// without the session (a dev agent keeps no state). The leader, even one
+// told to ride out brief failures of the lock's monitor, must see that it
+// no longer leads and Lead must return.
+func TestLeaderAgentRestart(t *testing.T) {
+	agent := startPrivateAgent(t)
+	c := agent.client()
+	key := testenv.Name(t) + "/leader"
+	const ttl = 10 * time.Second
+	l, err := consul.NewLeader(c, key, consul.LeaderConfig{
+		SessionTTL: ttl, LockDelay: time.Millisecond, LockWaitTime: time.Second,
+		MonitorRetries: 3, MonitorRetryTime: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHandover()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	h.campaign(ctx, &wg, l, "a")
+	select {
+	case <-h.lead:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not leading within 10s")
+	}
+	agent.stop()
+	agent.start()
+	back := time.Now()
+	select {
+	case cause := <-h.lost:
+		if !errors.Is(cause, discovery.ErrLeadershipLost) {
+			t.Fatalf("cause %v, want ErrLeadershipLost", cause)
+		}
+		t.Logf("leadership given up %v after the agent came back", time.Since(back).Round(time.Millisecond))
+	case <-time.After(ttl):
+		t.Fatalf("still leading %v after the agent came back without the session", ttl)
+	}
+}
