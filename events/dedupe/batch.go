@@ -72,15 +72,19 @@ const (
 // marked done without running the handler, since its effect happened; only
 // if another claimer took it over in between may its effect run twice.
 func (d *Deduper) Begin(ctx context.Context, es []events.Event) (events.Batch, error) {
-	b := &batch{d: d, es: es, st: make([]state, len(es)), dup: repeats(es)}
+	keys := make([]string, len(es))
+	for i, e := range es {
+		keys[i] = d.cfg.Key(e)
+	}
+	b := &batch{d: d, es: es, keys: keys, st: make([]state, len(es)), dup: repeats(keys)}
 	if err := b.claim(ctx, 0); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// repeats marks the events whose ID an earlier event of es has (copies of
-// it, republished): those are never claimed by the batch, so Handle takes
+// repeats marks the events whose key (Config.Key) an earlier event has
+// (copies of it, republished): those are never claimed by the batch, so Handle takes
 // the per-event path for them, which finds the first copy's effect recorded
 // (or runs it, as for a redelivery, when that copy failed). It returns nil
 // when there are none.
@@ -88,24 +92,24 @@ func (d *Deduper) Begin(ctx context.Context, es []events.Event) (events.Batch, e
 // It finds them with an open-addressing table of event indexes, at most
 // half full: one allocation of 4 to 8 bytes per event, where a map of the
 // IDs took some 50.
-func repeats(es []events.Event) []bool {
-	if len(es) < 2 {
+func repeats(keys []string) []bool {
+	if len(keys) < 2 {
 		return nil
 	}
-	mask := uint64(1)<<bits.Len(uint(2*len(es)-1)) - 1
+	mask := uint64(1)<<bits.Len(uint(2*len(keys)-1)) - 1
 	slots := make([]int32, mask+1) // 1 + the index of the event holding the slot; 0: free
 	seed := maphash.MakeSeed()
 	var dup []bool
-	for i, e := range es {
-		for j := maphash.String(seed, e.ID) & mask; ; j = (j + 1) & mask {
+	for i, key := range keys {
+		for j := maphash.String(seed, key) & mask; ; j = (j + 1) & mask {
 			k := slots[j]
 			if k == 0 {
 				slots[j] = int32(i + 1)
 				break
 			}
-			if es[k-1].ID == e.ID {
+			if keys[k-1] == key {
 				if dup == nil {
-					dup = make([]bool, len(es))
+					dup = make([]bool, len(keys))
 				}
 				dup[i] = true
 				break
@@ -119,7 +123,8 @@ func repeats(es []events.Event) []bool {
 type batch struct {
 	d      *Deduper
 	es     []events.Event
-	claims []Claim // made by the first claim; nil before
+	keys   []string // Config.Key of each event
+	claims []Claim  // made by the first claim; nil before
 	st     []state
 	at     time.Time // when the batch's live claims were taken
 	// pending are the stSucceeded events, in order; consecutive unless
@@ -177,7 +182,7 @@ func (b *batch) claim(ctx context.Context, from int) error {
 	ids := make([]string, 0, len(b.es)-from)
 	for i := from; i < len(b.es); i++ {
 		if b.claimable(i) {
-			ids = append(ids, b.es[i].ID)
+			ids = append(ids, b.keys[i])
 		}
 	}
 	if len(ids) == 0 {

@@ -35,11 +35,11 @@ func testBatch(t *testing.T, f storeFactory) {
 	for i := range es {
 		es[i] = events.New("/test", "t", nil)
 	}
-	pre, _ := s.Claim(ctx, "g", es[1].ID, time.Minute)
+	pre, _ := s.Claim(ctx, "g", dedupe.Key(es[1]), time.Minute)
 	if err := s.Done(ctx, pre); err != nil {
 		t.Fatal(err)
 	}
-	other, _ := s.Claim(ctx, "g", es[2].ID, time.Minute) // another instance holds es[2]
+	other, _ := s.Claim(ctx, "g", dedupe.Key(es[2]), time.Minute) // another instance holds es[2]
 
 	b, err := d.Begin(ctx, es)
 	if err != nil {
@@ -53,7 +53,7 @@ func testBatch(t *testing.T, f storeFactory) {
 	fail := true
 	h := func(ctx context.Context, e events.Event) error {
 		c, ok := dedupe.FromContext(ctx)
-		if !ok || c.ID != e.ID || c.Status != dedupe.Claimed {
+		if !ok || c.ID != dedupe.Key(e) || c.Status != dedupe.Claimed {
 			t.Errorf("event %s: claim in ctx %+v, %v", e.ID, c, ok)
 		}
 		claims = append(claims, c)
@@ -80,10 +80,10 @@ func testBatch(t *testing.T, f storeFactory) {
 	}
 	// What the batch ran is recorded as done at End, in one round trip,
 	// or before the per-event path takes an event (es[0], before es[2]).
-	if c, _ := s.Claim(ctx, "g", es[0].ID, time.Minute); c.Status != dedupe.Done {
+	if c, _ := s.Claim(ctx, "g", dedupe.Key(es[0]), time.Minute); c.Status != dedupe.Done {
 		t.Fatalf("es[0] before End: %v, want done (recorded before es[2] went per event)", c.Status)
 	}
-	if c, _ := s.Claim(ctx, "g", es[4].ID, time.Minute); c.Status != dedupe.Busy {
+	if c, _ := s.Claim(ctx, "g", dedupe.Key(es[4]), time.Minute); c.Status != dedupe.Busy {
 		t.Fatalf("es[4] before End: %v, want busy (claimed by the batch)", c.Status)
 	}
 	if err := b.End(ctx); err != nil {
@@ -104,7 +104,7 @@ func testBatch(t *testing.T, f storeFactory) {
 		t.Errorf("the per-event runs should have claims of their own: %v", claims)
 	}
 	for i, want := range []dedupe.Status{dedupe.Done, dedupe.Done, dedupe.Done, dedupe.Done, dedupe.Done, dedupe.Claimed} {
-		if c, err := s.Claim(ctx, "g", es[i].ID, time.Minute); err != nil || c.Status != want {
+		if c, err := s.Claim(ctx, "g", dedupe.Key(es[i]), time.Minute); err != nil || c.Status != want {
 			t.Errorf("es[%d] after End: %v, %v; want %v", i, c.Status, err, want)
 		}
 	}
@@ -174,7 +174,7 @@ func TestBatchRenew(t *testing.T) {
 	if err := b.Handle(ctx, 1, h); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := s.Claim(ctx, "g", es[0].ID, time.Minute); st.Status != dedupe.Done {
+	if st, _ := s.Claim(ctx, "g", dedupe.Key(es[0]), time.Minute); st.Status != dedupe.Done {
 		t.Fatalf("es[0] after the renewal: %v, want done", st.Status)
 	}
 	if tokens[0] == tokens[1] {
@@ -187,7 +187,7 @@ func TestBatchRenew(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, e := range es {
-		if st, _ := s.Claim(ctx, "g", e.ID, time.Minute); st.Status != dedupe.Done {
+		if st, _ := s.Claim(ctx, "g", dedupe.Key(e), time.Minute); st.Status != dedupe.Done {
 			t.Errorf("es[%d]: %v, want done", i, st.Status)
 		}
 	}
@@ -218,7 +218,7 @@ func TestBatchLeaseLostBeforeEnd(t *testing.T) {
 		}
 	}
 	expireRedis(t, c, prefix)()
-	taker, err := s.Claim(ctx, "g", es[1].ID, time.Minute)
+	taker, err := s.Claim(ctx, "g", dedupe.Key(es[1]), time.Minute)
 	if err != nil || taker.Status != dedupe.Claimed {
 		t.Fatalf("taking es[1] over: %+v, %v", taker, err)
 	}
@@ -226,7 +226,7 @@ func TestBatchLeaseLostBeforeEnd(t *testing.T) {
 		t.Fatalf("End: %v", err)
 	}
 	for i, e := range es {
-		if st, _ := s.Claim(ctx, "g", e.ID, time.Minute); st.Status != dedupe.Done {
+		if st, _ := s.Claim(ctx, "g", dedupe.Key(e), time.Minute); st.Status != dedupe.Done {
 			t.Errorf("es[%d] after End: %v, want done", i, st.Status)
 		}
 	}
@@ -476,7 +476,7 @@ func testBatchStoreErrorsAreUnavailable(t *testing.T, plain bool) {
 		t.Fatalf("runs %v, want %v", runs, want)
 	}
 	for i, e := range es {
-		if st, err := rs.Claim(ctx, "g", e.ID, time.Minute); err != nil || st.Status != dedupe.Done {
+		if st, err := rs.Claim(ctx, "g", dedupe.Key(e), time.Minute); err != nil || st.Status != dedupe.Done {
 			t.Errorf("es[%d]: %v, %v; want done", i, st.Status, err)
 		}
 	}

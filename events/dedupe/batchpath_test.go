@@ -79,7 +79,7 @@ func TestBatchManyRepeatedIDs(t *testing.T) {
 		}
 		if !seen[e.ID] {
 			seen[e.ID] = true
-			first = append(first, e.ID)
+			first = append(first, dedupe.Key(e))
 		}
 		es = append(es, e)
 	}
@@ -92,10 +92,10 @@ func TestBatchManyRepeatedIDs(t *testing.T) {
 	}
 	runs := map[string]int{}
 	h := func(ctx context.Context, e events.Event) error {
-		if c, ok := dedupe.FromContext(ctx); !ok || c.ID != e.ID {
+		if c, ok := dedupe.FromContext(ctx); !ok || c.ID != dedupe.Key(e) {
 			t.Errorf("event %s ran with claim %+v, %v", e.ID, c, ok)
 		}
-		runs[e.ID]++
+		runs[dedupe.Key(e)]++
 		return nil
 	}
 	for i := range es {
@@ -143,7 +143,7 @@ func TestBatchDoneBatchGetsTheSucceeded(t *testing.T) {
 				es[i] = events.New("/t", "t", nil)
 			}
 			for _, i := range tt.preDone {
-				c, err := s.Claim(ctx, "g", es[i].ID, time.Minute)
+				c, err := s.Claim(ctx, "g", dedupe.Key(es[i]), time.Minute)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -171,7 +171,7 @@ func TestBatchDoneBatchGetsTheSucceeded(t *testing.T) {
 			}
 			var want []string
 			for _, i := range tt.want {
-				want = append(want, es[i].ID)
+				want = append(want, dedupe.Key(es[i]))
 			}
 			if len(s.done) != 1 || !slices.Equal(ids(s.done[0]), want) {
 				t.Fatalf("DoneBatch calls %v, want one for %v", s.done, want)
@@ -215,7 +215,7 @@ func TestBatchHandlerContext(t *testing.T) {
 		sub, cancel := context.WithTimeout(context.WithValue(ctx, ctxKey{}, "mine"), time.Hour)
 		defer cancel()
 		for _, ctx := range []context.Context{ctx, sub} {
-			if c, ok := dedupe.FromContext(ctx); !ok || c.ID != e.ID || c.Status != dedupe.Claimed {
+			if c, ok := dedupe.FromContext(ctx); !ok || c.ID != dedupe.Key(e) || c.Status != dedupe.Claimed {
 				t.Errorf("event %s: claim in ctx %+v, %v", e.ID, c, ok)
 			}
 		}
@@ -247,7 +247,7 @@ func TestBatchHandlerContext(t *testing.T) {
 	}
 	c1, _ := dedupe.FromContext(kept[1])
 	c2, _ := dedupe.FromContext(kept[2])
-	if c1.ID != es[1].ID || c2.ID != es[1].ID || c1.Token == c2.Token {
+	if c1.ID != dedupe.Key(es[1]) || c2.ID != dedupe.Key(es[1]) || c1.Token == c2.Token {
 		t.Fatalf("es[1]'s first ctx holds %+v, its second %+v: want its claim, then the renewal's", c1, c2)
 	}
 	if err := b.Handle(parent, 2, h); err != nil {
@@ -260,7 +260,7 @@ func TestBatchHandlerContext(t *testing.T) {
 		t.Fatalf("es[1]'s first ctx after End holds %+v, want %+v", c, c1)
 	}
 	for i, e := range es {
-		if c, err := s.Claim(parent, "g", e.ID, time.Minute); err != nil || c.Status != dedupe.Done {
+		if c, err := s.Claim(parent, "g", dedupe.Key(e), time.Minute); err != nil || c.Status != dedupe.Done {
 			t.Errorf("es[%d] after End: %v, %v; want done", i, c.Status, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"strconv"
 	"time"
 
 	"github.com/activekit/activekit/events"
@@ -121,6 +122,23 @@ type Config struct {
 	// Now is the clock the batch path measures the age of its claims by;
 	// nil means time.Now.
 	Now func() time.Time
+	// Key returns the ID an event is claimed and recorded under, the same
+	// for every copy of one event and different for two events. Nil means
+	// Key, the event's source and id together: CloudEvents makes only the
+	// pair unique, so two sources may well number their events alike.
+	// Every instance of a group must use the same Key; an instance that
+	// keyed by the id alone (as before Key existed) and one that keys by
+	// the pair do not see each other's records, so a fleet moving from one
+	// to the other either accepts that an event redelivered during the
+	// rollout may run twice, or sets Key to func(e events.Event) string {
+	// return e.ID } until its producers' ids are known to be unique alone.
+	Key func(events.Event) string
+}
+
+// Key is the default Config.Key: the event's source and id together, as
+// "<length of source>:<source> <id>", which no two distinct pairs share.
+func Key(e events.Event) string {
+	return strconv.Itoa(len(e.Source)) + ":" + e.Source + " " + e.ID
 }
 
 type claimKey struct{}
@@ -216,6 +234,9 @@ func New(s Store, cfg Config) (*Deduper, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Key == nil {
+		cfg.Key = Key
+	}
 	if err := cfg.Retry.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -269,14 +290,15 @@ func (d *Deduper) Middleware() events.Middleware {
 // or Release, one round trip each.
 func (d *Deduper) handle(ctx context.Context, e events.Event, next events.Handler) error {
 	s, cfg := d.s, d.cfg
-	if c, ok := d.takeUndone(e.ID); ok {
+	id := cfg.Key(e)
+	if c, ok := d.takeUndone(id); ok {
 		return d.finish(ctx, c, e)
 	}
 	for {
 		at := cfg.Now() // the lease runs from when the store took the claim
-		c, err := s.Claim(ctx, cfg.Group, e.ID, cfg.Lease)
+		c, err := s.Claim(ctx, cfg.Group, id, cfg.Lease)
 		if err != nil {
-			return storeError(fmt.Errorf("dedupe: claim %s: %w", e.ID, err))
+			return storeError(fmt.Errorf("dedupe: claim %s: %w", id, err))
 		}
 		switch c.Status {
 		case Done:
@@ -319,7 +341,7 @@ func (d *Deduper) run(ctx context.Context, c Claim, at time.Time, next events.Ha
 	cancel()
 	if err != nil {
 		if rerr := release(); rerr != nil {
-			return errors.Join(err, storeError(fmt.Errorf("dedupe: release %s: %w", e.ID, rerr)))
+			return errors.Join(err, storeError(fmt.Errorf("dedupe: release %s: %w", c.ID, rerr)))
 		}
 		return err
 	}
@@ -357,8 +379,8 @@ func (d *Deduper) finishWithin(fctx context.Context, c Claim, e events.Event) er
 		}
 	}
 	if derr != nil {
-		d.putUndone(e.ID, c)
-		return storeError(fmt.Errorf("dedupe: done %s: %w", e.ID, derr))
+		d.putUndone(c.ID, c)
+		return storeError(fmt.Errorf("dedupe: done %s: %w", c.ID, derr))
 	}
 	return nil
 }

@@ -6,11 +6,13 @@
 // A fleet of consumers cannot avoid redelivery: an instance that dies after a
 // handler's effect and before its offset commit, a rebalance that moves a
 // partition mid-batch, or a publisher that retries after an uncertain outcome
-// all make the same event (the same ID) arrive twice, possibly at two
-// instances at once. The effect must still happen once.
+// all make the same event (the same source and ID) arrive twice, possibly at
+// two instances at once. The effect must still happen once.
 //
 // A Store arbitrates, shared by every instance: the Middleware claims
-// (group, event ID) before the handler runs, with a lease so that the claim
+// (group, event key) before the handler runs, where the key is the event's
+// source and ID together (Key; CloudEvents makes only the pair unique, so
+// two sources may number their events alike; Config.Key changes it), with a lease so that the claim
 // of an instance that died expires and another can take over; marks it done
 // after the handler succeeds; and releases it when the handler fails, so a
 // redelivery runs at once. A second delivery of a done event is skipped; one

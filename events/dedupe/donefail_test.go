@@ -76,7 +76,7 @@ func TestDoneFailureThenRedelivery(t *testing.T) {
 			if n := runs.Load(); n != 1 {
 				t.Fatalf("the effect ran %d times, want 1", n)
 			}
-			if cl, err := rs.Claim(ctx, "g", e.ID, time.Second); err != nil || cl.Status != dedupe.Done {
+			if cl, err := rs.Claim(ctx, "g", dedupe.Key(e), time.Second); err != nil || cl.Status != dedupe.Done {
 				t.Fatalf("after the redelivery the event is %v (%v), want done", cl.Status, err)
 			}
 		})

@@ -36,14 +36,14 @@ func TestBatchPlainStoreClaimCancelled(t *testing.T) {
 	es := []events.Event{events.New("/t", "t", nil), events.New("/t", "t", nil)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d, err := dedupe.New(cancellingStore{Store: rs, at: es[1].ID, cancel: cancel}, dedupe.Config{Group: "g", Lease: time.Minute})
+	d, err := dedupe.New(cancellingStore{Store: rs, at: dedupe.Key(es[1]), cancel: cancel}, dedupe.Config{Group: "g", Lease: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Begin(ctx, es); err == nil {
 		t.Fatal("Begin with ctx ending mid-claim succeeded")
 	}
-	c, err := rs.Claim(context.Background(), "g", es[0].ID, time.Minute)
+	c, err := rs.Claim(context.Background(), "g", dedupe.Key(es[0]), time.Minute)
 	if err != nil || c.Status != dedupe.Claimed {
 		t.Fatalf("Claim after a Begin that failed: %+v, %v; want claimed at once", c, err)
 	}

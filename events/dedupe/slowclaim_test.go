@@ -72,7 +72,7 @@ func TestMiddlewareSlowClaimReply(t *testing.T) {
 		// Another instance tries to take the event over while the
 		// handler's ctx lives.
 		for hctx.Err() == nil {
-			c, err := other.Claim(ctx, "g", e.ID, lease)
+			c, err := other.Claim(ctx, "g", dedupe.Key(e), lease)
 			if err != nil {
 				return err
 			}

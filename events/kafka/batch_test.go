@@ -151,7 +151,7 @@ func TestBatchMalformedInPlace(t *testing.T) {
 		}
 	}
 	for k, e := range good {
-		cl, err := store.Claim(context.Background(), group, e.ID, time.Minute)
+		cl, err := store.Claim(context.Background(), group, dedupe.Key(e), time.Minute)
 		want := dedupe.Done
 		if k == 4 {
 			want = dedupe.Claimed // dead-lettered: its claim was released, not done

@@ -575,7 +575,7 @@ func testKilledAfterEffectBeforeCommit(t *testing.T, mode string) {
 		effect := func(ctx context.Context, e events.Event) error {
 			cl, _ := dedupe.FromContext(ctx)
 			return store.DoneWith(ctx, cl, func(ctx context.Context, p redis.Pipeliner) error {
-				p.Incr(ctx, store.Key(group, e.ID)+":effect")
+				p.Incr(ctx, store.Key(group, dedupe.Key(e))+":effect")
 				return nil
 			})
 		}
@@ -632,7 +632,7 @@ func testKilledAfterEffectBeforeCommit(t *testing.T, mode string) {
 		t.Fatalf("%d deliveries, want %d (every event redelivered once)", d, 2*len(es))
 	}
 	for _, e := range es {
-		if n, _ := rdb.Get(context.Background(), store.Key(group, e.ID)+":effect").Int(); n != 1 {
+		if n, _ := rdb.Get(context.Background(), store.Key(group, dedupe.Key(e))+":effect").Int(); n != 1 {
 			t.Fatalf("event %s: effect ran %d times", e.ID, n)
 		}
 	}
@@ -874,7 +874,7 @@ func TestBatchDedupeRetryAndDeadLetter(t *testing.T) {
 		t.Fatalf("dead letters: %d, want es[5] after 5 attempts", len(dead))
 	}
 	for i, e := range es {
-		cl, err := store.Claim(context.Background(), group, e.ID, time.Minute)
+		cl, err := store.Claim(context.Background(), group, dedupe.Key(e), time.Minute)
 		want := dedupe.Done
 		if i == 5 {
 			want = dedupe.Claimed // dead-lettered, not done: its claim was released

@@ -346,7 +346,7 @@ func testStoreOutageNeverDeadLetters(t *testing.T, mode string) {
 			if e.ID == h.poison {
 				want = dedupe.Claimed // dead-lettered, not done: its claim was released
 			}
-			if cl, err := rs.Claim(context.Background(), group, e.ID, time.Minute); err != nil || cl.Status != want {
+			if cl, err := rs.Claim(context.Background(), group, dedupe.Key(e), time.Minute); err != nil || cl.Status != want {
 				t.Errorf("event %s in the store: %v, %v; want %v", e.ID, cl.Status, err, want)
 			}
 		}
