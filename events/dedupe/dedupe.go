@@ -6,8 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/activekit/activekit/events"
