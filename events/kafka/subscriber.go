@@ -13,6 +13,7 @@ import (
 
 	"github.com/activekit/activekit/events"
 	"github.com/activekit/activekit/retry"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -64,7 +65,9 @@ type SubscriberConfig struct {
 	Retrier *retry.Retrier
 	// DeadLetterTopic receives the records whose handler failed after the
 	// retries, or that could not be decoded; "" means the subscribed topic
-	// plus DefaultDeadLetterSuffix. The topic must exist.
+	// plus DefaultDeadLetterSuffix. The topic must exist: Subscribe
+	// returns an error matching ErrConfig when the cluster says it does
+	// not.
 	DeadLetterTopic string
 	// MaxPollRecords bounds the records handled between two commits; zero
 	// means 500.
@@ -281,8 +284,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Subscribe consumes topic in the group until ctx ends, then commits what was
 // handled, leaves the group and returns nil. It returns an error when the
-// client cannot be made, or its producer settings are weaker than
-// CheckDurability allows (ErrWeakDurability).
+// client cannot be made, when its producer settings are weaker than
+// CheckDurability allows (ErrWeakDurability), or at once when the cluster
+// says the dead-letter topic does not exist (ErrConfig), rather than at the
+// first record to need it, which would hold the consumer until it did.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handler) error {
 	if topic == "" {
 		return fmt.Errorf("%w: empty topic", ErrConfig)
@@ -310,8 +315,11 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 		cl.Close()
 		return fmt.Errorf("kafka: consumer client, which produces the dead letters: %w", err)
 	}
-	c := &consumer{s: s, cl: cl, h: h, dlq: dlq}
 	defer cl.Close() // leaves the group
+	if err := s.checkDeadLetterTopic(ctx, cl, dlq); err != nil {
+		return err
+	}
+	c := &consumer{s: s, cl: cl, h: h, dlq: dlq}
 	for {
 		fetches := cl.PollRecords(ctx, s.cfg.MaxPollRecords)
 		if ctx.Err() != nil {
@@ -354,6 +362,29 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 		c.commit(ctx, done)
 		cl.AllowRebalance()
 	}
+}
+
+// checkDeadLetterTopic returns an error matching ErrConfig when the cluster
+// says that dlq does not exist: nothing could be dead-lettered, and the
+// first record to need it would hold the consumer until the topic is made.
+// Not being able to ask is no error (the consumer would wait for the
+// cluster anyway); it is logged.
+func (s *Subscriber) checkDeadLetterTopic(ctx context.Context, cl *kgo.Client, dlq string) error {
+	details, err := kadm.NewClient(cl).ListTopics(ctx, dlq)
+	if err == nil {
+		err = details[dlq].Err
+		if _, ok := details[dlq]; !ok {
+			err = kerr.UnknownTopicOrPartition
+		}
+	}
+	switch {
+	case err == nil, ctx.Err() != nil:
+		return nil
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return fmt.Errorf("%w: the dead-letter topic %q does not exist", ErrConfig, dlq)
+	}
+	s.log.LogAttrs(ctx, slog.LevelWarn, "kafka: cannot tell whether the dead-letter topic exists", slog.String("dlq", dlq), slog.Any("error", err))
+	return nil
 }
 
 type consumer struct {
