@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -572,11 +573,21 @@ const unavailableTries = 7
 
 // testUnavailable: an event whose handler fails with an events.Unavailable
 // error (a dependency is down) is tried again until it succeeds, however
-// many tries that takes, and is not given up (dead-lettered) meanwhile; with
-// ordering per key the next event of the key waits for it.
+// many tries that takes, and is not given up (dead-lettered) meanwhile,
+// even when the error is also marked Permanent (as some of them are, in
+// either nesting); with ordering per key the next event of the key waits
+// for it.
 func testUnavailable(t *testing.T, f Features, c Constructor) {
+	var tries atomic.Int32
 	failures, got := failMiddle(t, f, c, unavailableTries, func() error {
-		return events.Unavailable(errors.New("eventstest: induced outage of a dependency"))
+		err := errors.New("eventstest: induced outage of a dependency")
+		switch tries.Add(1) % 3 {
+		case 1:
+			return events.Permanent(events.Unavailable(err))
+		case 2:
+			return events.Unavailable(events.Permanent(err))
+		}
+		return events.Unavailable(err)
 	}, false)
 	if failures != unavailableTries {
 		t.Fatalf("the event failed %d times with Unavailable before it succeeded, want %d", failures, unavailableTries)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/activekit/activekit/events"
+	"github.com/activekit/activekit/retry"
 )
 
 // fault is a way for the in-memory pair to break a promise of the suite.
@@ -32,6 +33,7 @@ const (
 	faultIgnoresEndedCtx        // Publish publishes with a context that has ended
 	faultBlocksPastCtx          // Publish held by the broker ignores its context and waits for the answer
 	faultOverlapKey             // the next event of a partition is handed over once the handler of the one before has started, not returned
+	faultPermanentFirst         // an error marked Permanent is given up at once, even when it is also Unavailable
 )
 
 // parts is the number of partitions of a topic of the in-memory broker.
@@ -324,6 +326,9 @@ func (s *memSubscriber) deliver(ctx context.Context, h events.Handler, e events.
 		if ctx.Err() != nil {
 			return s.b.fault == faultNoRedelivery, false
 		}
+		if s.b.fault == faultPermanentFirst && permanent(ctx, err) {
+			return true, false // dead-lettered
+		}
 		if !events.IsUnavailable(err) || s.b.fault == faultCountUnavailable {
 			attempts++
 			switch {
@@ -340,4 +345,13 @@ func (s *memSubscriber) deliver(ctx context.Context, h events.Handler, e events.
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// permanent reports whether err is marked Permanent: a retry loop that may
+// try twice, whatever the error, tries it once.
+func permanent(ctx context.Context, err error) bool {
+	tries := 0
+	_ = retry.Do(ctx, retry.Policy{MaxAttempts: 2, InitialInterval: time.Microsecond, Retryable: func(error) bool { return true }},
+		func(context.Context) error { tries++; return err })
+	return tries == 1
 }

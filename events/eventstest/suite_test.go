@@ -65,6 +65,7 @@ var brokenPairs = []struct {
 	{"PublishesWithAnEndedContext", faultIgnoresEndedCtx, false, "PublishReturnsOnCancel"},
 	{"PublishBlocksPastItsContext", faultBlocksPastCtx, false, "PublishReturnsOnCancel"},
 	{"HandlesAKeyConcurrently", faultOverlapKey, false, "OrderingPerKey"},
+	{"GivesUpPermanentUnavailable", faultPermanentFirst, false, "UnavailableRetriedUntilClear"},
 }
 
 // TestSuiteCatchesBrokenPairs runs, for each broken pair, the test of the
