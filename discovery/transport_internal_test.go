@@ -1,10 +1,13 @@
 package discovery
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -100,5 +103,35 @@ func TestTrackDialTLSForgetsCollectedConns(t *testing.T) {
 		}
 		runtime.GC() // the cleanups run after a collection, on their own goroutine: poll
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTrackDialTLSAfterStop: a dial of a base's own TLS dialer that ends
+// after its service stopped, with no attempt left to use it (a dial that
+// outlived its request), is closed at once and reported as ErrClosed,
+// as trackDial does, instead of joining the stopped clone's pool.
+func TestTrackDialTLSAfterStop(t *testing.T) {
+	closed := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			close(closed)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "example.com"}}
+	s := &service{name: "example", stopped: true}
+	c, err := s.trackDialTLS(d.DialContext)(context.Background(), "tcp", srv.Listener.Addr().String())
+	if !errors.Is(err, ErrClosed) || c != nil {
+		t.Fatalf("dial after stop: %v, %v; want ErrClosed", c, err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection dialed after the stop is still open")
 	}
 }
