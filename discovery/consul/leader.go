@@ -114,7 +114,12 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 // the key taken from this session (the session was invalidated or
 // destroyed, or the key deleted) or when the session cannot be renewed.
 // When fn returns, Lead releases the lock, destroys the session and waits
-// for its helper goroutines (and api.Lock's) to end.
+// for its helper goroutines to end, and for api.Lock's monitor at most
+// LockWaitTime: that monitor's query has no deadline (api.Lock takes no
+// context), so against an agent that accepted it and never answers, Lead
+// returns (logging a warning) with that goroutine still blocked until the
+// agent answers or the connection fails; an api.Client whose HttpClient
+// has a Timeout bounds it.
 func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token uint64) error) error {
 	wctx := (&api.WriteOptions{}).WithContext(ctx)
 	created := time.Now() // no later than the server's start of the session TTL
