@@ -230,6 +230,11 @@ func Decode(r *kgo.Record) (events.Event, error) {
 			e.Time = t
 		default:
 			name := h.Key[len(HeaderPrefix):]
+			if name == "datacontenttype" {
+				// Validate would refuse it too, naming the attribute,
+				// whose header is content-type.
+				return events.Event{}, &DecodeError{Header: h.Key, Reason: "datacontenttype is the content-type header in binary mode, not an extension"}
+			}
 			if _, dup := e.Extensions[name]; dup {
 				return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
 			}

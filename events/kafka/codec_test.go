@@ -51,6 +51,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty extension", append(base(), kgo.RecordHeader{Key: "ce_ext", Value: nil}), "ce_ext"},
 		{"long extension name", append(base(), kgo.RecordHeader{Key: "ce_" + strings.Repeat("a", 21), Value: []byte("v")}), "ce_" + strings.Repeat("a", 21)},
 		{"bad content type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("json")}), "content-type"},
+		// datacontenttype is the content-type header in binary mode; a
+		// ce_datacontenttype header is an extension by that name, refused,
+		// and the error names it, not a content-type header the record
+		// may not have.
+		{"ce_datacontenttype", append(base(), kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}), "ce_datacontenttype"},
+		{"ce_datacontenttype beside content-type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("text/plain")}, kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}), "ce_datacontenttype"},
 		// The binding matches the CloudEvents media type case-insensitively,
 		// and a structured record may carry the binary mode's headers too:
 		// its value is then the envelope, not the event's data, and a
