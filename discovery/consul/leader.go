@@ -118,8 +118,9 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 // LockWaitTime: that monitor's query has no deadline (api.Lock takes no
 // context), so against an agent that accepted it and never answers, Lead
 // returns (logging a warning) with that goroutine still blocked until the
-// agent answers or the connection fails; an api.Client whose HttpClient
-// has a Timeout bounds it.
+// agent answers or the connection fails. (A client Timeout is no cure: the
+// monitor's query blocks for Consul's default wait, 5 minutes, and one
+// shorter would end leadership at every query.)
 func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token uint64) error) error {
 	wctx := (&api.WriteOptions{}).WithContext(ctx)
 	created := time.Now() // no later than the server's start of the session TTL
