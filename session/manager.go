@@ -179,10 +179,8 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 		}{}
 		s := &rs.s
 		s.m, s.ctx = m, r.Context()
-		if v, ok := cookieValue(r.Header, m.cfg.cookie.Name); ok && len(v) <= MaxTokenLen {
-			if id, ok := TokenID(v); ok {
-				s.token, s.id, s.start = v, id, m.cfg.now()
-			}
+		if v, id, ok := cookieToken(r.Header, m.cfg.cookie.Name); ok {
+			s.token, s.id, s.start = v, id, m.cfg.now()
 		}
 		sw := &rs.sw
 		sw.ResponseWriter, sw.s, sw.r = w, s, r
@@ -191,9 +189,15 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-// cookieValue returns the value of the first valid cookie called name in
-// the request header h, as http.Request.Cookie does, without allocating.
-func cookieValue(h http.Header, name string) (string, bool) {
+// cookieToken returns the first cookie called name in the request header h
+// whose value is a token (see TokenID), and its store ID, without
+// allocating more than TokenID does. Cookies of that name whose values are
+// no tokens are skipped, where http.Request.Cookie would return the first:
+// browsers send same-named cookies longest path first, then oldest first,
+// so another application's cookie of the same name (on the parent domain,
+// for a name without the __Host- prefix) would otherwise come first on
+// every request and hide the session for good.
+func cookieToken(h http.Header, name string) (token, id string, ok bool) {
 	for _, line := range h["Cookie"] {
 		for line != "" {
 			var part string
@@ -205,12 +209,15 @@ func cookieValue(h http.Header, name string) (string, bool) {
 			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
 				v = v[1 : len(v)-1]
 			}
-			if validCookieValue(v) {
-				return v, true
+			if len(v) > MaxTokenLen || !validCookieValue(v) {
+				continue
+			}
+			if id, ok := TokenID(v); ok {
+				return v, id, true
 			}
 		}
 	}
-	return "", false
+	return "", "", false
 }
 
 // validCookieValue reports whether net/http would accept v as a cookie

@@ -900,15 +900,21 @@ func TestCookieHeader(t *testing.T) {
 	} {
 		r := httptest.NewRequest("GET", "/get?k=a", nil)
 		r.Header["Cookie"] = lines
-		ck, err := r.Cookie(n)
+		// As net/http reads the cookies of that name, the first that is a
+		// token counting (see TestCookieShadowedByForeignValue).
 		want := "false:"
-		if err == nil && ck.Value == tok {
-			want = "true:1"
+		for _, ck := range r.CookiesNamed(n) {
+			if _, ok := session.TokenID(ck.Value); ok {
+				if ck.Value == tok {
+					want = "true:1"
+				}
+				break
+			}
 		}
 		w := httptest.NewRecorder()
 		m.Middleware(app(t)).ServeHTTP(w, r)
 		if got := body(w); got != want {
-			t.Errorf("Cookie %q: %q, want %q (as net/http reads it)", lines, got, want)
+			t.Errorf("Cookie %q: %q, want %q (as net/http reads it, the first token)", lines, got, want)
 		}
 	}
 }
