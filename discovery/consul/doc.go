@@ -32,7 +32,8 @@
 //     resets the query, errors back off with jitter and never spin, and a
 //     failed refresh keeps the last known good list, delivered with its
 //     age and the error.
-//   - Leader.Lead elects one instance through api.Lock with a session of its
+//   - Leader.Lead elects one instance through a Consul lock (as api.Lock
+//     takes one, with every query bound to its context) and a session of its
 //     own, cancels the leader's context the moment the lock is lost, and
 //     hands out the lock's ModifyIndex as a fencing token.
 //

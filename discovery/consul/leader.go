@@ -35,12 +35,12 @@ type LeaderConfig struct {
 	// holding it is invalidated, giving the old leader time to notice and
 	// stop. Zero means Consul's default, 15s; the smallest delay is 1ms.
 	// A candidate refused by the lock delay tries again only after
-	// api.DefaultLockRetryTime (5s, fixed in api.Lock), so a handover
+	// api.DefaultLockRetryTime (5s, as api.Lock does), so a handover
 	// takes between LockDelay and LockDelay+5s.
 	LockDelay time.Duration
 	// LockWaitTime is how long one blocking query waits for the lock to
-	// be free (DefaultLockWaitTime when zero). It bounds how long Lead
-	// takes to return after ctx ends while it waits for the lock.
+	// be free (DefaultLockWaitTime when zero). Lead returns as soon as
+	// ctx ends while it waits for the lock, whatever the agent does.
 	LockWaitTime time.Duration
 	// MonitorRetries is how many failed queries in a row the lock's
 	// monitor rides out (each after MonitorRetryTime, 2s when zero)
@@ -100,11 +100,12 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 	return &Leader{client: client, key: key, cfg: c}, nil
 }
 
-// Lead implements discovery.Leader with api.Lock.
+// Lead implements discovery.Leader with a Consul lock, as api.Lock takes
+// one (same key flags, so the two interoperate), with every query bound to
+// ctx.
 //
 // Each call creates a session (behavior "release", SessionTTL, LockDelay),
-// renews it from a goroutine of its own, and waits for the lock with
-// api.Lock. Once held, the token is the ModifyIndex of the lock key as
+// renews it from a goroutine of its own, and waits for the lock. Once held, the token is the ModifyIndex of the lock key as
 // written by the acquisition, read back consistently: Consul's index only
 // grows, so every later acquisition has a larger one. It grows as long as
 // the cluster keeps its state: a cluster rebuilt empty (or a dev agent
@@ -113,14 +114,9 @@ func NewLeader(client *api.Client, key string, cfg LeaderConfig) (*Leader, error
 // cancelled with discovery.ErrLeadershipLost when the lock's monitor sees
 // the key taken from this session (the session was invalidated or
 // destroyed, or the key deleted) or when the session cannot be renewed.
-// When fn returns, Lead releases the lock, destroys the session and waits
-// for its helper goroutines to end, and for api.Lock's monitor at most
-// LockWaitTime: that monitor's query has no deadline (api.Lock takes no
-// context), so against an agent that accepted it and never answers, Lead
-// returns (logging a warning) with that goroutine still blocked until the
-// agent answers or the connection fails. (A client Timeout is no cure: the
-// monitor's query blocks for Consul's default wait, 5 minutes, and one
-// shorter would end leadership at every query.)
+// When fn returns, Lead releases the lock, destroys the session (each
+// bounded to a few seconds) and waits for its helper goroutines, the
+// monitor's query included, to end.
 func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token uint64) error) error {
 	wctx := (&api.WriteOptions{}).WithContext(ctx)
 	created := time.Now() // no later than the server's start of the session TTL
@@ -148,54 +144,24 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 	}
 	wg.Go(func() { l.renew(lctx, sid, created, loseLeadership) })
 
-	var lostCh <-chan struct{}
-	lock, err := l.client.LockOpts(&api.LockOptions{
-		Key:              l.key,
-		Value:            l.cfg.Value,
-		Session:          sid,
-		MonitorRetries:   l.cfg.MonitorRetries,
-		MonitorRetryTime: l.cfg.MonitorRetryTime,
-		LockWaitTime:     l.cfg.LockWaitTime,
-	})
+	sent := false // an acquisition was sent: release it
 	defer func() {
 		// Release and destroy first: both change the key, which ends
-		// api.Lock's monitor; then stop our goroutines and wait for all.
-		// (api.Lock.Unlock takes no context: a hung agent would hang
-		// Lead; release does the same write, bounded.)
-		l.release(ctx, sid, lostCh != nil)
+		// the monitor's query; then stop our goroutines and wait for all.
+		l.release(ctx, sid, sent)
 		cancel(nil)
 		wg.Wait()
-		if lostCh != nil {
-			select {
-			case <-lostCh: // api.Lock's monitor has returned
-			case <-time.After(l.cfg.LockWaitTime):
-				l.cfg.Logger.Warn("consul: lock monitor still running after release", "key", l.key)
-			}
-		}
 	}()
-	if err != nil {
-		return fmt.Errorf("consul: lock %s: %w", l.key, err)
-	}
-
-	stop := make(chan struct{})
-	unhook := context.AfterFunc(lctx, func() { close(stop) })
-	lostCh, err = lock.Lock(stop)
-	unhook()
+	held, err := l.acquire(lctx, sid, &sent)
 	switch {
 	case err != nil:
 		return fmt.Errorf("consul: acquiring %s: %w", l.key, err)
-	case lostCh == nil && ctx.Err() != nil:
+	case !held && ctx.Err() != nil:
 		return ctx.Err()
-	case lostCh == nil:
+	case !held:
 		return discovery.ErrLeadershipLost // the session expired while waiting
 	}
-	wg.Go(func() {
-		select {
-		case <-lostCh:
-			loseLeadership()
-		case <-lctx.Done():
-		}
-	})
+	wg.Go(func() { l.monitor(lctx, sid, loseLeadership) })
 
 	pair, _, err := l.client.KV().Get(l.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(lctx))
 	switch {
@@ -217,6 +183,126 @@ func (l *Leader) Lead(ctx context.Context, fn func(ctx context.Context, token ui
 		return errors.Join(ferr, discovery.ErrLeadershipLost)
 	}
 	return ferr
+}
+
+// monitorWaitTime is the blocking wait of the monitor's queries.
+const monitorWaitTime = 5 * time.Minute
+
+// queryBound is how long a blocking query waiting wait may take before it
+// is abandoned as failed: Consul answers within wait plus wait/16 of
+// jitter; an agent that accepted it and never answers must not hold it
+// forever.
+func queryBound(wait time.Duration) time.Duration { return wait + wait/16 + 5*time.Second }
+
+// acquire waits until sid holds the lock key, as api.Lock.Lock does, but
+// with every query bound to ctx (and bounded), so that it returns as soon
+// as ctx ends, whatever the agent does: (false, nil) then. It sets *sent
+// once it has sent an acquisition. A key that holds something else than a
+// lock is api.ErrLockConflict. A candidate refused by the lock delay tries
+// again after api.DefaultLockRetryTime.
+func (l *Leader) acquire(ctx context.Context, sid string, sent *bool) (bool, error) {
+	kv := l.client.KV()
+	get := func(index uint64) (*api.KVPair, *api.QueryMeta, error) {
+		qctx, cancel := context.WithTimeout(ctx, queryBound(l.cfg.LockWaitTime))
+		defer cancel()
+		return kv.Get(l.key, (&api.QueryOptions{WaitIndex: index, WaitTime: l.cfg.LockWaitTime}).WithContext(qctx))
+	}
+	var index uint64
+	for {
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		pair, meta, err := get(index)
+		switch {
+		case ctx.Err() != nil:
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("reading the lock: %w", err)
+		case pair != nil && pair.Flags != api.LockFlagValue:
+			return false, api.ErrLockConflict
+		case pair != nil && pair.Session == sid:
+			return true, nil
+		case pair != nil && pair.Session != "":
+			index = meta.LastIndex
+			continue
+		}
+		*sent = true
+		wctx, cancel := context.WithTimeout(ctx, l.cfg.LockWaitTime+5*time.Second)
+		ok, _, err := kv.Acquire(&api.KVPair{Key: l.key, Value: l.cfg.Value, Session: sid, Flags: api.LockFlagValue}, (&api.WriteOptions{}).WithContext(wctx))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("acquiring the lock: %w", err)
+		case ok:
+			return true, nil
+		}
+		// Refused: taken by another first, or a lock delay is in effect.
+		pair, meta, err = get(0)
+		switch {
+		case ctx.Err() != nil:
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("reading the lock: %w", err)
+		case pair != nil && pair.Session != "":
+			index = meta.LastIndex
+			continue
+		}
+		t := time.NewTimer(api.DefaultLockRetryTime)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, nil
+		case <-t.C:
+		}
+		index = 0
+	}
+}
+
+// monitor follows the lock key until ctx ends, and calls lost once the key
+// is no longer held by sid (the session was invalidated or destroyed, the
+// key deleted) or the key cannot be read: at the first failure, or after
+// MonitorRetries retryable ones in a row, each MonitorRetryTime apart
+// (api.DefaultMonitorRetryTime when zero). Its queries are bound to ctx, so
+// it returns as soon as Lead ends, whatever the agent does.
+func (l *Leader) monitor(ctx context.Context, sid string, lost func()) {
+	kv := l.client.KV()
+	retryTime := l.cfg.MonitorRetryTime
+	if retryTime == 0 {
+		retryTime = api.DefaultMonitorRetryTime
+	}
+	var index uint64
+	retries := l.cfg.MonitorRetries
+	for {
+		qctx, cancel := context.WithTimeout(ctx, queryBound(monitorWaitTime))
+		pair, meta, err := kv.Get(l.key, (&api.QueryOptions{RequireConsistent: true, WaitIndex: index, WaitTime: monitorWaitTime}).WithContext(qctx))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && retries > 0 && api.IsRetryableError(err):
+			retries--
+			index = 0
+			t := time.NewTimer(retryTime)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		case err != nil:
+			l.cfg.Logger.Warn("consul: leader lock unreadable, giving up", "key", l.key, "error", err)
+			lost()
+			return
+		case pair != nil && pair.Session == sid:
+			index = meta.LastIndex
+			retries = l.cfg.MonitorRetries
+		default:
+			lost()
+			return
+		}
+	}
 }
 
 // renew renews the session every TTL/2 until ctx ends, and calls lost when

@@ -26,6 +26,7 @@ import (
 type hangingProxy struct {
 	hang    atomic.Bool
 	all     atomic.Bool // with hang, hold every request: a partition
+	holding chan string // the path of each request held, when there is room
 	release chan struct{}
 	once    sync.Once
 }
@@ -36,6 +37,10 @@ func (p *hangingProxy) hangs(r *http.Request) bool {
 }
 
 func (p *hangingProxy) hold(r *http.Request) {
+	select {
+	case p.holding <- r.URL.Path:
+	default:
+	}
 	select {
 	case <-p.release:
 	case <-r.Context().Done():
@@ -48,7 +53,7 @@ func newHangingProxy(t *testing.T) (*hangingProxy, *api.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &hangingProxy{release: make(chan struct{})}
+	p := &hangingProxy{release: make(chan struct{}), holding: make(chan string, 16)}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if p.hangs(resp.Request) {
@@ -129,5 +134,79 @@ func TestLeaderHungAgent(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("Lead did not return within 15s of losing leadership")
+	}
+}
+
+// TestLeaderWaitingHungAgentHonoursContext: a candidate waits for the lock
+// held by another when its agent stops answering (the blocking query on the
+// lock key hangs). Ending its ctx must end Lead within LockWaitTime, as
+// LockWaitTime's doc promises, not when the agent answers again: a process
+// shutting down waits for its campaign.
+func TestLeaderWaitingHungAgentHonoursContext(t *testing.T) {
+	proxy, pc := newHangingProxy(t)
+	c := testenv.Consul(t)
+	key := testenv.Name(t) + "/leader"
+	testenv.CleanupConsulKV(t, c, key)
+	cfg := consul.LeaderConfig{SessionTTL: 10 * time.Second, LockDelay: time.Millisecond, LockWaitTime: time.Second}
+	holder, err := consul.NewLeader(c, key, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, hcancel := context.WithCancel(context.Background())
+	leading := make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- holder.Lead(hctx, func(lctx context.Context, _ uint64) error {
+			close(leading)
+			<-lctx.Done()
+			return nil
+		})
+	}()
+	defer func() { hcancel(); <-held }()
+	<-leading
+
+	waiter, err := consul.NewLeader(pc, key, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- waiter.Lead(ctx, func(context.Context, uint64) error {
+			t.Error("the waiting candidate was elected while the lock was held")
+			return nil
+		})
+	}()
+	// Wedge the agent, and wait until the candidate's blocking query on
+	// the lock key is held by it.
+	proxy.hang.Store(true)
+	waitHeld(t, proxy, "/v1/kv/"+key)
+	cancel()
+	cancelled := time.Now()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Lead returned %v, want context.Canceled", err)
+		}
+		t.Logf("Lead returned %v after ctx ended", time.Since(cancelled).Round(time.Millisecond))
+	case <-time.After(cfg.LockWaitTime + 5*time.Second):
+		t.Fatalf("Lead still waiting %v after its ctx ended, the agent hung", cfg.LockWaitTime+5*time.Second)
+	}
+}
+
+// waitHeld waits until p holds a request for path.
+func waitHeld(t *testing.T, p *hangingProxy, path string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case got := <-p.holding:
+			if got == path {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no request for %s held within 10s", path)
+		}
 	}
 }
