@@ -421,7 +421,7 @@ func TestLeader(t *testing.T) {
 		t.Fatalf("the old leader's Lead returned %v, want ErrLeadershipLost", err)
 	}
 	// A candidate that tries the lock within the lock delay (1ms here) is
-	// refused and api.Lock waits api.DefaultLockRetryTime (5s) before it
+	// refused and waits, as api.Lock does, api.DefaultLockRetryTime (5s) before it
 	// tries again.
 	var second string
 	select {
