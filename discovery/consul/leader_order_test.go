@@ -187,3 +187,30 @@ func TestLeaderAgentRestart(t *testing.T) {
 		t.Fatalf("still leading %v after the agent came back without the session", ttl)
 	}
 }
+
+// TestLeaderKeyConflict: a key that holds something else than a lock (not
+// written with api.LockFlagValue) is refused with api.ErrLockConflict, as
+// api.Lock refuses it, rather than taken over.
+func TestLeaderKeyConflict(t *testing.T) {
+	c := testenv.Consul(t)
+	key := testenv.Name(t) + "/leader"
+	testenv.CleanupConsulKV(t, c, key)
+	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: []byte("config")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err := consul.NewLeader(c, key, consul.LeaderConfig{LockWaitTime: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.Lead(context.Background(), func(context.Context, uint64) error {
+		t.Error("elected over a key that is not a lock")
+		return nil
+	})
+	if !errors.Is(err, api.ErrLockConflict) {
+		t.Fatalf("Lead: %v, want api.ErrLockConflict", err)
+	}
+	pair, _, err := c.KV().Get(key, nil)
+	if err != nil || pair == nil || string(pair.Value) != "config" || pair.Session != "" {
+		t.Fatalf("key after Lead: %+v %v, want untouched", pair, err)
+	}
+}
