@@ -253,6 +253,16 @@ func WithLimits(maxValue, maxSession int) Option {
 // its key and the key name, so a value copied to another session or key
 // does not decrypt.
 //
+// In a fleet, where a rolling deployment runs old and new configurations
+// side by side, rotate in three deployments: add the new key last (every
+// instance can then decrypt it, none encrypts with it yet); once no
+// instance lacks it, put it first; after the absolute timeout, drop the
+// old one. Putting a new key first in one step lets the upgraded instances
+// seal values that the others cannot open until they are upgraded too: a
+// Get there fails with ErrDecrypt, and so does a renewal (a login), which
+// copies every value, answered with 500. Dropping a key likewise waits
+// until no instance encrypts with it.
+//
 // Values are sealed under a key derived for each session from the
 // configured one (HKDF-SHA256, the session ID in its info), with a random
 // 96-bit nonce. Random nonces are safe for about 2^32 seals under one key
