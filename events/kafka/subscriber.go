@@ -102,7 +102,11 @@ type SubscriberConfig struct {
 // A handler error is retried in place with the Retrier, so the events after
 // it on the partition wait (order is kept); so is one wrapping a context
 // error while ctx lives on (a call of the handler's own timed out, the
-// dedupe lease ran out). When the retries are spent, or the error is
+// dedupe lease ran out). The next poll waits for the whole batch, so the
+// other partitions this instance owns wait too, once their records of the
+// batch are handled, until the retries end (at most the Retrier's
+// MaxElapsedTime, 30s by default) and the dead letter is written: keep
+// that time short where one failing record must not delay the others. When the retries are spent, or the error is
 // events.Permanent, or the handler panicked, or the record is not a
 // CloudEvent, the record is copied to the dead-letter topic with its key,
 // value and headers plus the reason (ce_deadletterreason), the attempts
