@@ -144,6 +144,11 @@ func FromContext(ctx context.Context) *Session {
 // Location, Refresh, Trailer); no fresh session is ever issued in place of
 // one the store could not read.
 //
+// A request carrying several cookies of the session cookie's name (one
+// left under the cookie's old Domain or Path, another application's)
+// uses the first whose value is a token leading to a session, of the
+// first four tokens; only the first costs a read when it leads to one.
+//
 // A request whose session has ended (expired, revoked, or renewed by another
 // request and its old token's grace period over) is answered as a new
 // visitor's: a change starts a new session, and a read clears the cookie.
@@ -179,8 +184,14 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 		}{}
 		s := &rs.s
 		s.m, s.ctx = m, r.Context()
-		if v, id, ok := cookieToken(r.Header, m.cfg.cookie.Name); ok {
-			s.token, s.id, s.start = v, id, m.cfg.now()
+		if lines := r.Header["Cookie"]; len(lines) > 0 {
+			if v, id, ok := cookieToken(lines, m.cfg.cookie.Name, 0); ok {
+				s.token, s.id, s.start = v, id, m.cfg.now()
+				// Another token under the name (rare): see Session.load.
+				if _, _, more := cookieToken(lines, m.cfg.cookie.Name, 1); more {
+					s.cookies, s.more = lines, true
+				}
+			}
 		}
 		sw := &rs.sw
 		sw.ResponseWriter, sw.s, sw.r = w, s, r
@@ -189,21 +200,22 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-// cookieToken returns the first cookie called name in the request header h
-// whose value is a token (see TokenID), and its store ID, without
+// cookieToken returns the (n+1)th cookie called name in the Cookie header
+// lines whose value is a token (see TokenID), and its store ID, without
 // allocating more than TokenID does. Cookies of that name whose values are
 // no tokens are skipped, where http.Request.Cookie would return the first:
 // browsers send same-named cookies longest path first, then oldest first,
 // so another application's cookie of the same name (on the parent domain,
 // for a name without the __Host- prefix) would otherwise come first on
-// every request and hide the session for good.
-func cookieToken(h http.Header, name string) (token, id string, ok bool) {
-	for _, line := range h["Cookie"] {
+// every request and hide the session for good. A token that leads nowhere
+// is skipped likewise, when the session is read (see Session.load).
+func cookieToken(lines []string, name string, n int) (token, id string, ok bool) {
+	for _, line := range lines {
 		for line != "" {
 			var part string
 			part, line, _ = strings.Cut(line, ";")
-			n, v, _ := strings.Cut(textproto.TrimString(part), "=")
-			if textproto.TrimString(n) != name {
+			k, v, _ := strings.Cut(textproto.TrimString(part), "=")
+			if textproto.TrimString(k) != name {
 				continue
 			}
 			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
@@ -213,12 +225,18 @@ func cookieToken(h http.Header, name string) (token, id string, ok bool) {
 				continue
 			}
 			if id, ok := TokenID(v); ok {
-				return v, id, true
+				if n == 0 {
+					return v, id, true
+				}
+				n--
 			}
 		}
 	}
 	return "", "", false
 }
+
+// maxCookieTokens bounds the tokens of one request that Session.load tries.
+const maxCookieTokens = 4
 
 // validCookieValue reports whether net/http would accept v as a cookie
 // value (RFC 6265 cookie-octets, plus space and comma).

@@ -80,8 +80,14 @@ type Session struct {
 	// (see missed).
 	start      time.Time
 	missedLate bool
-	saved      bool       // save attempted: later changes fail with ErrSaved
-	aeads      *aeadCache // session keys derived in this request (nil until one is: see cache)
+	// cookies: the request's Cookie header, when it holds more than one
+	// token under the cookie's name; token is the cand-th of them, and more
+	// says whether another follows (see load).
+	cookies []string
+	cand    int
+	more    bool
+	saved   bool       // save attempted: later changes fail with ErrSaved
+	aeads   *aeadCache // session keys derived in this request (nil until one is: see cache)
 }
 
 // Get returns the value of key decoded into a T: ok is false when the key is
@@ -167,7 +173,7 @@ func (s *Session) Put(key string, value any) error {
 // blind reports whether a change may be recorded without reading the
 // session first: the session has not been read, the request has one, and
 // the store can take the change as it is (ok). s.mu must be held.
-func (s *Session) blind(ok bool) bool { return ok && !s.loaded && s.id != "" }
+func (s *Session) blind(ok bool) bool { return ok && !s.loaded && s.id != "" && !s.more }
 
 // checkSize checks data against the value limit, and the session with data
 // for key against the session limit (only the pending values when the
@@ -498,7 +504,12 @@ func (s *Session) holdRenewal() error {
 	return nil
 }
 
-// load reads the record once. s.mu must be held.
+// load reads the record once. When the request carries more than one
+// token under the cookie's name and the first leads nowhere, it tries the
+// next (up to maxCookieTokens): a token left under the cookie's old Domain
+// or Path, or one planted by a sibling subdomain, comes first in every
+// request (same path, older) and would otherwise hide the live session, a
+// read of it clearing the live cookie. s.mu must be held.
 func (s *Session) load() error {
 	if s.loaded {
 		return s.loadErr
@@ -508,6 +519,13 @@ func (s *Session) load() error {
 		return nil
 	}
 	s.loadErr = s.reload()
+	for s.loadErr == nil && !s.found && s.more && s.cand+1 < maxCookieTokens {
+		s.cand++
+		tok, id, _ := cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand)
+		_, _, s.more = cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand+1)
+		s.token, s.id = tok, id
+		s.loadErr = s.reload()
+	}
 	return s.loadErr
 }
 
@@ -645,8 +663,15 @@ func (s *Session) save(h http.Header) error {
 	}
 	m := s.m
 	if s.destroy {
-		// No read needed: deleting an alias deletes its target too. A read
-		// that failed says nothing: the session may well be there.
+		// No read needed: deleting an alias deletes its target too; unless
+		// the request carries several tokens (see load), to find the live
+		// one. A read that failed says nothing: the session may well be
+		// there.
+		if s.more {
+			if err := s.load(); err != nil {
+				return fmt.Errorf("session: destroy: %w", err)
+			}
+		}
 		id := s.id
 		if s.found {
 			id = s.rec.ID
