@@ -65,6 +65,7 @@ func Run(t *testing.T, f Features, c Constructor) {
 		{"PublishSubscribe", true, testPublishSubscribe},
 		{"InvalidEventRefused", true, testInvalidEventRefused},
 		{"PublishEmptyAndClosed", true, testPublishEmptyAndClosed},
+		{"PublishedBeforeCloseDelivered", true, testPublishedBeforeClose},
 		{"ConcurrentPublish", true, testConcurrentPublish},
 		{"PublishReturnsOnCancel", true, testPublishReturnsOnCancel},
 		{"HandlerErrorRedelivered", true, testHandlerErrorRedelivered},
@@ -414,6 +415,30 @@ func testPublishEmptyAndClosed(t *testing.T, _ Features, c Constructor) {
 	if err := p.Publish(context.Background(), event("k", 0)); !errors.Is(err, events.ErrClosed) {
 		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 	}
+}
+
+// testPublishedBeforeClose: events whose Publish returned nil are durably
+// accepted, so closing the Publisher at once loses none of them: a
+// Publisher that answered before the backend had them, and dropped what it
+// still held on Close, fails. With Persistence the group subscribes only
+// after the Close, so nothing can have been read before it.
+func testPublishedBeforeClose(t *testing.T, f Features, c Constructor) {
+	topic := testenv.Name(t)
+	p, s := c(t, topic, topic+"-g")
+	es := []events.Event{event("k", 0), event("k", 1), event("j", 0)}
+	col := newCollector(es)
+	if !f.Persistence {
+		subscribe(t, s, topic, col.handler())
+		awaitReady(t, p, col)
+	}
+	publish(t, p, es...)
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if f.Persistence {
+		subscribe(t, s, topic, col.handler())
+	}
+	col.wait(t)
 }
 
 // prompt bounds how long Publish may take to return once its context ended.

@@ -34,6 +34,7 @@ const (
 	faultBlocksPastCtx          // Publish held by the broker ignores its context and waits for the answer
 	faultOverlapKey             // the next event of a partition is handed over once the handler of the one before has started, not returned
 	faultPermanentFirst         // an error marked Permanent is given up at once, even when it is also Unavailable
+	faultAckBeforeStore         // Publish returns nil with its events buffered, stored when a subscription next looks for events; Close discards them
 )
 
 // parts is the number of partitions of a topic of the in-memory broker.
@@ -56,6 +57,7 @@ type broker struct {
 	topics  map[string]*memTopic
 	changed chan struct{} // closed, and replaced, when anything changes
 	stalls  map[string]*stall
+	pending map[*memPublisher][]events.Event // faultAckBeforeStore's buffers
 }
 
 // stall holds the next publish to a topic until release.
@@ -76,7 +78,7 @@ type memGroup struct {
 }
 
 func newBroker(f fault) *broker {
-	return &broker{fault: f, topics: map[string]*memTopic{}, changed: make(chan struct{}), stalls: map[string]*stall{}}
+	return &broker{fault: f, topics: map[string]*memTopic{}, changed: make(chan struct{}), stalls: map[string]*stall{}, pending: map[*memPublisher][]events.Event{}}
 }
 
 // features returns f with b's StallPublish.
@@ -170,6 +172,11 @@ func (p *memPublisher) Publish(ctx context.Context, es ...events.Event) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	t := b.topic(p.topic)
+	if b.fault == faultAckBeforeStore {
+		b.pending[p] = append(b.pending[p], valid...)
+		b.notify()
+		return nil
+	}
 	if len(valid) < len(es) {
 		defer b.notify()
 		p.store(t, valid)
@@ -204,6 +211,9 @@ func (p *memPublisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
+	p.b.mu.Lock()
+	delete(p.b.pending, p)
+	p.b.mu.Unlock()
 	return nil
 }
 
@@ -245,6 +255,12 @@ func (s *memSubscriber) Subscribe(ctx context.Context, topic string, h events.Ha
 	}()
 	for {
 		b.mu.Lock()
+		for pub, es := range b.pending {
+			if pub.topic == topic {
+				pub.store(t, es)
+				delete(b.pending, pub)
+			}
+		}
 		k := -1
 		for i := range g.owner {
 			if g.owner[i] == nil {

@@ -66,6 +66,7 @@ var brokenPairs = []struct {
 	{"PublishBlocksPastItsContext", faultBlocksPastCtx, false, "PublishReturnsOnCancel"},
 	{"HandlesAKeyConcurrently", faultOverlapKey, false, "OrderingPerKey"},
 	{"GivesUpPermanentUnavailable", faultPermanentFirst, false, "UnavailableRetriedUntilClear"},
+	{"AcknowledgesBeforeStoring", faultAckBeforeStore, false, "PublishedBeforeCloseDelivered"},
 }
 
 // TestSuiteCatchesBrokenPairs runs, for each broken pair, the test of the
