@@ -32,7 +32,8 @@
 //
 // Redis replicates asynchronously: a write acknowledged by a primary that
 // then fails over may be lost. WithWait(n, timeout) makes each write wait for
-// n replicas (WAIT, pipelined with the write). For the same reason reads go
+// n replicas (WAIT, pipelined with the write; the timeout must be shorter
+// than the client's ReadTimeout). For the same reason reads go
 // to primaries only: New refuses a Cluster client that reads from replicas.
 //
 // A write script is never sent twice by the client: go-redis resends a

@@ -78,7 +78,9 @@ func WithPrefix(prefix string) Option {
 // round trips), but each write waits for the replicas' acknowledgements. It
 // narrows (does not close: Redis replication is asynchronous) the window in
 // which a Sentinel failover loses an acknowledged write. It is refused with a
-// *redis.ClusterClient, whose WAIT would reach an arbitrary node.
+// *redis.ClusterClient, whose WAIT would reach an arbitrary node, and with a
+// timeout not shorter than the client's ReadTimeout (5s by default), under
+// which WAIT's reply is read: leave room for the round trip.
 func WithWait(replicas int, timeout time.Duration) Option {
 	return optionFunc(func(s *Store) { s.waitReplicas, s.waitTimeout = replicas, timeout })
 }
@@ -160,6 +162,15 @@ func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: WithIdleResolution(%v): want a duration >= 0", s.idleRes)
 	}
 	s.fresh = newRefreshed()
+	if rc, ok := c.(*redis.Client); ok && s.waitReplicas > 0 {
+		// WAIT's reply is read with the write's, under the client's read
+		// timeout (positive once the client has applied its defaults; 0
+		// or less: no deadline): a WAIT that outlasts it fails the write
+		// with an i/o timeout instead of ErrNotReplicated.
+		if rt := rc.Options().ReadTimeout; rt > 0 && s.waitTimeout >= rt {
+			return nil, fmt.Errorf("redisstore: WithWait timeout %v: want it shorter than the client's ReadTimeout %v", s.waitTimeout, rt)
+		}
+	}
 	if cc, ok := c.(*redis.ClusterClient); ok {
 		if s.waitReplicas > 0 {
 			return nil, errors.New("redisstore: WithWait is not supported on a Redis Cluster client")
