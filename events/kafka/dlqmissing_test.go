@@ -73,3 +73,28 @@ func TestSubscribeRefusesMissingDeadLetterTopic(t *testing.T) {
 		t.Fatalf("Subscribe: %v", err)
 	}
 }
+
+// TestSubscribeRefusesItsOwnDeadLetterTopic: a Subscriber whose
+// DeadLetterTopic is the topic it subscribes to (one config shared by a
+// consumer and the tool that replays its dead letters) would read back
+// every dead letter it writes, fail it again and write it again, for ever.
+// Subscribe refuses, with an error matching ErrConfig.
+func TestSubscribeRefusesItsOwnDeadLetterTopic(t *testing.T) {
+	c := newCluster(t)
+	topic := testenv.Name(t)
+	c.topics(t, topic)
+	dlq := topic + kafka.DefaultDeadLetterSuffix
+	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{Brokers: c.brokers, Group: topic + "-g", DeadLetterTopic: dlq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = s.Subscribe(ctx, dlq, func(context.Context, events.Event) error { return nil })
+	if !errors.Is(err, kafka.ErrConfig) {
+		t.Fatalf("Subscribe to its own dead-letter topic: %v, want ErrConfig", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("Subscribe returned only when its context ended")
+	}
+}

@@ -65,9 +65,9 @@ type SubscriberConfig struct {
 	Retrier *retry.Retrier
 	// DeadLetterTopic receives the records whose handler failed after the
 	// retries, or that could not be decoded; "" means the subscribed topic
-	// plus DefaultDeadLetterSuffix. The topic must exist: Subscribe
-	// returns an error matching ErrConfig when the cluster says it does
-	// not.
+	// plus DefaultDeadLetterSuffix. The topic must exist, and must not be
+	// the subscribed topic: Subscribe returns an error matching ErrConfig
+	// when it is, or when the cluster says it does not exist.
 	DeadLetterTopic string
 	// MaxPollRecords bounds the records handled between two commits; zero
 	// means 500.
@@ -299,6 +299,11 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string, h events.Handl
 	dlq := s.cfg.DeadLetterTopic
 	if dlq == "" {
 		dlq = topic + DefaultDeadLetterSuffix
+	}
+	if dlq == topic {
+		// Every dead letter would be read back, fail again and be
+		// written again, for ever.
+		return fmt.Errorf("%w: topic %q is its own dead-letter topic", ErrConfig, topic)
 	}
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(s.cfg.Brokers...),
