@@ -185,10 +185,11 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 		s := &rs.s
 		s.m, s.ctx = m, r.Context()
 		if lines := r.Header["Cookie"]; len(lines) > 0 {
-			if v, id, ok := cookieToken(lines, m.cfg.cookie.Name, 0); ok {
-				s.token, s.id, s.start = v, id, m.cfg.now()
+			if v, ok := cookieToken(lines, m.cfg.cookie.Name, 0); ok {
+				s.token, s.start = v, m.cfg.now()
+				s.id, _ = TokenID(v)
 				// Another token under the name (rare): see Session.load.
-				if _, _, more := cookieToken(lines, m.cfg.cookie.Name, 1); more {
+				if _, more := cookieToken(lines, m.cfg.cookie.Name, 1); more {
 					s.cookies, s.more = lines, true
 				}
 			}
@@ -201,15 +202,15 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 }
 
 // cookieToken returns the (n+1)th cookie called name in the Cookie header
-// lines whose value is a token (see TokenID), and its store ID, without
-// allocating more than TokenID does. Cookies of that name whose values are
-// no tokens are skipped, where http.Request.Cookie would return the first:
-// browsers send same-named cookies longest path first, then oldest first,
-// so another application's cookie of the same name (on the parent domain,
-// for a name without the __Host- prefix) would otherwise come first on
-// every request and hide the session for good. A token that leads nowhere
-// is skipped likewise, when the session is read (see Session.load).
-func cookieToken(lines []string, name string, n int) (token, id string, ok bool) {
+// lines whose value has the form of a token (see TokenID), without
+// allocating. Cookies of that name whose values are no tokens are skipped,
+// where http.Request.Cookie would return the first: browsers send
+// same-named cookies longest path first, then oldest first, so another
+// application's cookie of the same name (on the parent domain, for a name
+// without the __Host- prefix) would otherwise come first on every request
+// and hide the session for good. A token that leads nowhere is skipped
+// likewise, when the session is read (see Session.load).
+func cookieToken(lines []string, name string, n int) (string, bool) {
 	for _, line := range lines {
 		for line != "" {
 			var part string
@@ -224,15 +225,15 @@ func cookieToken(lines []string, name string, n int) (token, id string, ok bool)
 			if len(v) > MaxTokenLen || !validCookieValue(v) {
 				continue
 			}
-			if id, ok := TokenID(v); ok {
+			if _, ok := tokenTag(v); ok {
 				if n == 0 {
-					return v, id, true
+					return v, true
 				}
 				n--
 			}
 		}
 	}
-	return "", "", false
+	return "", false
 }
 
 // maxCookieTokens bounds the tokens of one request that Session.load tries.

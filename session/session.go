@@ -521,9 +521,9 @@ func (s *Session) load() error {
 	s.loadErr = s.reload()
 	for s.loadErr == nil && !s.found && s.more && s.cand+1 < maxCookieTokens {
 		s.cand++
-		tok, id, _ := cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand)
-		_, _, s.more = cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand+1)
-		s.token, s.id = tok, id
+		s.token, _ = cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand)
+		s.id, _ = TokenID(s.token)
+		_, s.more = cookieToken(s.cookies, s.m.cfg.cookie.Name, s.cand+1)
 		s.loadErr = s.reload()
 	}
 	return s.loadErr

@@ -42,19 +42,8 @@ func NewToken(user string) (string, error) {
 // ID. ok is false for anything that NewToken could not have made; such a
 // token must be treated as no session.
 func TokenID(token string) (id string, ok bool) {
-	tag, rnd := "", token
-	if i := strings.IndexByte(token, '.'); i >= 0 {
-		tag, rnd = token[:i], token[i+1:]
-		if len(tag) != tagLen || !isB64(tag) {
-			return "", false
-		}
-	}
-	if len(rnd) != randLen || !isB64(rnd) {
-		return "", false
-	}
-	// Reject non-canonical encodings: the last character of 32 bytes carries
-	// 2 padding bits that must be zero.
-	if strings.IndexByte("AEIMQUYcgkosw048", rnd[randLen-1]) < 0 {
+	tag, ok := tokenTag(token)
+	if !ok {
 		return "", false
 	}
 	// One allocation: hash a copy on the stack, encode into another.
@@ -69,6 +58,27 @@ func TokenID(token string) (id string, ok bool) {
 	}
 	b64.Encode(out[n:], sum[:])
 	return string(out[:n+randLen]), true
+}
+
+// tokenTag reports whether token has the form of a token NewToken makes,
+// and returns its user tag ("" for an anonymous token).
+func tokenTag(token string) (tag string, ok bool) {
+	rnd := token
+	if i := strings.IndexByte(token, '.'); i >= 0 {
+		tag, rnd = token[:i], token[i+1:]
+		if len(tag) != tagLen || !isB64(tag) {
+			return "", false
+		}
+	}
+	if len(rnd) != randLen || !isB64(rnd) {
+		return "", false
+	}
+	// Reject non-canonical encodings: the last character of 32 bytes carries
+	// 2 padding bits that must be zero.
+	if strings.IndexByte("AEIMQUYcgkosw048", rnd[randLen-1]) < 0 {
+		return "", false
+	}
+	return tag, true
 }
 
 // HashTag returns the part of a store ID that a clustered store must use to
