@@ -140,7 +140,10 @@ const rfc3339NanoUTC = "2006-01-02T15:04:05.999999999Z"
 // whatever its other headers, and any other record is in binary mode.
 //
 // In binary mode the attributes are "ce_*" headers and content-type, and the
-// value is the data; other headers are ignored. A duplicated CloudEvents
+// value is the data; other headers are ignored. A ce_datacontenttype header,
+// which producers that write every attribute as a ce_ header (the
+// JavaScript SDK) add, is the datacontenttype when content-type is missing,
+// and must agree with content-type otherwise. A duplicated CloudEvents
 // header, a missing specversion, or a time that is not RFC 3339 is an error.
 //
 // In structured mode the value is the whole event in the CloudEvents JSON
@@ -188,7 +191,8 @@ func Decode(r *kgo.Record) (events.Event, error) {
 	vs := all.String()
 	var e events.Event
 	var seen uint8 // the context attributes read, a bit each; extensions are in e.Extensions
-	const specVersionSeen = 1
+	const specVersionSeen, contentTypeSeen = 1, 1 << 5
+	var ceContentType *string // a ce_datacontenttype header's value
 	for _, h := range r.Headers {
 		if !ceHeader(h.Key) {
 			continue
@@ -209,7 +213,7 @@ func Decode(r *kgo.Record) (events.Event, error) {
 		case HeaderSubject:
 			bit, f = 1<<4, &e.Subject
 		case HeaderContentType:
-			bit, f = 1<<5, &e.DataContentType
+			bit, f = contentTypeSeen, &e.DataContentType
 		case HeaderDataSchema:
 			bit, f = 1<<6, &e.DataSchema
 		case HeaderTime:
@@ -231,9 +235,14 @@ func Decode(r *kgo.Record) (events.Event, error) {
 		default:
 			name := h.Key[len(HeaderPrefix):]
 			if name == "datacontenttype" {
-				// Validate would refuse it too, naming the attribute,
-				// whose header is content-type.
-				return events.Event{}, &DecodeError{Header: h.Key, Reason: "datacontenttype is the content-type header in binary mode, not an extension"}
+				// Not an extension: the datacontenttype, as producers
+				// that write every attribute as a ce_ header (the
+				// JavaScript SDK) also write it; checked below.
+				if ceContentType != nil {
+					return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
+				}
+				ceContentType = &v
+				continue
 			}
 			if _, dup := e.Extensions[name]; dup {
 				return events.Event{}, &DecodeError{Header: h.Key, Reason: "appears more than once"}
@@ -246,6 +255,14 @@ func Decode(r *kgo.Record) (events.Event, error) {
 	}
 	if seen&specVersionSeen == 0 {
 		return events.Event{}, &DecodeError{Header: HeaderSpecVersion, Reason: "missing: not a CloudEvent"}
+	}
+	if ceContentType != nil {
+		switch {
+		case seen&contentTypeSeen == 0:
+			e.DataContentType = *ceContentType
+		case *ceContentType != e.DataContentType:
+			return events.Event{}, &DecodeError{Header: HeaderPrefix + "datacontenttype", Reason: "differs from the content-type header"}
+		}
 	}
 	if len(r.Value) > 0 {
 		e.Data = r.Value

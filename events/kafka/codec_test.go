@@ -51,12 +51,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty extension", append(base(), kgo.RecordHeader{Key: "ce_ext", Value: nil}), "ce_ext"},
 		{"long extension name", append(base(), kgo.RecordHeader{Key: "ce_" + strings.Repeat("a", 21), Value: []byte("v")}), "ce_" + strings.Repeat("a", 21)},
 		{"bad content type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("json")}), "content-type"},
-		// datacontenttype is the content-type header in binary mode; a
-		// ce_datacontenttype header is an extension by that name, refused,
-		// and the error names it, not a content-type header the record
-		// may not have.
-		{"ce_datacontenttype", append(base(), kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}), "ce_datacontenttype"},
-		{"ce_datacontenttype beside content-type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("text/plain")}, kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}), "ce_datacontenttype"},
+		// A ce_datacontenttype header (see TestDecodeCEDataContentType)
+		// that contradicts content-type, or appears twice.
+		{"ce_datacontenttype against content-type", append(base(), kgo.RecordHeader{Key: "content-type", Value: []byte("text/plain")}, kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("application/json")}), "ce_datacontenttype"},
+		{"ce_datacontenttype twice", append(base(), kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}, kgo.RecordHeader{Key: "ce_datacontenttype", Value: []byte("text/plain")}), "ce_datacontenttype"},
 		// The binding matches the CloudEvents media type case-insensitively,
 		// and a structured record may carry the binary mode's headers too:
 		// its value is then the envelope, not the event's data, and a
@@ -259,5 +257,31 @@ func TestRecordValuesDoNotOverlap(t *testing.T) {
 	got, err := kafka.Decode(kafka.Record("topic", e))
 	if err != nil || got.ID != e.ID || got.Subject != e.Subject || !got.Time.Equal(e.Time) || got.Extensions["traceparent"] != e.Extensions["traceparent"] {
 		t.Fatalf("round trip: %+v, %v; want %+v", got, err, e)
+	}
+}
+
+// TestDecodeCEDataContentType: the CloudEvents JavaScript SDK's binary mode
+// writes every attribute as a ce_ header, datacontenttype too
+// (ce_datacontenttype), besides the binding's content-type header. Such a
+// record is the event it says: ce_datacontenttype agrees with content-type,
+// and stands for it when content-type is missing.
+func TestDecodeCEDataContentType(t *testing.T) {
+	base := []kgo.RecordHeader{{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte("1")},
+		{Key: "ce_source", Value: []byte("/s")}, {Key: "ce_type", Value: []byte("t")}}
+	for name, hs := range map[string][]kgo.RecordHeader{
+		"both, as the JavaScript SDK writes them": {{Key: "content-type", Value: []byte("application/json")}, {Key: "ce_datacontenttype", Value: []byte("application/json")}},
+		"ce_datacontenttype first":                {{Key: "ce_datacontenttype", Value: []byte("application/json")}, {Key: "content-type", Value: []byte("application/json")}},
+		"ce_datacontenttype alone":                {{Key: "ce_datacontenttype", Value: []byte("application/json")}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := &kgo.Record{Headers: append(slices.Clone(base), hs...), Value: []byte(`{"a":1}`)}
+			e, err := kafka.Decode(r)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if e.DataContentType != "application/json" || len(e.Extensions) != 0 || string(e.Data) != `{"a":1}` {
+				t.Fatalf("Decode: datacontenttype %q, extensions %v, data %q", e.DataContentType, e.Extensions, e.Data)
+			}
+		})
 	}
 }
