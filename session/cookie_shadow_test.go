@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -98,5 +99,28 @@ func TestCookieTokensBounded(t *testing.T) {
 		if got, want := store.loads.Load()-before, int64(min(n, 4)); got != want {
 			t.Errorf("%d tokens: %d reads, want %d", n, got, want)
 		}
+	}
+}
+
+// TestDestroyClientGoneTwoTokens: TestDestroyClientGone with a dead token
+// before the live one, which a logout reads to find: the read, too, is
+// made when the client has gone away.
+func TestDestroyClientGoneTwoTokens(t *testing.T) {
+	store, _ := newMem(t)
+	m := newManager(t, store, session.WithCookie(session.CookieConfig{Domain: "app.example.com"}))
+	c := &client{h: m.Middleware(app(t))}
+	c.do(t, "GET", "/put?a=1")
+	ctx, cancel := context.WithCancel(t.Context())
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := session.FromContext(r.Context()).Destroy(); err != nil {
+			t.Error(err)
+		}
+		cancel() // the client goes away
+	}))
+	r := httptest.NewRequestWithContext(ctx, "GET", "/logout", nil)
+	r.Header["Cookie"] = []string{"session=" + mustToken(t, "") + "; session=" + c.cookie.Value}
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	if got := body(c.do(t, "GET", "/get?k=a")); got != "false:" {
+		t.Fatalf("the session of a logout whose client went away still reads %q", got)
 	}
 }

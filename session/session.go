@@ -667,8 +667,17 @@ func (s *Session) save(h http.Header) error {
 		// the request carries several tokens (see load), to find the live
 		// one. A read that failed says nothing: the session may well be
 		// there.
+		// A logout is carried out even if the client goes away meanwhile
+		// (it closed the tab at once): the cookie it keeps would still open
+		// the session. Within discardTimeout.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), discardTimeout)
+		defer cancel()
 		if s.more {
-			if err := s.load(); err != nil {
+			reqCtx := s.ctx
+			s.ctx = ctx
+			err := s.load()
+			s.ctx = reqCtx
+			if err != nil {
 				return fmt.Errorf("session: destroy: %w", err)
 			}
 		}
@@ -679,11 +688,6 @@ func (s *Session) save(h http.Header) error {
 			id = "" // read and found missing: nothing to delete
 		}
 		clear := s.token != "" && !(id == "" && s.lateMiss())
-		// A logout is carried out even if the client goes away meanwhile
-		// (it closed the tab at once): the cookie it keeps would still open
-		// the session. Within discardTimeout.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), discardTimeout)
-		defer cancel()
 		if id != "" && s.token != "" && !s.issued && s.late() {
 			// The browser may hold a newer token by now (see lateMiss),
 			// which clearing the cookie would delete: clear it only if the
