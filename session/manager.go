@@ -174,7 +174,9 @@ func FromContext(ctx context.Context) *Session {
 // (the old token would end with the grace period; the changes are saved
 // under it), and a pending SetUser fails the Hijack (a login cannot go
 // without its new token), to be saved with the response the handler
-// writes instead.
+// writes instead. Where the connection cannot be hijacked (HTTP/2), Hijack
+// fails with an error matching http.ErrNotSupported and leaves the session
+// as it was.
 func (m *Manager) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The session and the writer in one allocation.
@@ -353,6 +355,12 @@ func (w *writer) Flush() { _ = w.FlushError() }
 // Hijack implements http.Hijacker, which websocket libraries assert:
 // the session is saved first (see Middleware).
 func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !hijackable(w.ResponseWriter) {
+		// HTTP/2: the Hijack would fail after the session was saved and
+		// a pending Renew dropped, and the response the handler writes
+		// instead would go out without them.
+		return nil, nil, fmt.Errorf("session: hijack: %w", http.ErrNotSupported)
+	}
 	if !w.done {
 		// The hijacker writes its own response, without the headers set
 		// here: a token issued now would never reach the browser.
@@ -364,6 +372,21 @@ func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, ErrSaveFailed
 	}
 	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// hijackable reports whether rw, or a writer it unwraps to (as
+// http.ResponseController finds them), implements http.Hijacker.
+func hijackable(rw http.ResponseWriter) bool {
+	for {
+		switch t := rw.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			rw = t.Unwrap()
+		default:
+			return false
+		}
+	}
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
