@@ -215,7 +215,7 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	done := make(chan kgo.ProduceResults, 1)
 	go func() {
 		defer p.inflight.Done()
-		done <- p.cl.ProduceSync(ctx, records...)
+		done <- p.produce(ctx, records)
 	}()
 	select {
 	case results := <-done:
@@ -286,6 +286,40 @@ func (e *PublishError) Unwrap() []error {
 		errs = append(errs, e.Err)
 	}
 	return errs
+}
+
+// produce produces records and returns their results. franz-go fails a
+// batch not yet sent when the context of its first record ends, with the
+// records of other Publish calls that joined the batch: those, failed with
+// a context error while this call's ctx lives, were never sent, and are
+// produced again, in the call's order (the client failed every record of
+// their partition after them too), until none is or ctx ends.
+func (p *Publisher) produce(ctx context.Context, records []*kgo.Record) kgo.ProduceResults {
+	results := p.cl.ProduceSync(ctx, records...)
+	var index map[*kgo.Record]int
+	for ctx.Err() == nil {
+		var again []*kgo.Record
+		kept := results[:0:0]
+		for _, r := range results {
+			if errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded) {
+				again = append(again, r.Record)
+			} else {
+				kept = append(kept, r)
+			}
+		}
+		if len(again) == 0 {
+			break
+		}
+		if index == nil {
+			index = make(map[*kgo.Record]int, len(records))
+			for i, r := range records {
+				index[r] = i
+			}
+		}
+		slices.SortFunc(again, func(a, b *kgo.Record) int { return index[a] - index[b] })
+		results = append(kept, p.cl.ProduceSync(ctx, again...)...)
+	}
+	return results
 }
 
 // outcome turns the results of one Publish call's records into its error.
