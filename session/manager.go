@@ -166,9 +166,11 @@ func FromContext(ctx context.Context) *Session {
 //
 // The response is not buffered: writes and flushes pass straight through
 // once the session is saved. http.ResponseController works through the
-// wrapper (it implements Unwrap). Hijack (a websocket upgrade) saves the
-// session first, and answers with the error handler instead if the save
-// fails. Unless the response headers were written before (WriteHeader),
+// wrapper (it implements Unwrap); a Flush saves the session first, unless
+// the writer cannot flush (http.TimeoutHandler's): it then fails with an
+// error matching http.ErrNotSupported and saves nothing. Hijack (a
+// websocket upgrade) saves the session first, and answers with the error
+// handler instead if the save fails. Unless the response headers were written before (WriteHeader),
 // the response the hijacker then writes carries no session cookie: a new
 // visitor's session made then is never sent, a pending Renew is not made
 // (the old token would end with the grace period; the changes are saved
@@ -341,8 +343,14 @@ func (w *writer) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-// FlushError saves the session, then flushes.
+// FlushError saves the session, then flushes. Where the writer cannot
+// flush (http.TimeoutHandler's), it fails with http.ErrNotSupported and
+// saves nothing: the handler may still answer otherwise, and change the
+// session.
 func (w *writer) FlushError() error {
+	if !flushable(w.ResponseWriter) {
+		return fmt.Errorf("session: flush: %w", http.ErrNotSupported)
+	}
 	if !w.commit() {
 		return ErrSaveFailed
 	}
@@ -372,6 +380,21 @@ func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, ErrSaveFailed
 	}
 	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// flushable reports whether rw, or a writer it unwraps to (as
+// http.ResponseController finds them), can flush.
+func flushable(rw http.ResponseWriter) bool {
+	for {
+		switch t := rw.(type) {
+		case interface{ FlushError() error }, http.Flusher:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			rw = t.Unwrap()
+		default:
+			return false
+		}
+	}
 }
 
 // hijackable reports whether rw, or a writer it unwraps to (as
