@@ -77,10 +77,13 @@ func WithPrefix(prefix string) Option {
 // matching ErrNotReplicated. WAIT goes in the write's pipeline (no more
 // round trips), but each write waits for the replicas' acknowledgements. It
 // narrows (does not close: Redis replication is asynchronous) the window in
-// which a Sentinel failover loses an acknowledged write. It is refused with a
-// *redis.ClusterClient, whose WAIT would reach an arbitrary node, and with a
-// timeout not shorter than the client's ReadTimeout (5s by default), under
-// which WAIT's reply is read: leave room for the round trip.
+// which a Sentinel failover loses an acknowledged write. It needs a
+// *redis.Client (standalone, or Sentinel's failover client): WAIT counts
+// the acknowledgements of its own connection's writes, and a
+// *redis.ClusterClient would send it to an arbitrary node, a *redis.Ring
+// to a shard of its own choosing. It is refused too with a timeout not
+// shorter than the client's ReadTimeout (5s by default), under which
+// WAIT's reply is read: leave room for the round trip.
 func WithWait(replicas int, timeout time.Duration) Option {
 	return optionFunc(func(s *Store) { s.waitReplicas, s.waitTimeout = replicas, timeout })
 }
@@ -162,6 +165,12 @@ func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: WithIdleResolution(%v): want a duration >= 0", s.idleRes)
 	}
 	s.fresh = newRefreshed()
+	if _, ok := c.(*redis.Client); !ok && s.waitReplicas > 0 {
+		// WAIT counts the acknowledgements of its own connection's writes:
+		// a Cluster client sends it to an arbitrary node, a Ring to the
+		// shard its name hashes to, on another connection, concurrently.
+		return nil, fmt.Errorf("redisstore: WithWait needs a *redis.Client (standalone or Sentinel), not a %T", c)
+	}
 	if rc, ok := c.(*redis.Client); ok && s.waitReplicas > 0 {
 		// WAIT's reply is read with the write's, under the client's read
 		// timeout (positive once the client has applied its defaults; 0
@@ -172,9 +181,6 @@ func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 		}
 	}
 	if cc, ok := c.(*redis.ClusterClient); ok {
-		if s.waitReplicas > 0 {
-			return nil, errors.New("redisstore: WithWait is not supported on a Redis Cluster client")
-		}
 		// go-redis sends a read-only command, or a pipeline of them, to a
 		// replica when one of these is set: a Load alone there (within the
 		// idle resolution, or with no idle timeout) could miss the
