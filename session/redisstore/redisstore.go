@@ -106,7 +106,7 @@ func WithIdleResolution(d time.Duration) Option {
 }
 
 // Store is a session store on Redis: standalone, Sentinel or Cluster, through
-// any redis.UniversalClient. It is safe for concurrent use and starts no
+// a redis.UniversalClient (not a *redis.Ring: see New). It is safe for concurrent use and starts no
 // goroutine; closing the client is the caller's business.
 //
 // Each session is one hash, a field per key. Apply (with its compare-and-set
@@ -140,7 +140,12 @@ type Store struct {
 // replicas (ClusterOptions or UniversalOptions with ReadOnly,
 // RouteByLatency or RouteRandomly, and Sentinel's failover Cluster client
 // with them): a session must be read where it was last written. Give the
-// store its own client if the rest of the service reads from replicas.
+// store its own client if the rest of the service reads from replicas. It
+// refuses a *redis.Ring, which sends the keys of a shard it finds down to
+// the other shards: the sessions there would read as ended, and the
+// Manager would issue fresh ones instead of failing closed, and lose
+// logouts, which would delete nothing (the sessions back when the shard
+// is).
 func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: nil client")
@@ -165,6 +170,12 @@ func New(c redis.UniversalClient, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: WithIdleResolution(%v): want a duration >= 0", s.idleRes)
 	}
 	s.fresh = newRefreshed()
+	if _, ok := c.(*redis.Ring); ok {
+		// A Ring takes a shard it finds down out of its hash ring and sends
+		// its keys to the others, where its sessions read as not found.
+		return nil, errors.New("redisstore: a *redis.Ring moves a failed shard's sessions to other shards, where they read as ended " +
+			"(a fresh session instead of a failure, a logout that deletes nothing): use a Cluster, Sentinel or standalone client")
+	}
 	if _, ok := c.(*redis.Client); !ok && s.waitReplicas > 0 {
 		// WAIT counts the acknowledgements of its own connection's writes:
 		// a Cluster client sends it to an arbitrary node, a Ring to the
