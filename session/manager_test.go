@@ -875,8 +875,9 @@ func TestLimitsCountSealedValues(t *testing.T) {
 	}
 }
 
-// TestCookieHeader: the Manager finds its cookie in a Cookie header exactly
-// as http.Request.Cookie does.
+// TestCookieHeader: the Manager reads the cookies of its name in a Cookie
+// header as http.Request.CookiesNamed does, and uses the first whose value
+// is a token (see TestCookieShadowedByForeignValue).
 func TestCookieHeader(t *testing.T) {
 	store, _ := newMem(t)
 	m := newManager(t, store)
