@@ -8,14 +8,48 @@
 // caller then acts on a falsehood. Through Scripter such a script fails with
 // the transport's error instead, its outcome unknown, which the caller can
 // report as such. A command that never reached Redis (a MOVED redirection, a
-// failed dial) is still sent again by the client.
+// failed dial) is still sent again by the client, and so, by Scripter, is one
+// that Redis refused before running it (see NotRun).
 package redisonce
 
 import (
 	"context"
+	"errors"
+	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
+
+// notRunPrefixes are the error replies with which Redis refuses a script
+// before running any of it, or stops it at its first write: a slot being
+// migrated with the keys split between nodes (TRYAGAIN), a cluster without
+// its slots (CLUSTERDOWN), a node loading its dataset (LOADING), a node
+// busy with another script (BUSY), a replica that lost its primary
+// (MASTERDOWN) or a former primary now a replica (READONLY).
+var notRunPrefixes = []string{"TRYAGAIN ", "CLUSTERDOWN ", "LOADING ", "BUSY ", "MASTERDOWN ", "READONLY "}
+
+// NotRun reports whether err is a reply with which Redis refused a script
+// without any of its effects: sending it again cannot run it twice.
+func NotRun(err error) bool {
+	var re redis.Error
+	if err == nil || !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	for _, p := range notRunPrefixes {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Refusals bounds the sends of one script that Redis refused without
+// running it (NotRun), waiting 10ms, 20ms, 40ms... between them, as long as
+// ctx lasts: a slot migration or a failover's few hundred milliseconds, not
+// an outage.
+const Refusals = 6
 
 // Client is what Scripter needs of a client or a pipeline: both
 // redis.UniversalClient and redis.Pipeliner are one.
@@ -25,7 +59,8 @@ type Client interface {
 }
 
 // Scripter is a redis.Scripter over C whose Eval and EvalSha send commands
-// marked NoRetry; the read-only variants and the script cache calls go to C
+// marked NoRetry, sent again only when Redis refused them without running
+// them (NotRun, at most Refusals sends in all); the read-only variants and the script cache calls go to C
 // unchanged (they may safely be resent).
 type Scripter struct{ C Client }
 
@@ -69,12 +104,26 @@ func (o Scripter) eval(ctx context.Context, name, payload string, keys []string,
 		a = append(a, k)
 	}
 	a = append(a, args...)
-	cmd := redis.NewCmd(ctx, a...)
-	if len(keys) > 0 {
-		cmd.SetFirstKeyPos(3)
+	wait := 10 * time.Millisecond
+	for sent := 1; ; sent++ {
+		cmd := redis.NewCmd(ctx, a...)
+		if len(keys) > 0 {
+			cmd.SetFirstKeyPos(3)
+		}
+		// In a pipeline Process only queues: no error, one send.
+		err := o.C.Process(ctx, noRetry{cmd})
+		if sent == Refusals || !NotRun(err) {
+			return cmd
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return cmd
+		case <-t.C:
+		}
+		wait *= 2
 	}
-	_ = o.C.Process(ctx, noRetry{cmd})
-	return cmd
 }
 
 // noRetry is a command go-redis must not send again once sent.
