@@ -10,7 +10,6 @@ import (
 
 	"github.com/activekit/activekit/events"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrWeakDurability reports a producer configured so that an acknowledged
@@ -191,10 +190,7 @@ func (p *Publisher) Publish(ctx context.Context, evs ...events.Event) error {
 	records := make([]*kgo.Record, len(evs))
 	for i := range evs {
 		e := evs[i]
-		if e.Extensions[events.ExtTraceParent] == "" && trace.SpanContextFromContext(ctx).IsValid() {
-			e.Extensions = cloneExt(e.Extensions)
-			events.InjectTrace(ctx, p.trace, &e)
-		}
+		events.InjectTrace(ctx, p.trace, &e) // gives e its own Extensions map before writing
 		if e.Data != nil {
 			data = append(data, e.Data...)
 			e.Data = data[len(data)-len(e.Data) : len(data) : len(data)]
@@ -363,14 +359,6 @@ func outcome(records []*kgo.Record, results kgo.ProduceResults) error {
 		}
 	}
 	return pe
-}
-
-func cloneExt(m map[string]string) map[string]string {
-	c := make(map[string]string, len(m)+2)
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 // Close waits up to CloseTimeout for records in flight, then closes the
