@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -969,18 +970,13 @@ func doneWithError(ctx context.Context, err error) error {
 		return err
 	}
 	var rerr redis.Error
-	if errors.As(err, &rerr) {
-		msg := rerr.Error()
-		for _, p := range unavailableReplies {
-			// Redis 7 replies with a command's error as it is; before
-			// 7, inside "ERR Error running script (...): ...: -READONLY ...".
-			if strings.HasPrefix(msg, p+" ") || strings.HasPrefix(msg, "ERR Error running script") && strings.Contains(msg, ": -"+p+" ") {
-				return events.Unavailable(err)
-			}
-		}
-		return err
+	if !errors.As(err, &rerr) {
+		return events.Unavailable(err)
 	}
-	return events.Unavailable(err)
+	if slices.Contains(unavailableReplies, redisonce.ErrorCode(err)) {
+		return events.Unavailable(err)
+	}
+	return err
 }
 
 // unavailableReplies are the error codes of a Redis that cannot take a

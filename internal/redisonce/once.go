@@ -15,34 +15,44 @@ package redisonce
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// notRunPrefixes are the error replies with which Redis refuses a script
-// before running any of it, or stops it at its first write: a slot being
-// migrated with the keys split between nodes (TRYAGAIN), a cluster without
-// its slots (CLUSTERDOWN), a node loading its dataset (LOADING), a node
-// busy with another script (BUSY), a replica that lost its primary
-// (MASTERDOWN) or a former primary now a replica (READONLY).
-var notRunPrefixes = []string{"TRYAGAIN ", "CLUSTERDOWN ", "LOADING ", "BUSY ", "MASTERDOWN ", "READONLY "}
+// notRun are the error codes with which Redis refuses a script before
+// running any of it, or stops it at its first write: a slot being migrated
+// with the keys split between nodes (TRYAGAIN), a cluster without its slots
+// (CLUSTERDOWN), a node loading its dataset (LOADING), a node busy with
+// another script (BUSY), a replica that lost its primary (MASTERDOWN) or a
+// former primary now a replica (READONLY).
+var notRun = []string{"TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY", "MASTERDOWN", "READONLY"}
 
 // NotRun reports whether err is a reply with which Redis refused a script
 // without any of its effects: sending it again cannot run it twice.
 func NotRun(err error) bool {
+	return slices.Contains(notRun, ErrorCode(err))
+}
+
+// ErrorCode returns the code of a Redis error reply ("READONLY" of
+// "READONLY You can't write..."), also when a script's command failed on a
+// server before 7, which wraps it ("ERR Error running script (...): ...:
+// -READONLY ..."); "" when err is no error reply.
+func ErrorCode(err error) string {
 	var re redis.Error
 	if err == nil || !errors.As(err, &re) {
-		return false
+		return ""
 	}
 	msg := re.Error()
-	for _, p := range notRunPrefixes {
-		if strings.HasPrefix(msg, p) {
-			return true
+	if rest, ok := strings.CutPrefix(msg, "ERR Error running script"); ok {
+		if i := strings.Index(rest, ": -"); i >= 0 {
+			msg = rest[i+3:]
 		}
 	}
-	return false
+	code, _, _ := strings.Cut(msg, " ")
+	return code
 }
 
 // Refusals bounds the sends of one script that Redis refused without

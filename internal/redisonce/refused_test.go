@@ -193,3 +193,28 @@ func TestNotRun(t *testing.T) {
 		t.Error("nil is no refusal")
 	}
 }
+
+// ErrorCode reads the code of a reply as Redis 7 sends it, and as a server
+// before 7 wraps a script command's error.
+func TestErrorCode(t *testing.T) {
+	for _, tc := range []struct{ reply, want string }{
+		{"READONLY You can't write against a read only replica.", "READONLY"},
+		{"ERR Error running script (call to f_0123): @user_script:3: -READONLY You can't write against a read only replica.", "READONLY"},
+		{"ERR Error running script (call to f_0123): @user_script:3: boom", "ERR"},
+		{"BUSYGROUP Consumer Group name already exists", "BUSYGROUP"},
+		{"LOADING", "LOADING"},
+	} {
+		if got := redisonce.ErrorCode(proto(tc.reply)); got != tc.want {
+			t.Errorf("ErrorCode(%q) = %q, want %q", tc.reply, got, tc.want)
+		}
+	}
+	if got := redisonce.ErrorCode(errors.New("READONLY but no reply")); got != "" {
+		t.Errorf("ErrorCode of a plain error = %q", got)
+	}
+}
+
+// proto is an error reply as go-redis returns one.
+type proto string
+
+func (e proto) Error() string { return string(e) }
+func (proto) RedisError()     {}
